@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//go:build ignore
+
+/* The XDP entry program for phone-facing ports.
+ *
+ * Today it classifies every frame (CDP, LLDP, DHCP, other), counts it and
+ * passes it on. Later stages (voice-VLAN handling, the DHCP fast path) hang
+ * off the classification made here. */
+
+#include "lib/common.h"
+#include "lib/parse.h"
+#include "lib/counters.h"
+#include "lib/config.h"
+
+/* CDP frames go to this multicast address with an LLC/SNAP header
+ * carrying Cisco's OUI and protocol ID 0x2000. */
+static const __u8 cdp_dst[PB_ETH_ALEN] = { 0x01, 0x00, 0x0c, 0xcc, 0xcc, 0xcc };
+#define PB_CDP_SNAP_PID 0x2000
+
+struct frame_info {
+	__u8 vlan_tags;
+	__u8 vlan_too_deep;
+};
+
+static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] &&
+	       a[3] == b[3] && a[4] == b[4] && a[5] == b[5];
+}
+
+static __always_inline enum pb_counter classify_llc(struct cursor *c,
+						    struct ethhdr *eth)
+{
+	struct llc_snap *snap;
+
+	if (!mac_equal(eth->h_dest, cdp_dst))
+		return PB_CNT_OTHER;
+	snap = parse_llc_snap(c);
+	if (!snap)
+		return PB_CNT_TRUNCATED;
+	if (snap->dsap == 0xAA && snap->ssap == 0xAA && snap->control == 0x03 &&
+	    snap->oui[0] == 0x00 && snap->oui[1] == 0x00 && snap->oui[2] == 0x0C &&
+	    snap->pid == bpf_htons(PB_CDP_SNAP_PID))
+		return PB_CNT_CDP;
+	return PB_CNT_OTHER;
+}
+
+static __always_inline enum pb_counter classify_ipv4(struct cursor *c)
+{
+	struct iphdr *ip = NULL;
+	struct udphdr *udp;
+
+	switch (parse_iphdr(c, &ip)) {
+	case PARSE_OK:
+		break;
+	case PARSE_TRUNCATED:
+		return PB_CNT_TRUNCATED;
+	default:
+		return PB_CNT_MALFORMED;
+	}
+	if (ip->protocol != PB_IPPROTO_UDP)
+		return PB_CNT_OTHER;
+	/* A non-first fragment carries no UDP header to look at. */
+	if (ip->frag_off & bpf_htons(PB_IP_OFFSET_MASK))
+		return PB_CNT_OTHER;
+	udp = parse_udphdr(c);
+	if (!udp)
+		return PB_CNT_TRUNCATED;
+	if (udp->dest == bpf_htons(PB_DHCP_SERVER_PORT) ||
+	    udp->dest == bpf_htons(PB_DHCP_CLIENT_PORT))
+		return PB_CNT_DHCP;
+	return PB_CNT_OTHER;
+}
+
+static __always_inline enum pb_counter classify(struct cursor *c,
+						struct frame_info *fi)
+{
+	struct ethhdr *eth;
+	struct vlan_tag *tag;
+	__be16 proto;
+
+	eth = parse_ethhdr(c);
+	if (!eth)
+		return PB_CNT_TRUNCATED;
+	proto = eth->h_proto;
+
+#pragma unroll
+	for (int i = 0; i < PB_MAX_VLAN_TAGS; i++) {
+		if (!proto_is_vlan(proto))
+			break;
+		tag = parse_vlan_tag(c);
+		if (!tag)
+			return PB_CNT_TRUNCATED;
+		fi->vlan_tags++;
+		proto = tag->encapsulated_proto;
+	}
+	if (proto_is_vlan(proto)) {
+		fi->vlan_too_deep = 1;
+		return PB_CNT_OTHER;
+	}
+
+	if (bpf_ntohs(proto) < PB_ETH_P_802_3_MIN)
+		return classify_llc(c, eth);
+	if (proto == bpf_htons(PB_ETH_P_LLDP))
+		return PB_CNT_LLDP;
+	if (proto == bpf_htons(PB_ETH_P_IP))
+		return classify_ipv4(c);
+	return PB_CNT_OTHER;
+}
+
+SEC("xdp")
+int xdp_phone_port(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	struct cursor c = { .pos = data, .end = data_end };
+	struct frame_info fi = {};
+	enum pb_counter class;
+
+	if (!config_get()) {
+		count(PB_CNT_UNCONFIGURED, bytes);
+		return XDP_PASS;
+	}
+
+	class = classify(&c, &fi);
+	count(class, bytes);
+	if (fi.vlan_tags >= 1)
+		count(PB_CNT_VLAN_TAGGED, bytes);
+	if (fi.vlan_tags >= 2)
+		count(PB_CNT_VLAN_DOUBLE_TAGGED, bytes);
+	if (fi.vlan_too_deep)
+		count(PB_CNT_VLAN_TOO_DEEP, bytes);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

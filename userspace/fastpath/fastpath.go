@@ -1,0 +1,423 @@
+// Package fastpath loads phoneboot's XDP program, attaches it to the
+// phone-facing ports, pins its state under bpffs so the data path outlives
+// a daemon restart, and reads its per-CPU counters.
+package fastpath
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// Mode is how the XDP program is attached to a port.
+type Mode string
+
+const (
+	// ModeNative requires driver (native) XDP and fails where the driver lacks it.
+	ModeNative Mode = "native"
+	// ModeGeneric uses the kernel's skb-based XDP, available on every netdev.
+	ModeGeneric Mode = "generic"
+	// ModeAuto tries native first and falls back to generic.
+	ModeAuto Mode = "auto"
+)
+
+// ParseMode checks a mode name from configuration.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeNative, ModeGeneric, ModeAuto:
+		return m, nil
+	}
+	return "", fmt.Errorf("xdp mode %q is not one of native, generic, auto", s)
+}
+
+// Config says where to attach and where to keep pinned state.
+type Config struct {
+	Ports []string
+	Mode  Mode
+	// PinDir is a directory on bpffs for maps and links, created if missing
+	// (its parent is mounted as bpffs if it is not one already). Empty means
+	// nothing is pinned and everything goes away with the process.
+	PinDir string
+	// DetachOnClose detaches from the ports and removes the pins on Close.
+	// Without it the pinned links keep the program attached, so a restarted
+	// daemon picks up the same data path without a gap.
+	DetachOnClose bool
+}
+
+// Attachment is one port with the program on it.
+type Attachment struct {
+	Port    string `json:"port"`
+	Ifindex int    `json:"ifindex"`
+	Mode    Mode   `json:"mode"` // native or generic: the mode in use, never auto
+}
+
+// Counter is one counter summed over all CPUs.
+type Counter struct {
+	Name    string `json:"name"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// counterNames maps the C enum pb_counter to the names Go exports. Its
+// length is tied to PB_CNT__MAX at compile time and TestCounterNamesMatchBTF
+// checks every name against the enum in the object's BTF.
+var counterNames = [phonePortPbCounterPB_CNT__MAX]string{
+	phonePortPbCounterPB_CNT_CDP:                "cdp",
+	phonePortPbCounterPB_CNT_LLDP:               "lldp",
+	phonePortPbCounterPB_CNT_DHCP:               "dhcp",
+	phonePortPbCounterPB_CNT_OTHER:              "other",
+	phonePortPbCounterPB_CNT_TRUNCATED:          "truncated",
+	phonePortPbCounterPB_CNT_MALFORMED:          "malformed",
+	phonePortPbCounterPB_CNT_UNCONFIGURED:       "unconfigured",
+	phonePortPbCounterPB_CNT_VLAN_TAGGED:        "vlan_tagged",
+	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED: "vlan_double_tagged",
+	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP:      "vlan_too_deep",
+}
+
+// CounterNames lists the counters in enum order.
+func CounterNames() []string { return append([]string(nil), counterNames[:]...) }
+
+// Objects is the loaded program and its maps, not attached anywhere.
+type Objects struct {
+	objs phonePortObjects
+}
+
+// LoadObjects loads the program and its maps, reusing maps pinned in pinDir
+// (if not empty), and writes the program's configuration.
+func LoadObjects(pinDir string, log *slog.Logger) (*Objects, error) {
+	spec, err := loadPhonePort()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded BPF object: %w", err)
+	}
+	opts := &ebpf.CollectionOptions{}
+	if pinDir != "" {
+		if err := ensurePinDir(pinDir); err != nil {
+			return nil, err
+		}
+		opts.Maps.PinPath = pinDir
+	} else {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	o := &Objects{}
+	err = spec.LoadAndAssign(&o.objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) && pinDir != "" {
+		// A pinned map from an older build with another layout: its
+		// contents cannot be read by this program, so start it afresh.
+		log.Warn("pinned BPF maps have an old layout; replacing them", "pinDir", pinDir, "error", err)
+		for name, m := range spec.Maps {
+			if m.Pinning == ebpf.PinByName {
+				if rerr := os.Remove(filepath.Join(pinDir, name)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+					return nil, fmt.Errorf("remove stale pinned map %s: %w", name, rerr)
+				}
+			}
+		}
+		err = spec.LoadAndAssign(&o.objs, opts)
+	}
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("BPF verifier rejected xdp_phone_port: %+v", verr)
+		}
+		return nil, fmt.Errorf("load BPF objects: %w", err)
+	}
+	cfg := phonePortPbConfig{Version: uint32(phonePortPbConfigVersionPB_CONFIG_VERSION)}
+	if err := o.objs.PbConfigMap.Put(uint32(0), cfg); err != nil {
+		o.objs.Close()
+		return nil, fmt.Errorf("write BPF config map: %w", err)
+	}
+	return o, nil
+}
+
+// Program is the XDP entry program.
+func (o *Objects) Program() *ebpf.Program { return o.objs.XdpPhonePort }
+
+// ReadCounters sums every counter over the possible CPUs.
+func (o *Objects) ReadCounters() ([]Counter, error) {
+	out := make([]Counter, len(counterNames))
+	var perCPU []phonePortPbCounterValue
+	for i, name := range counterNames {
+		if err := o.objs.PbCounters.Lookup(uint32(i), &perCPU); err != nil {
+			return nil, fmt.Errorf("read counter %s: %w", name, err)
+		}
+		out[i].Name = name
+		for _, v := range perCPU {
+			out[i].Packets += v.Packets
+			out[i].Bytes += v.Bytes
+		}
+	}
+	return out, nil
+}
+
+// Close releases the file descriptors; pinned maps stay.
+func (o *Objects) Close() error { return o.objs.Close() }
+
+// FastPath is the program attached to the configured ports.
+type FastPath struct {
+	cfg         Config
+	log         *slog.Logger
+	objs        *Objects
+	links       []link.Link
+	attachments []Attachment
+}
+
+// New loads the program and attaches it to every configured port. It fails
+// as a whole: on error nothing it attached stays attached.
+func New(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
+	if _, err := ParseMode(string(cfg.Mode)); err != nil {
+		return nil, err
+	}
+	objs, err := LoadObjects(cfg.PinDir, log)
+	if err != nil {
+		return nil, err
+	}
+	f := &FastPath{cfg: cfg, log: log, objs: objs}
+	var created []link.Link // attached by this call, as opposed to taken over from pins
+	defer func() {
+		if err != nil {
+			// Undo what this call attached; links taken over from an
+			// earlier run stay pinned and keep serving.
+			for _, l := range created {
+				if f.cfg.PinDir != "" {
+					l.Unpin()
+				}
+			}
+			f.Close()
+		}
+	}()
+	if cfg.PinDir != "" {
+		if err := f.removeStaleLinks(); err != nil {
+			return nil, err
+		}
+	}
+	for _, port := range cfg.Ports {
+		a, l, fresh, err := f.attach(port)
+		if err != nil {
+			return nil, fmt.Errorf("port %s: %w", port, err)
+		}
+		f.links = append(f.links, l)
+		if fresh {
+			created = append(created, l)
+		}
+		f.attachments = append(f.attachments, a)
+		log.Info("xdp attached", "port", port, "ifindex", a.Ifindex, "mode", string(a.Mode), "requested", string(cfg.Mode))
+	}
+	return f, nil
+}
+
+func linkPinPath(pinDir, port string) string {
+	return filepath.Join(pinDir, "link_"+port)
+}
+
+// attach puts the program on one port: it takes over a link pinned by an
+// earlier run when there is one in the requested mode (the program is
+// swapped atomically, no frame goes unprocessed), or attaches afresh.
+func (f *FastPath) attach(port string) (a Attachment, l link.Link, fresh bool, err error) {
+	nlink, err := netlink.LinkByName(port)
+	if err != nil {
+		return a, nil, false, fmt.Errorf("find interface: %w", err)
+	}
+	ifindex := nlink.Attrs().Index
+	a = Attachment{Port: port, Ifindex: ifindex}
+
+	if f.cfg.PinDir != "" {
+		l, mode, err := f.reusePinnedLink(port, ifindex)
+		if err != nil {
+			return a, nil, false, err
+		}
+		if l != nil {
+			a.Mode = mode
+			return a, l, false, nil
+		}
+	}
+
+	l, mode, err := attachXDP(f.objs.Program(), ifindex, f.cfg.Mode)
+	if err != nil {
+		return a, nil, false, err
+	}
+	if f.cfg.PinDir != "" {
+		if err := l.Pin(linkPinPath(f.cfg.PinDir, port)); err != nil {
+			l.Close()
+			return a, nil, false, fmt.Errorf("pin xdp link: %w", err)
+		}
+	}
+	a.Mode = mode
+	return a, l, true, nil
+}
+
+// attachXDP attaches in the requested mode; auto tries native, then generic.
+func attachXDP(prog *ebpf.Program, ifindex int, mode Mode) (link.Link, Mode, error) {
+	try := func(m Mode) (link.Link, error) {
+		flags := link.XDPDriverMode
+		if m == ModeGeneric {
+			flags = link.XDPGenericMode
+		}
+		return link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
+	}
+	switch mode {
+	case ModeNative, ModeGeneric:
+		l, err := try(mode)
+		if err != nil {
+			return nil, "", fmt.Errorf("attach xdp in %s mode: %w", mode, err)
+		}
+		return l, mode, nil
+	case ModeAuto:
+		l, nerr := try(ModeNative)
+		if nerr == nil {
+			return l, ModeNative, nil
+		}
+		l, gerr := try(ModeGeneric)
+		if gerr != nil {
+			return nil, "", fmt.Errorf("attach xdp: native: %v; generic: %w", nerr, gerr)
+		}
+		return l, ModeGeneric, nil
+	}
+	return nil, "", fmt.Errorf("xdp mode %q is not one of native, generic, auto", mode)
+}
+
+// reusePinnedLink returns the pinned link for port, updated to this run's
+// program, or nil when there is none usable. A pinned link in a mode other
+// than the configured one is removed so the caller attaches afresh.
+func (f *FastPath) reusePinnedLink(port string, ifindex int) (link.Link, Mode, error) {
+	path := linkPinPath(f.cfg.PinDir, port)
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("open pinned link %s: %w", path, err)
+	}
+	mode, err := attachedMode(ifindex)
+	stale := err != nil || (f.cfg.Mode != ModeAuto && mode != f.cfg.Mode)
+	if !stale {
+		info, ierr := l.Info()
+		stale = ierr != nil || info.XDP() == nil || int(info.XDP().Ifindex) != ifindex
+	}
+	if stale {
+		// Wrong interface (recreated with a new index) or wrong mode.
+		f.log.Info("replacing pinned xdp link", "port", port, "pinnedMode", string(mode), "requested", string(f.cfg.Mode))
+		if err := l.Unpin(); err != nil {
+			l.Close()
+			return nil, "", fmt.Errorf("unpin stale link %s: %w", path, err)
+		}
+		l.Close()
+		return nil, "", nil
+	}
+	if err := l.Update(f.objs.Program()); err != nil {
+		l.Close()
+		return nil, "", fmt.Errorf("update pinned link %s: %w", path, err)
+	}
+	f.log.Info("xdp program replaced in pinned link", "port", port, "mode", string(mode))
+	return l, mode, nil
+}
+
+// attachedMode reads the XDP attach mode of an interface from netlink.
+func attachedMode(ifindex int) (Mode, error) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return "", err
+	}
+	x := l.Attrs().Xdp
+	if x == nil || !x.Attached {
+		return "", fmt.Errorf("no xdp program attached to ifindex %d", ifindex)
+	}
+	switch x.AttachMode {
+	case nl.XDP_ATTACHED_DRV:
+		return ModeNative, nil
+	case nl.XDP_ATTACHED_SKB:
+		return ModeGeneric, nil
+	}
+	return "", fmt.Errorf("ifindex %d has xdp attach mode %d", ifindex, x.AttachMode)
+}
+
+// removeStaleLinks detaches pinned links of ports no longer configured.
+func (f *FastPath) removeStaleLinks() error {
+	entries, err := os.ReadDir(f.cfg.PinDir)
+	if err != nil {
+		return fmt.Errorf("read pin dir: %w", err)
+	}
+	want := map[string]bool{}
+	for _, p := range f.cfg.Ports {
+		want["link_"+p] = true
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "link_") || want[e.Name()] {
+			continue
+		}
+		path := filepath.Join(f.cfg.PinDir, e.Name())
+		f.log.Info("detaching xdp from a port no longer configured", "pin", path)
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("remove stale link pin: %w", err)
+		}
+	}
+	return nil
+}
+
+// Attachments lists the ports and the mode in use on each.
+func (f *FastPath) Attachments() []Attachment {
+	return append([]Attachment(nil), f.attachments...)
+}
+
+// Counters reads the program's counters.
+func (f *FastPath) Counters() ([]Counter, error) { return f.objs.ReadCounters() }
+
+// Close releases the program. With DetachOnClose it also detaches from the
+// ports and removes the pins; otherwise the pinned links keep it running.
+func (f *FastPath) Close() error {
+	var errs []error
+	for _, l := range f.links {
+		if f.cfg.DetachOnClose && f.cfg.PinDir != "" {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, l.Close())
+	}
+	f.links = nil
+	errs = append(errs, f.objs.Close())
+	if f.cfg.DetachOnClose && f.cfg.PinDir != "" {
+		errs = append(errs, os.RemoveAll(f.cfg.PinDir))
+	}
+	return errors.Join(errs...)
+}
+
+// ensurePinDir creates dir on bpffs, mounting bpffs on its parent when the
+// parent is not one (as on a host where nothing mounted /sys/fs/bpf).
+func ensurePinDir(dir string) error {
+	parent := filepath.Dir(dir)
+	ok, err := IsBPFFS(parent)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if !ok {
+		if err := os.MkdirAll(parent, 0o700); err != nil {
+			return fmt.Errorf("create bpffs mount point %s: %w", parent, err)
+		}
+		if err := unix.Mount("bpf", parent, "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs on %s: %w", parent, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin dir: %w", err)
+	}
+	return nil
+}
+
+// IsBPFFS tells whether path is on a bpf filesystem.
+func IsBPFFS(path string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return st.Type == unix.BPF_FS_MAGIC, nil
+}
