@@ -143,15 +143,22 @@ func (n *NS) Do(fn func() error) error {
 	return <-errc
 }
 
-// Close closes the handles and deletes the namespace; links in it go too.
-func (n *NS) Close() error {
+// CloseHandles releases this process's handles; the namespace stays.
+func (n *NS) CloseHandles() error {
 	if n.nl != nil {
 		n.nl.Close()
+		n.nl = nil
 	}
-	var errs []error
 	if n.handle.IsOpen() {
-		errs = append(errs, n.handle.Close())
+		return n.handle.Close()
 	}
+	return nil
+}
+
+// Close closes the handles and deletes the namespace; links in it go too.
+func (n *NS) Close() error {
+	var errs []error
+	errs = append(errs, n.CloseHandles())
 	if err := netns.DeleteNamed(n.Name); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("delete netns %s: %w", n.Name, err))
 	}

@@ -1,0 +1,291 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the daemon's configuration file. Every field has a default, so
+// an empty file is a valid config that serves nothing; see
+// deploy/phoneboot.yaml for a documented example.
+type Config struct {
+	Log      LogConfig      `yaml:"log"`
+	Control  ControlConfig  `yaml:"control"`
+	Metrics  MetricsConfig  `yaml:"metrics"`
+	FastPath FastPathConfig `yaml:"fastpath"`
+	Ports    []PortConfig   `yaml:"ports"`
+	Power    PowerConfig    `yaml:"power"`
+}
+
+// LogConfig selects the log level and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// ControlConfig places the local control socket.
+type ControlConfig struct {
+	Socket string `yaml:"socket"`
+}
+
+// MetricsConfig places the Prometheus listener.
+type MetricsConfig struct {
+	Listen string `yaml:"listen"` // host:port; empty turns metrics off
+}
+
+// FastPathConfig controls the XDP program on the phone ports.
+type FastPathConfig struct {
+	Enabled      bool   `yaml:"enabled"`
+	XDPMode      string `yaml:"xdp_mode"` // native, generic or auto
+	PinDir       string `yaml:"pin_dir"`
+	DetachOnStop bool   `yaml:"detach_on_stop"`
+}
+
+// PortConfig is one phone-facing port.
+type PortConfig struct {
+	Name string `yaml:"name"`
+	// PoE says whether the power manager powers this port (when power
+	// management is on). Defaults to true.
+	PoE *bool `yaml:"poe"`
+	// Lab wires the port to the lab's simulated PSE; only with power.backend lab.
+	Lab *LabPortConfig `yaml:"lab"`
+}
+
+// LabPortConfig is the phone side of a lab port: powering the port brings
+// Link in namespace Netns up, as a powered phone brings its PHY up.
+type LabPortConfig struct {
+	Netns string `yaml:"netns"`
+	Link  string `yaml:"link"`
+	Class int    `yaml:"class"` // IEEE 802.3 power class the phone presents, 0-4
+}
+
+// PowerConfig controls PoE.
+type PowerConfig struct {
+	// Backend is the PoE controller: none (no power management) or lab.
+	Backend string `yaml:"backend"`
+	// Policy is how ports are powered at start: all at once, or stagger
+	// (StaggerPorts ports every StaggerInterval).
+	Policy          string   `yaml:"policy"`
+	StaggerPorts    int      `yaml:"stagger_ports"`
+	StaggerInterval Duration `yaml:"stagger_interval"`
+	// DetectDelay is the lab PSE's detection and classification time
+	// before it delivers power.
+	DetectDelay Duration `yaml:"detect_delay"`
+}
+
+// Duration is a time.Duration written as "1.5s", "200ms".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return errors.New("expected a duration such as 500ms or 2s")
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as 500ms or 2s", n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration back in Go syntax.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Default file locations for a packaged install.
+const (
+	DefaultConfigPath    = "/etc/phoneboot/phoneboot.yaml"
+	DefaultControlSocket = "/run/phoneboot/control.sock"
+	DefaultPinDir        = "/sys/fs/bpf/phoneboot"
+)
+
+// DefaultConfig is the configuration an empty file gives.
+func DefaultConfig() Config {
+	return Config{
+		Log:     LogConfig{Level: "info", Format: "text"},
+		Control: ControlConfig{Socket: DefaultControlSocket},
+		Metrics: MetricsConfig{Listen: "127.0.0.1:9617"},
+		FastPath: FastPathConfig{
+			Enabled: true,
+			XDPMode: "auto",
+			PinDir:  DefaultPinDir,
+		},
+		Power: PowerConfig{
+			Backend:         "none",
+			Policy:          "all",
+			StaggerPorts:    1,
+			StaggerInterval: Duration(2 * time.Second),
+			DetectDelay:     Duration(300 * time.Millisecond),
+		},
+	}
+}
+
+// LoadConfig reads and validates a config file.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig decodes and validates config text; name is used in errors.
+func ParseConfig(name string, data []byte) (Config, error) {
+	cfg := DefaultConfig()
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, &ConfigError{File: name, Line: yamlErrorLine(err), Msg: cleanYAMLError(err)}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return Config{}, &ConfigError{File: name, Line: extra.Line, Msg: "more than one YAML document"}
+	}
+	d := &strictDecoder{file: name, lines: map[string]int{}}
+	if root.Kind != 0 {
+		if err := d.decode(&root, reflectValue(&cfg), ""); err != nil {
+			return Config{}, err
+		}
+	}
+	if err := cfg.validate(d); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// validate checks values and cross-references. Errors carry the line of
+// the offending key when the file set it, and the key alone otherwise.
+func (c *Config) validate(d *strictDecoder) error {
+	bad := func(key, format string, args ...any) error {
+		return &ConfigError{File: d.file, Line: d.line(key), Key: key, Msg: fmt.Sprintf(format, args...)}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if err := checkControlSocket(c.Control.Socket); err != nil {
+		return bad("control.socket", "%v", err)
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			return bad("metrics.listen", "%q is not host:port (%v)", c.Metrics.Listen, err)
+		}
+	}
+	switch c.FastPath.XDPMode {
+	case "native", "generic", "auto":
+	default:
+		return bad("fastpath.xdp_mode", "%q is not one of native, generic, auto", c.FastPath.XDPMode)
+	}
+	if c.FastPath.Enabled {
+		if !filepath.IsAbs(c.FastPath.PinDir) || filepath.Clean(c.FastPath.PinDir) == "/" {
+			return bad("fastpath.pin_dir", "%q must be an absolute directory on bpffs, such as %s", c.FastPath.PinDir, DefaultPinDir)
+		}
+	}
+	seen := map[string]bool{}
+	for i, p := range c.Ports {
+		key := fmt.Sprintf("ports[%d]", i)
+		if err := checkIfName(p.Name); err != nil {
+			return bad(key+".name", "%v", err)
+		}
+		if seen[p.Name] {
+			return bad(key+".name", "port %q is listed twice", p.Name)
+		}
+		seen[p.Name] = true
+		if p.Lab != nil {
+			if c.Power.Backend != "lab" {
+				return bad(key+".lab", "only allowed with power.backend lab")
+			}
+			if p.Lab.Netns == "" || strings.ContainsAny(p.Lab.Netns, "/\x00") {
+				return bad(key+".lab.netns", "%q is not a namespace name", p.Lab.Netns)
+			}
+			if err := checkIfName(p.Lab.Link); err != nil {
+				return bad(key+".lab.link", "%v", err)
+			}
+			if p.Lab.Class < 0 || p.Lab.Class > 4 {
+				return bad(key+".lab.class", "%d is not a power class 0-4", p.Lab.Class)
+			}
+		} else if c.Power.Backend == "lab" && p.PoEEnabled() {
+			return bad(key, "power.backend lab needs a lab section (netns, link) for every PoE port")
+		}
+	}
+	switch c.Power.Backend {
+	case "none", "lab":
+	default:
+		return bad("power.backend", "%q is not one of none, lab", c.Power.Backend)
+	}
+	switch c.Power.Policy {
+	case "all", "stagger":
+	default:
+		return bad("power.policy", "%q is not one of all, stagger", c.Power.Policy)
+	}
+	if c.Power.StaggerPorts < 1 {
+		return bad("power.stagger_ports", "%d must be at least 1", c.Power.StaggerPorts)
+	}
+	if c.Power.StaggerInterval < 0 {
+		return bad("power.stagger_interval", "must not be negative")
+	}
+	if c.Power.DetectDelay < 0 || time.Duration(c.Power.DetectDelay) > time.Minute {
+		return bad("power.detect_delay", "%s is outside 0 to 1m", time.Duration(c.Power.DetectDelay))
+	}
+	return nil
+}
+
+// PoEEnabled reports whether the power manager should power this port.
+func (p PortConfig) PoEEnabled() bool { return p.PoE == nil || *p.PoE }
+
+// PortNames lists the configured ports in order.
+func (c *Config) PortNames() []string {
+	names := make([]string, len(c.Ports))
+	for i, p := range c.Ports {
+		names[i] = p.Name
+	}
+	return names
+}
+
+func checkIfName(name string) error {
+	if name == "" {
+		return errors.New("an interface name is required")
+	}
+	// IFNAMSIZ is 16 including the terminating NUL.
+	if len(name) > 15 || strings.ContainsAny(name, "/: \t\n\x00") || name == "." || name == ".." {
+		return fmt.Errorf("%q is not a valid interface name", name)
+	}
+	return nil
+}
+
+// checkControlSocket refuses socket paths where another user could create
+// or replace the socket before us: it must be absolute and not in a
+// world-writable directory such as /tmp.
+func checkControlSocket(path string) error {
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("%q must be an absolute path", path)
+	}
+	dir := filepath.Clean(filepath.Dir(path))
+	for d := dir; ; d = filepath.Dir(d) {
+		if d == "/tmp" || d == "/var/tmp" || d == "/dev/shm" {
+			return fmt.Errorf("%q is under %s, where any user can create files; use a root-owned directory such as /run/phoneboot", path, d)
+		}
+		if d == "/" {
+			break
+		}
+	}
+	if st, err := os.Stat(dir); err == nil && st.Mode().Perm()&0o002 != 0 {
+		return fmt.Errorf("directory %s is world-writable; use a root-owned directory such as /run/phoneboot", dir)
+	}
+	return nil
+}

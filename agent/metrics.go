@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metricsServer serves Prometheus metrics. Its collectors read the agent's
+// state at scrape time (the XDP counters straight from the per-CPU map), so
+// nothing is copied on the packet path to feed them.
+type metricsServer struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+func newMetricsServer(listen string, a *Agent) (*metricsServer, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&agentCollector{a: a},
+	)
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return &metricsServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}, nil
+}
+
+func (m *metricsServer) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- m.srv.Serve(m.ln) }()
+	select {
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return m.srv.Shutdown(sctx)
+	}
+}
+
+func (m *metricsServer) Close() error { return m.srv.Close() }
+
+var (
+	descBuildInfo = prometheus.NewDesc("phoneboot_build_info",
+		"Always 1; the version label says which build runs.", []string{"version"}, nil)
+	descUptime = prometheus.NewDesc("phoneboot_start_time_seconds",
+		"When the daemon started, in seconds since the epoch.", nil, nil)
+	descXDPAttached = prometheus.NewDesc("phoneboot_xdp_attached",
+		"1 for each port with the XDP program attached, labelled with the mode in use.", []string{"port", "mode"}, nil)
+	descXDPPackets = prometheus.NewDesc("phoneboot_xdp_packets_total",
+		"Frames seen by the XDP program, by class or attribute.", []string{"counter"}, nil)
+	descXDPBytes = prometheus.NewDesc("phoneboot_xdp_bytes_total",
+		"Bytes seen by the XDP program, by class or attribute.", []string{"counter"}, nil)
+	descServiceUp = prometheus.NewDesc("phoneboot_service_up",
+		"1 while the service is running.", []string{"service"}, nil)
+	descPoEDelivering = prometheus.NewDesc("phoneboot_poe_port_delivering",
+		"1 while the port delivers power.", []string{"port"}, nil)
+	descPoEPower = prometheus.NewDesc("phoneboot_poe_port_power_watts",
+		"Power drawn on the port.", []string{"port"}, nil)
+)
+
+type agentCollector struct{ a *Agent }
+
+func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descBuildInfo, descUptime, descXDPAttached, descXDPPackets, descXDPBytes, descServiceUp, descPoEDelivering, descPoEPower} {
+		ch <- d
+	}
+}
+
+func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.a.Status(context.Background())
+	ch <- prometheus.MustNewConstMetric(descBuildInfo, prometheus.GaugeValue, 1, st.Version)
+	ch <- prometheus.MustNewConstMetric(descUptime, prometheus.GaugeValue, float64(st.StartedAt.UnixNano())/1e9)
+	for _, p := range st.Ports {
+		if p.XDPMode != "off" {
+			ch <- prometheus.MustNewConstMetric(descXDPAttached, prometheus.GaugeValue, 1, p.Name, p.XDPMode)
+		}
+		if p.PoEState != "" {
+			on := 0.0
+			if p.PoEState == "delivering" {
+				on = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descPoEDelivering, prometheus.GaugeValue, on, p.Name)
+			ch <- prometheus.MustNewConstMetric(descPoEPower, prometheus.GaugeValue, float64(p.PowerMW)/1000, p.Name)
+		}
+	}
+	for _, k := range st.Counters {
+		ch <- prometheus.MustNewConstMetric(descXDPPackets, prometheus.CounterValue, float64(k.Packets), k.Name)
+		ch <- prometheus.MustNewConstMetric(descXDPBytes, prometheus.CounterValue, float64(k.Bytes), k.Name)
+	}
+	for _, s := range st.Services {
+		up := 0.0
+		if s.State == "running" {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descServiceUp, prometheus.GaugeValue, up, s.Name)
+	}
+}

@@ -1,0 +1,231 @@
+// Command phoneboot is the boot-services appliance for Cisco IP phones:
+// the daemon (serve), its client (status), a host check (doctor) and the
+// boot-storm lab (lab).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/urfave/cli/v2"
+
+	"github.com/phoneboot/phoneboot/agent"
+	"github.com/phoneboot/phoneboot/userspace/control"
+	"github.com/phoneboot/phoneboot/userspace/doctor"
+	"github.com/phoneboot/phoneboot/userspace/lab"
+)
+
+func main() {
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "phoneboot:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:    "phoneboot",
+		Usage:   "boot services for Cisco IP phones, accelerated with XDP",
+		Version: agent.Version,
+		// Errors are printed once, by main.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Commands: []*cli.Command{
+			serveCommand(),
+			statusCommand(),
+			doctorCommand(),
+			labCommand(),
+		},
+	}
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+}
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the daemon",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Value: agent.DefaultConfigPath, Usage: "config file"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.Args().Len() > 0 {
+				return fmt.Errorf("serve takes no arguments, got %q", c.Args().Slice())
+			}
+			cfg, err := agent.LoadConfig(c.String("config"))
+			if err != nil {
+				return err
+			}
+			log := agent.NewLogger(cfg.Log, os.Stderr)
+			// A no-op on kernels that account BPF memory to memcg (5.11+).
+			if err := rlimit.RemoveMemlock(); err != nil {
+				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			a, err := agent.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			runErr := a.Run(ctx)
+			return errors.Join(runErr, a.Close())
+		},
+	}
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the running daemon's state",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket", Value: agent.DefaultControlSocket, Usage: "the daemon's control socket"},
+			&cli.BoolFlag{Name: "json", Usage: "print the raw JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			ctx, stop := signalContext()
+			defer stop()
+			st, err := control.NewClient(c.String("socket")).Status(ctx)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			return printStatus(c.App.Writer, st)
+		},
+	}
+}
+
+func printStatus(w io.Writer, st control.Status) error {
+	fmt.Fprintf(w, "phoneboot %s, pid %d, up %s\n\n", st.Version, st.PID, (time.Duration(st.Uptime) * time.Second).Round(time.Second))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tSTATE\tERROR")
+	for _, s := range st.Services {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, s.State, s.Error)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "PORT\tIFINDEX\tXDP\tPOE\tCLASS\tPOWER W")
+	for _, p := range st.Ports {
+		poe, class, power := "-", "-", "-"
+		if p.PoEState != "" {
+			poe = p.PoEState
+			if p.PoEFault != "" {
+				poe += " (" + p.PoEFault + ")"
+			}
+			if p.PoEClass >= 0 && p.PoEState == "delivering" {
+				class = fmt.Sprint(p.PoEClass)
+			}
+			power = fmt.Sprintf("%.1f", float64(p.PowerMW)/1000)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", p.Name, p.Ifindex, p.XDPMode, poe, class, power)
+	}
+	if len(st.Counters) > 0 {
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "XDP COUNTER\tPACKETS\tBYTES")
+		for _, k := range st.Counters {
+			fmt.Fprintf(tw, "%s\t%d\t%d\n", k.Name, k.Packets, k.Bytes)
+		}
+	}
+	return tw.Flush()
+}
+
+func doctorCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "doctor",
+		Usage: "check that this host can run phoneboot",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "bpffs", Value: "/sys/fs/bpf", Usage: "where bpffs should be mounted"},
+			&cli.BoolFlag{Name: "json", Usage: "print the results as JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := rlimit.RemoveMemlock(); err != nil {
+				slog.Warn("raise RLIMIT_MEMLOCK", "error", err)
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			res := doctor.Run(ctx, doctor.Options{BPFFS: c.String("bpffs"), Log: slog.New(slog.DiscardHandler)})
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(res); err != nil {
+					return err
+				}
+			} else {
+				doctor.Print(c.App.Writer, res)
+			}
+			if doctor.Failed(res) {
+				return errors.New("doctor found problems (see the hints above)")
+			}
+			return nil
+		},
+	}
+}
+
+func labCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "lab",
+		Usage: "run a boot storm of simulated phones against the real agent, in network namespaces",
+		Flags: []cli.Flag{
+			&cli.IntFlag{Name: "phones", Value: 48, Usage: "number of phones"},
+			&cli.IntFlag{Name: "ports", Usage: "number of switch ports (default: one per phone, at most 48)"},
+			&cli.StringFlag{Name: "power-policy", Value: "all", Usage: "all: power every port at once; stagger: --stagger-ports ports every --stagger"},
+			&cli.DurationFlag{Name: "stagger", Value: 100 * time.Millisecond, Usage: "interval between stagger steps"},
+			&cli.IntFlag{Name: "stagger-ports", Value: 1, Usage: "ports powered per stagger step"},
+			&cli.Float64Flag{Name: "time-scale", Value: 0.1, Usage: "multiplies every simulated delay (phone boot, PoE detection); 1 is real time"},
+			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "phones not done by then fail"},
+			&cli.StringFlag{Name: "json", Usage: "write the report as JSON to this file"},
+			&cli.BoolFlag{Name: "no-xdp", Usage: "run without the XDP fast path (userspace only)"},
+			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter"},
+			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's own steps"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.Args().Len() > 0 {
+				return fmt.Errorf("lab takes no arguments, got %q", c.Args().Slice())
+			}
+			level := slog.LevelWarn
+			if c.Bool("verbose") {
+				level = slog.LevelInfo
+			}
+			if err := rlimit.RemoveMemlock(); err != nil {
+				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			rep, err := lab.Run(ctx, lab.Options{
+				Phones:       c.Int("phones"),
+				Ports:        c.Int("ports"),
+				PowerPolicy:  c.String("power-policy"),
+				Stagger:      c.Duration("stagger"),
+				StaggerPorts: c.Int("stagger-ports"),
+				TimeScale:    c.Float64("time-scale"),
+				Timeout:      c.Duration("timeout"),
+				NoXDP:        c.Bool("no-xdp"),
+				Seed:         c.Uint64("seed"),
+				JSONPath:     c.String("json"),
+				Out:          c.App.Writer,
+				LiveProgress: lab.IsTerminal(os.Stdout),
+				Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+			})
+			if err != nil {
+				return err
+			}
+			if rep.Failed > 0 {
+				return fmt.Errorf("%d of %d phones failed", rep.Failed, rep.Phones)
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,208 @@
+// Package control is the daemon's local control API: JSON over HTTP on a
+// unix socket that only root (or the daemon's own user) can open. The CLI
+// (`phoneboot status`) is its client.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Status is the daemon's state as `phoneboot status` shows it.
+type Status struct {
+	Version   string          `json:"version"`
+	PID       int             `json:"pid"`
+	StartedAt time.Time       `json:"started_at"`
+	Uptime    float64         `json:"uptime_seconds"`
+	Ports     []PortStatus    `json:"ports"`
+	Services  []ServiceStatus `json:"services"`
+	Counters  []Counter       `json:"counters"`
+}
+
+// PortStatus is one phone port.
+type PortStatus struct {
+	Name     string `json:"name"`
+	Ifindex  int    `json:"ifindex,omitempty"`
+	XDPMode  string `json:"xdp_mode"` // native, generic, or "off"
+	PoEState string `json:"poe_state,omitempty"`
+	PoEClass int    `json:"poe_class,omitempty"`
+	PowerMW  int    `json:"power_mw,omitempty"`
+	PoEFault string `json:"poe_fault,omitempty"`
+}
+
+// ServiceStatus is one service the daemon runs.
+type ServiceStatus struct {
+	Name  string `json:"name"`
+	State string `json:"state"` // starting, running, stopped, failed
+	Error string `json:"error,omitempty"`
+}
+
+// Counter is a data-path counter.
+type Counter struct {
+	Name    string `json:"name"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// Provider answers the API's questions.
+type Provider interface {
+	Status(ctx context.Context) Status
+}
+
+// Server serves the control API on a unix socket.
+type Server struct {
+	path string
+	ln   net.Listener
+	srv  *http.Server
+	log  *slog.Logger
+}
+
+// NewServer creates the socket (mode 0600; its directory 0700 when created
+// here) and is ready to serve once it returns.
+func NewServer(path string, p Provider, log *slog.Logger) (*Server, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("control socket directory: %w", err)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
+	}
+	// The umask makes the socket private from its creation on; the chmod
+	// after Listen alone would leave a window.
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket permissions: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, p.Status(r.Context()))
+	})
+	s := &Server{
+		path: path,
+		ln:   ln,
+		log:  log,
+		srv: &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			MaxHeaderBytes:    16 << 10,
+		},
+	}
+	return s, nil
+}
+
+// removeStaleSocket deletes a socket left by a daemon that died, and
+// refuses to take over one that still answers or a path that is not a socket.
+func removeStaleSocket(path string) error {
+	st, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if st.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("control socket path %s exists and is not a socket", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("control socket %s is in use: is another phoneboot running?", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale control socket: %w", err)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("control API: %w", err)
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		s.srv.Shutdown(sctx)
+		return nil
+	}
+}
+
+// Close stops serving and removes the socket.
+func (s *Server) Close() error {
+	s.srv.Close()
+	if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Client talks to a daemon's control socket.
+type Client struct {
+	http *http.Client
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(path string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}
+	return &Client{http: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+}
+
+// Status fetches the daemon's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	return st, c.get(ctx, "/v1/status", &st)
+}
+
+func (c *Client) get(ctx context.Context, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://phoneboot"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("control API: %w (is phoneboot running, and are you root?)", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("control API: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("control API %s: %s: %s", path, resp.Status, body)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("control API %s: bad answer: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,445 @@
+// Package lab runs a boot storm on one machine: a virtual switch built
+// from network namespaces and veth pairs, the real phoneboot agent serving
+// its ports, and simulated phones going through the boot sequence.
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"go.yaml.in/yaml/v3"
+	"golang.org/x/sys/unix"
+
+	"github.com/phoneboot/phoneboot/agent"
+	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/vnet"
+)
+
+// Options are the lab's knobs; the CLI flags map onto them.
+type Options struct {
+	Phones        int
+	Ports         int // 0: one per phone, at most 48
+	PowerPolicy   string
+	Stagger       time.Duration // interval between stagger steps
+	StaggerPorts  int           // ports powered per stagger step
+	TimeScale     float64       // multiplies every simulated delay
+	Timeout       time.Duration // the storm's limit; phones not done by then fail
+	NoXDP         bool
+	Seed          uint64
+	JSONPath      string
+	AgentCommand  []string  // the agent to run; default: this binary's "serve"
+	Out           io.Writer // the table and live progress
+	LiveProgress  bool      // redraw a progress line while the storm runs
+	ProgressEvery time.Duration
+	Log           *slog.Logger
+}
+
+// Limits on the flags, so a typo fails fast instead of exhausting the machine.
+const (
+	maxPhones       = 100000
+	maxPorts        = 1024
+	defaultMaxPorts = 48
+)
+
+func (o *Options) normalize() error {
+	if o.Phones < 1 || o.Phones > maxPhones {
+		return fmt.Errorf("--phones %d: must be 1 to %d", o.Phones, maxPhones)
+	}
+	if o.Ports == 0 {
+		o.Ports = min(o.Phones, defaultMaxPorts)
+	}
+	if o.Ports < 1 || o.Ports > maxPorts {
+		return fmt.Errorf("--ports %d: must be 1 to %d", o.Ports, maxPorts)
+	}
+	if o.Ports > o.Phones {
+		return fmt.Errorf("--ports %d: more ports than --phones %d leaves ports without a phone", o.Ports, o.Phones)
+	}
+	switch o.PowerPolicy {
+	case "all", "stagger":
+	default:
+		return fmt.Errorf("--power-policy %q: must be all or stagger", o.PowerPolicy)
+	}
+	if o.Stagger < 0 || o.Stagger > time.Minute {
+		return fmt.Errorf("--stagger %s: must be 0 to 1m", o.Stagger)
+	}
+	if o.StaggerPorts < 1 {
+		return fmt.Errorf("--stagger-ports %d: must be at least 1", o.StaggerPorts)
+	}
+	if !(o.TimeScale > 0 && o.TimeScale <= 10) {
+		return fmt.Errorf("--time-scale %v: must be above 0 and at most 10", o.TimeScale)
+	}
+	if o.Timeout <= 0 {
+		return fmt.Errorf("--timeout %s: must be positive", o.Timeout)
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.ProgressEvery <= 0 {
+		o.ProgressEvery = 250 * time.Millisecond
+	}
+	if len(o.AgentCommand) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find the phoneboot binary: %w", err)
+		}
+		o.AgentCommand = []string{exe, "serve"}
+	}
+	return nil
+}
+
+// Port is one switch port of the lab: the appliance's end of a veth pair,
+// and the phone side in a namespace of its own.
+type Port struct {
+	Index int
+	Name  string  // the appliance's interface
+	NS    *vnet.NS // the phones' side
+	Link  string  // the phones' interface inside NS
+	Class int     // the PoE class presented on the port
+
+	powered     chan struct{} // closed when the phone side's link comes up
+	poweredOnce sync.Once
+}
+
+const phoneLink = "eth0"
+
+// ErrNotRoot is returned when the lab runs without root.
+var ErrNotRoot = errors.New("phoneboot lab needs root: it creates network namespaces and veth pairs and loads XDP programs; run it with sudo")
+
+// Run builds the lab, runs the storm and tears everything down again, also
+// when ctx is cancelled (Ctrl-C). The report covers what ran.
+func Run(ctx context.Context, o Options) (rep Report, err error) {
+	if err := o.normalize(); err != nil {
+		return Report{}, err
+	}
+	if os.Geteuid() != 0 {
+		return Report{}, ErrNotRoot
+	}
+	models, err := images.Models()
+	if err != nil {
+		return Report{}, err
+	}
+
+	l := &lab{o: o, id: vnet.UniqueName("")}
+	defer func() {
+		if cerr := l.cleanup(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("lab cleanup: %w", cerr))
+		}
+	}()
+
+	phones, err := l.build(models)
+	if err != nil {
+		return Report{}, err
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	if err := l.watchPower(watchCtx); err != nil {
+		return Report{}, err
+	}
+	phases := phasesFor(o)
+	names := make([]string, len(phases))
+	for i, p := range phases {
+		names[i] = p.Name()
+	}
+	rec := newRecorder(names)
+	stormCtx, cancel := context.WithTimeoutCause(ctx, o.Timeout, fmt.Errorf("storm timeout %s reached", o.Timeout))
+	defer cancel()
+	// The storm starts when the appliance does: phones are plugged in and
+	// wait for power while the agent comes up, so the power phase includes
+	// the agent's own start-up.
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, ph := range phones {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runPhone(stormCtx, ph, phases, rec, start)
+		}()
+	}
+	if err := l.startAgent(ctx); err != nil {
+		cancel()
+		wg.Wait()
+		return Report{}, err
+	}
+	l.waitShowingProgress(&wg, rec, names, start)
+	wall := time.Since(start)
+
+	mode := "xdp"
+	if o.NoXDP {
+		mode = "userspace"
+	}
+	rep = rec.report(o.Phones, o.Ports, mode, wall)
+	if err := l.stopAgent(); err != nil {
+		return rep, err
+	}
+	if o.JSONPath != "" {
+		if err := rep.WriteJSONFile(o.JSONPath); err != nil {
+			return rep, err
+		}
+	}
+	if err := rep.WriteTable(o.Out); err != nil {
+		return rep, err
+	}
+	if ctx.Err() != nil {
+		return rep, fmt.Errorf("lab interrupted: %w", context.Cause(ctx))
+	}
+	return rep, nil
+}
+
+type lab struct {
+	o  Options
+	id string
+
+	appNS  *vnet.NS
+	ports  []*Port
+	runDir string
+	pinDir string
+	agent  *exec.Cmd
+	exited chan struct{}
+	logf   *os.File
+}
+
+// build creates the namespaces and links, all down on the phone side (the
+// ports are not powered yet), and the phones behind them.
+func (l *lab) build(models []images.Model) ([]*Phone, error) {
+	var err error
+	l.runDir = filepath.Join("/run", "phoneboot-lab-"+l.id)
+	if err := os.MkdirAll(l.runDir, 0o700); err != nil {
+		return nil, fmt.Errorf("lab run directory: %w", err)
+	}
+	l.pinDir = filepath.Join("/sys/fs/bpf", "phoneboot-lab-"+l.id)
+	l.appNS, err = vnet.Create("pb" + l.id + "a")
+	if err != nil {
+		return nil, err
+	}
+	for i := range l.o.Ports {
+		ns, err := vnet.Create(fmt.Sprintf("pb%sp%d", l.id, i+1))
+		if err != nil {
+			return nil, err
+		}
+		p := &Port{Index: i, Name: fmt.Sprintf("p%d", i+1), NS: ns, Link: phoneLink, powered: make(chan struct{})}
+		l.ports = append(l.ports, p)
+		if err := vnet.Veth(l.appNS, p.Name, ns, phoneLink); err != nil {
+			return nil, err
+		}
+		if err := l.appNS.SetUp(p.Name); err != nil {
+			return nil, err
+		}
+	}
+	phones := make([]*Phone, l.o.Phones)
+	for i := range phones {
+		port := l.ports[i%len(l.ports)]
+		phones[i] = newPhone(i, models[i%len(models)], port, l.o.Seed)
+		port.Class = max(port.Class, phones[i].Model.PoEClass)
+	}
+	return phones, nil
+}
+
+// watchPower marks each port powered when its phone side comes up.
+func (l *lab) watchPower(ctx context.Context) error {
+	for _, p := range l.ports {
+		updates := make(chan netlink.LinkUpdate, 16)
+		h := p.NS.Handle()
+		err := netlink.LinkSubscribeWithOptions(updates, ctx.Done(), netlink.LinkSubscribeOptions{
+			Namespace:    &h,
+			ListExisting: true,
+			ErrorCallback: func(err error) {
+				if ctx.Err() == nil { // the socket errors out when the watch is stopped
+					l.o.Log.Warn("link watch", "port", p.Name, "error", err)
+				}
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("watch links of port %s: %w", p.Name, err)
+		}
+		go func() {
+			for u := range updates {
+				a := u.Attrs()
+				if a.Name == p.Link && a.Flags&net.FlagUp != 0 && a.OperState == netlink.OperUp {
+					p.poweredOnce.Do(func() { close(p.powered) })
+				}
+			}
+		}()
+	}
+	return nil
+}
+
+// agentConfig is the config the lab's agent runs with: the same schema and
+// code path as `phoneboot serve`.
+func (l *lab) agentConfig() agent.Config {
+	cfg := agent.DefaultConfig()
+	cfg.Control.Socket = filepath.Join(l.runDir, "control.sock")
+	cfg.Metrics.Listen = "" // inside the appliance namespace nobody scrapes it
+	cfg.FastPath.Enabled = !l.o.NoXDP
+	cfg.FastPath.PinDir = l.pinDir
+	cfg.FastPath.DetachOnStop = true
+	cfg.Power.Backend = "lab"
+	cfg.Power.Policy = l.o.PowerPolicy
+	cfg.Power.StaggerPorts = l.o.StaggerPorts
+	cfg.Power.StaggerInterval = agent.Duration(l.o.Stagger)
+	// A real PSE spends a few hundred ms detecting and classifying.
+	cfg.Power.DetectDelay = agent.Duration(time.Duration(float64(300*time.Millisecond) * l.o.TimeScale))
+	for _, p := range l.ports {
+		cfg.Ports = append(cfg.Ports, agent.PortConfig{
+			Name: p.Name,
+			Lab:  &agent.LabPortConfig{Netns: p.NS.Name, Link: p.Link, Class: p.Class},
+		})
+	}
+	return cfg
+}
+
+// startAgent runs the agent inside the appliance namespace and waits for
+// its sd_notify READY=1, just as systemd would.
+func (l *lab) startAgent(ctx context.Context) error {
+	data, err := yaml.Marshal(l.agentConfig())
+	if err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(l.runDir, "phoneboot.yaml")
+	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
+		return fmt.Errorf("write agent config: %w", err)
+	}
+	notifyPath := filepath.Join(l.runDir, "notify.sock")
+	notify, err := listenNotify(notifyPath)
+	if err != nil {
+		return err
+	}
+	defer notify.Close()
+
+	l.logf, err = os.Create(filepath.Join(l.runDir, "agent.log"))
+	if err != nil {
+		return err
+	}
+	args := append(append([]string(nil), l.o.AgentCommand[1:]...), "--config", cfgPath)
+	cmd := exec.Command(l.o.AgentCommand[0], args...)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	cmd.Stdout, cmd.Stderr = l.logf, l.logf
+	// If the lab dies, the agent goes with it rather than serving on.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := l.appNS.Do(cmd.Start); err != nil {
+		return fmt.Errorf("start agent: %w", err)
+	}
+	l.agent = cmd
+	l.exited = make(chan struct{})
+	go func() { cmd.Wait(); close(l.exited) }()
+
+	ready := make(chan error, 1)
+	go func() { ready <- waitReady(notify) }()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return fmt.Errorf("agent readiness: %w", err)
+		}
+		l.o.Log.Info("agent ready", "pid", cmd.Process.Pid)
+		return nil
+	case <-l.exited:
+		return fmt.Errorf("agent exited before it was ready (%s); its log:\n%s", cmd.ProcessState, l.agentLogTail())
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("agent not ready after 30s; its log:\n%s", l.agentLogTail())
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+func (l *lab) agentLogTail() string {
+	data, err := os.ReadFile(l.logf.Name())
+	if err != nil {
+		return err.Error()
+	}
+	const keep = 4096
+	if len(data) > keep {
+		data = data[len(data)-keep:]
+	}
+	return string(data)
+}
+
+// stopAgent asks the agent to stop, as systemd does, and waits for it.
+func (l *lab) stopAgent() error {
+	if l.agent == nil {
+		return nil
+	}
+	cmd := l.agent
+	l.agent = nil
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-l.exited:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		<-l.exited
+		return fmt.Errorf("agent did not stop within 15s of SIGTERM; killed")
+	}
+	if !cmd.ProcessState.Success() {
+		return fmt.Errorf("agent exited with %s; its log:\n%s", cmd.ProcessState, l.agentLogTail())
+	}
+	return nil
+}
+
+func (l *lab) waitShowingProgress(wg *sync.WaitGroup, rec *recorder, phases []string, start time.Time) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	if !l.o.LiveProgress {
+		<-done
+		return
+	}
+	t := time.NewTicker(l.o.ProgressEvery)
+	defer t.Stop()
+	draw := func() {
+		per, completed, failed := rec.progress()
+		fmt.Fprintf(l.o.Out, "\r\033[K%s", progressLine(time.Since(start), phases, per, l.o.Phones, completed, failed))
+	}
+	for {
+		select {
+		case <-done:
+			draw()
+			fmt.Fprintln(l.o.Out)
+			return
+		case <-t.C:
+			draw()
+		}
+	}
+}
+
+// cleanup removes everything the lab made; it is safe on a half-built lab.
+func (l *lab) cleanup() error {
+	var errs []error
+	if l.agent != nil {
+		l.agent.Process.Kill()
+		<-l.exited
+	}
+	if l.logf != nil {
+		l.logf.Close()
+	}
+	for _, p := range l.ports {
+		errs = append(errs, p.NS.Close())
+	}
+	if l.appNS != nil {
+		errs = append(errs, l.appNS.Close())
+	}
+	// The agent detaches and unpins on a clean stop; this catches a crash.
+	if l.pinDir != "" {
+		errs = append(errs, os.RemoveAll(l.pinDir))
+	}
+	if l.runDir != "" {
+		errs = append(errs, os.RemoveAll(l.runDir))
+	}
+	return errors.Join(errs...)
+}
+
+// IsTerminal reports whether f is a terminal, for live progress.
+func IsTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

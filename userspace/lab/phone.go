@@ -1,0 +1,107 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/phoneboot/phoneboot/images"
+)
+
+// Cisco OUIs seen on IP phones; the lab spreads its phones across them.
+var ciscoOUIs = [][3]byte{
+	{0x00, 0x1e, 0x7a},
+	{0x00, 0x26, 0x0b},
+	{0x70, 0xdb, 0x98},
+	{0x2c, 0x3e, 0xcf},
+}
+
+// Phone is one simulated IP phone.
+type Phone struct {
+	Name  string // SEP followed by the MAC in upper-case hex, as CUCM names devices
+	MAC   net.HardwareAddr
+	Model images.Model
+	Load  string // the firmware load stored on the phone
+	Port  *Port  // the switch port it is plugged into
+
+	rng *rand.Rand
+}
+
+func newPhone(index int, model images.Model, port *Port, seed uint64) *Phone {
+	oui := ciscoOUIs[index%len(ciscoOUIs)]
+	n := index / len(ciscoOUIs)
+	mac := net.HardwareAddr{oui[0], oui[1], oui[2], byte(n >> 16), byte(n >> 8), byte(n)}
+	return &Phone{
+		Name:  "SEP" + strings.ToUpper(strings.ReplaceAll(mac.String(), ":", "")),
+		MAC:   mac,
+		Model: model,
+		Load:  model.Load,
+		Port:  port,
+		rng:   rand.New(rand.NewPCG(seed, uint64(index))),
+	}
+}
+
+// Phase is one step of a phone's boot. Phases run in order; a phone that
+// fails one stops there. Adding a phase means implementing this and adding
+// it to the list in phasesFor.
+type Phase interface {
+	Name() string
+	Run(ctx context.Context, ph *Phone) error
+}
+
+// powerPhase waits until the switch powers the phone's port, seen as the
+// phone's side of the link coming up.
+type powerPhase struct{}
+
+func (powerPhase) Name() string { return "power" }
+
+func (powerPhase) Run(ctx context.Context, ph *Phone) error {
+	select {
+	case <-ph.Port.powered:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("port %s was not powered: %w", ph.Port.Name, context.Cause(ctx))
+	}
+}
+
+// bootPhase loads the stored image: the model's boot time, scaled, with
+// +-10% per phone so that a storm does not move in lockstep.
+type bootPhase struct{ timeScale float64 }
+
+func (bootPhase) Name() string { return "boot" }
+
+func (b bootPhase) Run(ctx context.Context, ph *Phone) error {
+	jitter := 0.9 + 0.2*ph.rng.Float64()
+	d := time.Duration(float64(ph.Model.BootTime()) * b.timeScale * jitter)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("boot interrupted: %w", context.Cause(ctx))
+	}
+}
+
+// phasesFor lists the phases the lab runs, in order.
+func phasesFor(o Options) []Phase {
+	return []Phase{powerPhase{}, bootPhase{timeScale: o.TimeScale}}
+}
+
+// runPhone takes one phone through the phases. A phase's latency counts
+// from the end of the previous one; the first phase's from the storm's start.
+func runPhone(ctx context.Context, ph *Phone, phases []Phase, rec *recorder, start time.Time) {
+	for _, p := range phases {
+		if err := p.Run(ctx, ph); err != nil {
+			rec.fail(ph.Name, p.Name(), err)
+			return
+		}
+		now := time.Now()
+		rec.done(p.Name(), now.Sub(start))
+		start = now
+	}
+	rec.complete()
+}

@@ -1,0 +1,185 @@
+package lab
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is the lab's result. Its JSON form is a stable schema that later
+// phases extend: keep field names and meanings.
+type Report struct {
+	Phones      int           `json:"phones"`
+	Ports       int           `json:"ports"`
+	Mode        string        `json:"mode"` // xdp or userspace
+	WallSeconds float64       `json:"wall_seconds"`
+	Completed   int           `json:"completed"`
+	Failed      int           `json:"failed"`
+	Phases      []PhaseReport `json:"phases"`
+	Failures    []Failure     `json:"failures"`
+}
+
+// PhaseReport is one phase across all phones. Latencies are of the phones
+// that finished the phase.
+type PhaseReport struct {
+	Name   string  `json:"name"`
+	Done   int     `json:"done"`
+	Failed int     `json:"failed"`
+	P50ms  float64 `json:"p50_ms"`
+	P95ms  float64 `json:"p95_ms"`
+	P99ms  float64 `json:"p99_ms"`
+	MaxMs  float64 `json:"max_ms"`
+}
+
+// Failure is one phone that did not finish.
+type Failure struct {
+	Phone string `json:"phone"`
+	Phase string `json:"phase"`
+	Error string `json:"error"`
+}
+
+// recorder collects phase outcomes from the phones' goroutines.
+type recorder struct {
+	phases []string
+
+	mu        sync.Mutex
+	durations map[string][]time.Duration
+	failed    map[string]int
+	failures  []Failure
+	completed int
+}
+
+func newRecorder(phases []string) *recorder {
+	return &recorder{phases: phases, durations: map[string][]time.Duration{}, failed: map[string]int{}}
+}
+
+func (r *recorder) done(phase string, d time.Duration) {
+	r.mu.Lock()
+	r.durations[phase] = append(r.durations[phase], d)
+	r.mu.Unlock()
+}
+
+func (r *recorder) fail(phone, phase string, err error) {
+	r.mu.Lock()
+	r.failed[phase]++
+	r.failures = append(r.failures, Failure{Phone: phone, Phase: phase, Error: err.Error()})
+	r.mu.Unlock()
+}
+
+func (r *recorder) complete() {
+	r.mu.Lock()
+	r.completed++
+	r.mu.Unlock()
+}
+
+// progress returns phones done per phase, and completed and failed phones.
+func (r *recorder) progress() (perPhase []int, completed, failed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.phases {
+		perPhase = append(perPhase, len(r.durations[p]))
+	}
+	return perPhase, r.completed, len(r.failures)
+}
+
+func (r *recorder) report(phones, ports int, mode string, wall time.Duration) Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep := Report{
+		Phones:      phones,
+		Ports:       ports,
+		Mode:        mode,
+		WallSeconds: wall.Seconds(),
+		Completed:   r.completed,
+		Failed:      len(r.failures),
+		Failures:    slices.Clone(r.failures),
+	}
+	if rep.Failures == nil {
+		rep.Failures = []Failure{}
+	}
+	sort.Slice(rep.Failures, func(i, j int) bool { return rep.Failures[i].Phone < rep.Failures[j].Phone })
+	for _, p := range r.phases {
+		ds := slices.Clone(r.durations[p])
+		slices.Sort(ds)
+		rep.Phases = append(rep.Phases, PhaseReport{
+			Name:   p,
+			Done:   len(ds),
+			Failed: r.failed[p],
+			P50ms:  percentileMs(ds, 50),
+			P95ms:  percentileMs(ds, 95),
+			P99ms:  percentileMs(ds, 99),
+			MaxMs:  percentileMs(ds, 100),
+		})
+	}
+	return rep
+}
+
+// percentileMs is the nearest-rank percentile of sorted durations, in ms.
+func percentileMs(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = min(max(rank, 1), len(sorted))
+	ms := float64(sorted[rank-1]) / float64(time.Millisecond)
+	return math.Round(ms*1000) / 1000
+}
+
+// WriteTable prints the report for people.
+func (rep Report) WriteTable(w io.Writer) error {
+	fmt.Fprintf(w, "phoneboot lab: %d phones on %d ports, mode %s, %.1fs wall, %d completed, %d failed\n",
+		rep.Phones, rep.Ports, rep.Mode, rep.WallSeconds, rep.Completed, rep.Failed)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "phase\tdone\tfailed\tp50 ms\tp95 ms\tp99 ms\tmax ms\t")
+	for _, p := range rep.Phases {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t\n", p.Name, p.Done, p.Failed, p.P50ms, p.P95ms, p.P99ms, p.MaxMs)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	const shown = 10
+	for i, f := range rep.Failures {
+		if i == shown {
+			fmt.Fprintf(w, "... and %d more failures (see --json)\n", len(rep.Failures)-shown)
+			break
+		}
+		fmt.Fprintf(w, "FAILED %s in %s: %s\n", f.Phone, f.Phase, f.Error)
+	}
+	return nil
+}
+
+// WriteJSONFile writes the report atomically (temp file, then rename).
+func (rep Report) WriteJSONFile(path string) error {
+	data, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// progressLine is the live one-line view: phones past each phase.
+func progressLine(elapsed time.Duration, phases []string, perPhase []int, phones, completed, failed int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%6.1fs]", elapsed.Seconds())
+	for i, p := range phases {
+		fmt.Fprintf(&b, " %s %d/%d", p, perPhase[i], phones)
+	}
+	fmt.Fprintf(&b, " | completed %d failed %d", completed, failed)
+	return b.String()
+}
