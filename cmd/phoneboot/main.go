@@ -189,15 +189,17 @@ func labCommand() *cli.Command {
 			&cli.StringFlag{Name: "json", Usage: "write the report as JSON to this file"},
 			&cli.BoolFlag{Name: "no-xdp", Usage: "run without the XDP fast path (userspace only)"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter"},
-			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's own steps"},
+			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's steps and show the agent's log"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.Args().Len() > 0 {
 				return fmt.Errorf("lab takes no arguments, got %q", c.Args().Slice())
 			}
 			level := slog.LevelWarn
+			var agentLog io.Writer
 			if c.Bool("verbose") {
 				level = slog.LevelInfo
+				agentLog = os.Stderr
 			}
 			if err := rlimit.RemoveMemlock(); err != nil {
 				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
@@ -217,6 +219,7 @@ func labCommand() *cli.Command {
 				JSONPath:     c.String("json"),
 				Out:          c.App.Writer,
 				LiveProgress: lab.IsTerminal(os.Stdout),
+				AgentLog:     agentLog,
 				Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})
 			if err != nil {

@@ -291,15 +291,16 @@ func runStage(ctx context.Context, log *slog.Logger, st stage) []Result {
 	mu.Lock()
 	defer mu.Unlock()
 	sealed = true
-	select {
-	case <-done:
-		fillMissing("check returned no result", "this is a bug in phoneboot doctor; please report it")
+	// A stage that sees its context end stops early without reporting the
+	// rest, so an ended context explains missing results before a bug does.
+	const hangHint = "something hangs in the kernel (bpf or netlink call); look at dmesg and run doctor again"
+	switch {
+	case ctx.Err() != nil:
+		fillMissing("not finished: "+budgetReason(ctx.Err()), hangHint)
+	case sctx.Err() != nil:
+		fillMissing(fmt.Sprintf("timed out after %v", st.limit), hangHint)
 	default:
-		if err := ctx.Err(); err != nil {
-			fillMissing("not finished: "+budgetReason(err), "something hangs in the kernel (bpf or netlink call); look at dmesg and run doctor again")
-		} else {
-			fillMissing(fmt.Sprintf("timed out after %v", st.limit), "something hangs in the kernel (bpf or netlink call); look at dmesg and run doctor again")
-		}
+		fillMissing("check returned no result", "this is a bug in phoneboot doctor; please report it")
 	}
 	res := append([]Result(nil), out...)
 	for _, r := range res {

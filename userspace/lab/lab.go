@@ -39,6 +39,7 @@ type Options struct {
 	Seed          uint64
 	JSONPath      string
 	AgentCommand  []string  // the agent to run; default: this binary's "serve"
+	AgentLog      io.Writer // also gets the agent's log, if set (it always goes to the run directory)
 	Out           io.Writer // the table and live progress
 	LiveProgress  bool      // redraw a progress line while the storm runs
 	ProgressEvery time.Duration
@@ -248,7 +249,7 @@ func (l *lab) build(models []images.Model) ([]*Phone, error) {
 	return phones, nil
 }
 
-// watchPower marks each port powered when its phone side comes up.
+// watchPower marks each port powered when its phone side is brought up.
 func (l *lab) watchPower(ctx context.Context) error {
 	for _, p := range l.ports {
 		updates := make(chan netlink.LinkUpdate, 16)
@@ -268,7 +269,10 @@ func (l *lab) watchPower(ctx context.Context) error {
 		go func() {
 			for u := range updates {
 				a := u.Attrs()
-				if a.Name == p.Link && a.Flags&net.FlagUp != 0 && a.OperState == netlink.OperUp {
+				// The PSE's power-up is the phone side going administratively
+				// up. Operstate would lag it: the kernel's linkwatch batches
+				// carrier events for up to a second.
+				if a.Name == p.Link && a.Flags&net.FlagUp != 0 {
 					p.poweredOnce.Do(func() { close(p.powered) })
 				}
 			}
@@ -326,7 +330,11 @@ func (l *lab) startAgent(ctx context.Context) error {
 	args := append(append([]string(nil), l.o.AgentCommand[1:]...), "--config", cfgPath)
 	cmd := exec.Command(l.o.AgentCommand[0], args...)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
-	cmd.Stdout, cmd.Stderr = l.logf, l.logf
+	var logw io.Writer = l.logf
+	if l.o.AgentLog != nil {
+		logw = io.MultiWriter(l.logf, l.o.AgentLog)
+	}
+	cmd.Stdout, cmd.Stderr = logw, logw
 	// If the lab dies, the agent goes with it rather than serving on.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := l.appNS.Do(cmd.Start); err != nil {

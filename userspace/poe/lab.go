@@ -91,6 +91,7 @@ func (l *Lab) Enable(ctx context.Context, port string) error {
 			return
 		case <-t.C:
 		}
+		began := time.Now()
 		err := setLink(p.cfg, true)
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -104,6 +105,7 @@ func (l *Lab) Enable(ctx context.Context, port string) error {
 			return
 		}
 		p.status = PortStatus{Port: port, State: StateDelivering, Class: p.cfg.Class, PowerMW: ClassPowerMW[p.cfg.Class]}
+		l.log.Info("port powered", "port", port, "class", p.cfg.Class, "linkUpTook", time.Since(began))
 	}()
 	return nil
 }
