@@ -106,10 +106,10 @@ func (o *Options) normalize() error {
 // and the phone side in a namespace of its own.
 type Port struct {
 	Index int
-	Name  string  // the appliance's interface
+	Name  string   // the appliance's interface
 	NS    *vnet.NS // the phones' side
-	Link  string  // the phones' interface inside NS
-	Class int     // the PoE class presented on the port
+	Link  string   // the phones' interface inside NS
+	Class int      // the PoE class presented on the port
 
 	powered     chan struct{} // closed when the phone side's link comes up
 	poweredOnce sync.Once
