@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -190,16 +191,14 @@ func describe(n *yaml.Node) string {
 	return fmt.Sprintf("%q", n.Value)
 }
 
-// cleanYAMLError drops yaml.v3's "yaml: unmarshal errors:\n  line N:"
+// cleanYAMLError drops yaml.v3's "yaml: unmarshal errors:" and "line N:"
 // framing; the caller adds file, line and key itself.
 func cleanYAMLError(err error) string {
-	s := err.Error()
-	s = strings.TrimPrefix(s, "yaml: unmarshal errors:\n")
+	s := strings.TrimSpace(err.Error())
+	s = strings.TrimPrefix(s, "yaml: unmarshal errors:")
 	s = strings.TrimSpace(s)
-	if strings.HasPrefix(s, "line ") {
-		if _, rest, ok := strings.Cut(s, ": "); ok {
-			s = rest
-		}
-	}
-	return s
+	s = strings.TrimPrefix(s, "yaml: ")
+	return yamlLinePrefix.ReplaceAllString(s, "")
 }
+
+var yamlLinePrefix = regexp.MustCompile(`^line \d+: `)

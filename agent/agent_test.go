@@ -1,0 +1,320 @@
+package agent
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/phoneboot/phoneboot/userspace/control"
+	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/vnet"
+)
+
+// testLogger sends the agent's log to the test log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+// notifyListener collects sd_notify datagrams sent to NOTIFY_SOCKET.
+type notifyListener struct {
+	mu   sync.Mutex
+	msgs []string
+	got  chan string
+}
+
+func listenNotify(t *testing.T) *notifyListener {
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	n := &notifyListener{got: make(chan string, 100)}
+	go func() {
+		buf := make([]byte, 1024)
+		for {
+			k, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case n.got <- string(buf[:k]):
+			default:
+			}
+		}
+	}()
+	return n
+}
+
+func (n *notifyListener) wait(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-n.got:
+			n.mu.Lock()
+			n.msgs = append(n.msgs, m)
+			n.mu.Unlock()
+			if m == want {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no sd_notify %q; got %q", want, n.msgs)
+		}
+	}
+}
+
+// agentNet is an appliance namespace with one port, and a phone namespace
+// on the other end of it.
+type agentNet struct {
+	app, phone *vnet.NS
+}
+
+func newAgentNet(t *testing.T) *agentNet {
+	t.Helper()
+	privtest.Require(t)
+	n := &agentNet{}
+	for _, p := range []**vnet.NS{&n.app, &n.phone} {
+		ns, err := vnet.Create(vnet.UniqueName("pbag"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ns.Close() })
+		*p = ns
+	}
+	if err := vnet.Veth(n.app, "swp1", n.phone, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []struct {
+		ns   *vnet.NS
+		link string
+	}{{n.app, "swp1"}, {n.phone, "eth0"}} {
+		if err := s.ns.SetUp(s.link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return n
+}
+
+// runDir is a root-only directory under /run for the control socket (the
+// config refuses /tmp, where t.TempDir lives).
+func runDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("/run", "phoneboot-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// sendDHCPDiscoverFrame sends a broadcast frame to UDP port 67 out of ifname.
+func sendDHCPFrame(ifname string) error {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	frame := make([]byte, 14+20+8+240)
+	copy(frame[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(frame[6:12], []byte{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x01})
+	binary.BigEndian.PutUint16(frame[12:], 0x0800)
+	ip := frame[14:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(frame)-14))
+	ip[8], ip[9] = 64, 17
+	copy(ip[16:20], []byte{255, 255, 255, 255})
+	udp := ip[20:]
+	binary.BigEndian.PutUint16(udp[0:], 68)
+	binary.BigEndian.PutUint16(udp[2:], 67)
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}})
+}
+
+func counter(st control.Status, name string) uint64 {
+	for _, c := range st.Counters {
+		if c.Name == name {
+			return c.Packets
+		}
+	}
+	return 0
+}
+
+func TestAgentServes(t *testing.T) {
+	n := newAgentNet(t)
+	bpffs := privtest.TempBPFFS(t)
+	notes := listenNotify(t)
+	t.Setenv("WATCHDOG_USEC", "100000")
+	t.Setenv("WATCHDOG_PID", "")
+
+	socket := filepath.Join(runDir(t), "control.sock")
+	cfgText := `
+control: {socket: ` + socket + `}
+metrics: {listen: "127.0.0.1:19617"}
+fastpath: {xdp_mode: auto, pin_dir: ` + bpffs + `/phoneboot}
+ports: [{name: swp1}]
+`
+	cfg, err := ParseConfig("test.yaml", []byte(cfgText))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var a *Agent
+	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	notes.wait(t, "READY=1")
+	notes.wait(t, "WATCHDOG=1")
+
+	// The socket is private to root.
+	st, err := os.Stat(socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := st.Mode().Perm(); perm != 0o600 {
+		t.Errorf("control socket mode %o, want 600", perm)
+	}
+
+	client := control.NewClient(socket)
+	status, err := client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status.Version != Version || status.PID != os.Getpid() {
+		t.Errorf("status version/pid = %q/%d", status.Version, status.PID)
+	}
+	if len(status.Ports) != 1 || status.Ports[0].Name != "swp1" || status.Ports[0].XDPMode != "native" || status.Ports[0].Ifindex == 0 {
+		t.Errorf("ports = %+v, want swp1 attached natively (veth supports it)", status.Ports)
+	}
+	wantServices := []string{"fastpath", "control", "metrics"}
+	if len(status.Services) != len(wantServices) {
+		t.Fatalf("services = %+v", status.Services)
+	}
+	for i, s := range status.Services {
+		if s.Name != wantServices[i] || s.State != "running" {
+			t.Errorf("service %d = %+v, want %s running", i, s, wantServices[i])
+		}
+	}
+
+	before := counter(status, "dhcp")
+	if err := n.phone.Do(func() error { return sendDHCPFrame("eth0") }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for counter(status, "dhcp") != before+1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("dhcp counter %d, want %d", counter(status, "dhcp"), before+1)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if status, err = client.Status(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The metrics listener lives in the appliance namespace: dial there (the
+	// HTTP transport dials on goroutines of its own, outside Do).
+	var conn net.Conn
+	if err := n.app.Do(func() (err error) { conn, err = net.Dial("tcp", "127.0.0.1:19617"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil },
+	}}
+	resp, err := hc.Get("http://127.0.0.1:19617/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(b)
+	for _, want := range []string{
+		`phoneboot_xdp_attached{mode="native",port="swp1"} 1`,
+		`phoneboot_xdp_packets_total{counter="dhcp"} 1`,
+		`phoneboot_service_up{service="control"} 1`,
+		`phoneboot_build_info{version="` + Version + `"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	notes.wait(t, "STOPPING=1")
+	if err := a.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if _, err := os.Stat(socket); !os.IsNotExist(err) {
+		t.Errorf("control socket left behind: %v", err)
+	}
+}
+
+func TestAgentRefusesSocketInUse(t *testing.T) {
+	privtest.Require(t)
+	socket := filepath.Join(runDir(t), "control.sock")
+	cfg := DefaultConfig()
+	cfg.Control.Socket = socket
+	cfg.Metrics.Listen = ""
+	first, err := New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	go first.Run(t.Context())
+	_, err = New(cfg, testLogger(t))
+	if err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second agent on the same socket: %v, want an in-use error", err)
+	}
+}
+
+func TestAgentFailsCleanlyOnMissingPort(t *testing.T) {
+	n := newAgentNet(t)
+	bpffs := privtest.TempBPFFS(t)
+	cfg := DefaultConfig()
+	cfg.Control.Socket = filepath.Join(runDir(t), "control.sock")
+	cfg.Metrics.Listen = ""
+	cfg.FastPath.PinDir = bpffs + "/phoneboot"
+	cfg.Ports = []PortConfig{{Name: "swp1"}, {Name: "swp9"}}
+	err := n.app.Do(func() error { _, err := New(cfg, testLogger(t)); return err })
+	if err == nil || !strings.Contains(err.Error(), "swp9") {
+		t.Fatalf("New with a missing port: %v, want an error naming swp9", err)
+	}
+	// Nothing stays attached to the port that did exist.
+	l, lerr := n.app.Netlink().LinkByName("swp1")
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	if x := l.Attrs().Xdp; x != nil && x.Attached {
+		t.Errorf("xdp still attached to swp1 after a failed start")
+	}
+	if _, err := os.Stat(cfg.Control.Socket); !os.IsNotExist(err) {
+		t.Errorf("control socket created although start failed")
+	}
+}

@@ -1,0 +1,173 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want string // the whole error text
+	}{
+		{"unknown top-level key", "log:\n  level: info\nports_:\n  - name: a\n",
+			`f.yaml:3: ports_: unknown key (known keys here: control, fastpath, log, metrics, ports, power)`},
+		{"unknown nested key", "fastpath:\n  enabled: true\n  xdpmode: native\n",
+			`f.yaml:3: fastpath.xdpmode: unknown key (known keys here: detach_on_stop, enabled, pin_dir, xdp_mode)`},
+		{"unknown key in list item", "ports:\n  - name: a\n  - name: b\n    speed: 1000\n",
+			`f.yaml:4: ports[1].speed: unknown key (known keys here: lab, name, poe)`},
+		{"bad enum", "fastpath:\n  xdp_mode: fast\n",
+			`f.yaml:2: fastpath.xdp_mode: "fast" is not one of native, generic, auto`},
+		{"bad type", "fastpath:\n  enabled: maybe\n",
+			"f.yaml:2: fastpath.enabled: cannot unmarshal !!str `maybe` into bool"},
+		{"bad duration", "power:\n  stagger_interval: 5 minutes\n",
+			`f.yaml:2: power.stagger_interval: "5 minutes" is not a duration such as 500ms or 2s`},
+		{"duplicate key", "log:\n  level: info\n  level: debug\n",
+			`f.yaml:3: log.level: duplicate key`},
+		{"list where mapping", "log:\n  - info\n",
+			`f.yaml:2: log: expected a mapping, got a list`},
+		{"mapping where list", "ports:\n  name: a\n",
+			`f.yaml:2: ports: expected a list, got a mapping`},
+		{"syntax error", "log:\n  level: [info\n",
+			`f.yaml:1: did not find expected ',' or ']'`},
+		{"duplicate port", "ports:\n  - name: swp1\n  - name: swp1\n",
+			`f.yaml:3: ports[1].name: port "swp1" is listed twice`},
+		{"missing port name", "ports:\n  - poe: false\n",
+			`f.yaml:2: ports[0].name: an interface name is required`},
+		{"long port name", "ports:\n  - name: abcdefghijklmnop\n",
+			`f.yaml:2: ports[0].name: "abcdefghijklmnop" is not a valid interface name`},
+		{"socket in tmp", "control:\n  socket: /tmp/pb.sock\n",
+			`f.yaml:2: control.socket: "/tmp/pb.sock" is under /tmp, where any user can create files; use a root-owned directory such as /run/phoneboot`},
+		{"relative socket", "control:\n  socket: pb.sock\n",
+			`f.yaml:2: control.socket: "pb.sock" must be an absolute path`},
+		{"bad metrics address", "metrics:\n  listen: localhost\n",
+			`f.yaml:2: metrics.listen: "localhost" is not host:port (address localhost: missing port in address)`},
+		{"relative pin dir", "fastpath:\n  pin_dir: bpf/pb\n",
+			`f.yaml:2: fastpath.pin_dir: "bpf/pb" must be an absolute directory on bpffs, such as /sys/fs/bpf/phoneboot`},
+		{"bad power backend", "power:\n  backend: pd69200\n",
+			`f.yaml:2: power.backend: "pd69200" is not one of none, lab`},
+		{"lab port without lab backend", "ports:\n  - name: p1\n    lab: {netns: x, link: eth0}\n",
+			`f.yaml:3: ports[0].lab: only allowed with power.backend lab`},
+		{"lab backend without lab section", "power:\n  backend: lab\nports:\n  - name: p1\n",
+			`f.yaml:4: ports[0]: power.backend lab needs a lab section (netns, link) for every PoE port`},
+		{"bad class", "power:\n  backend: lab\nports:\n  - name: p1\n    lab: {netns: x, link: eth0, class: 7}\n",
+			`f.yaml:5: ports[0].lab.class: 7 is not a power class 0-4`},
+		{"zero stagger ports", "power:\n  stagger_ports: 0\n",
+			`f.yaml:2: power.stagger_ports: 0 must be at least 1`},
+		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n",
+			`f.yaml:3: more than one YAML document`},
+		{"alias", "log: &l\n  level: info\ncontrol: *l\n",
+			`f.yaml:3: control: YAML aliases are not supported in the config`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseConfig("f.yaml", []byte(tt.yaml))
+			if err == nil {
+				t.Fatalf("no error, want %q", tt.want)
+			}
+			if err.Error() != tt.want {
+				t.Errorf("error\n got: %s\nwant: %s", err, tt.want)
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Errorf("error is %T, not *ConfigError", err)
+			}
+		})
+	}
+}
+
+func TestParseConfigEmptyIsDefault(t *testing.T) {
+	for _, text := range []string{"", "\n", "# nothing\n", "log:\n"} {
+		cfg, err := ParseConfig("f.yaml", []byte(text))
+		if err != nil {
+			t.Fatalf("%q: %v", text, err)
+		}
+		if !reflect.DeepEqual(cfg, DefaultConfig()) {
+			t.Errorf("%q: got %+v, want defaults", text, cfg)
+		}
+	}
+}
+
+func TestParseConfigValues(t *testing.T) {
+	cfg, err := ParseConfig("f.yaml", []byte(`
+log: {level: debug, format: json}
+fastpath: {xdp_mode: generic, detach_on_stop: true}
+ports:
+  - name: swp1
+  - name: swp2
+    poe: false
+power:
+  policy: stagger
+  stagger_ports: 4
+  stagger_interval: 1500ms
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Log.Level != "debug" || cfg.Log.Format != "json" {
+		t.Errorf("log = %+v", cfg.Log)
+	}
+	if cfg.FastPath.XDPMode != "generic" || !cfg.FastPath.DetachOnStop || !cfg.FastPath.Enabled {
+		t.Errorf("fastpath = %+v", cfg.FastPath)
+	}
+	if got := cfg.PortNames(); !reflect.DeepEqual(got, []string{"swp1", "swp2"}) {
+		t.Errorf("ports = %v", got)
+	}
+	if !cfg.Ports[0].PoEEnabled() || cfg.Ports[1].PoEEnabled() {
+		t.Errorf("poe flags: %v %v", cfg.Ports[0].PoEEnabled(), cfg.Ports[1].PoEEnabled())
+	}
+	if cfg.Power.Policy != "stagger" || cfg.Power.StaggerPorts != 4 || time.Duration(cfg.Power.StaggerInterval) != 1500*time.Millisecond {
+		t.Errorf("power = %+v", cfg.Power)
+	}
+}
+
+// The example config documents the defaults: it must parse, and apart from
+// the keys it marks as examples it must say what DefaultConfig says.
+func TestExampleConfigShowsDefaults(t *testing.T) {
+	cfg, err := LoadConfig("../deploy/phoneboot.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Ports) == 0 {
+		t.Fatal("the example lists no ports")
+	}
+	cfg.Ports = nil // marked "example"
+	if want := DefaultConfig(); !reflect.DeepEqual(cfg, want) {
+		t.Errorf("example config differs from the defaults:\n got: %+v\nwant: %+v", cfg, want)
+	}
+}
+
+func TestLoadConfigMissingFile(t *testing.T) {
+	_, err := LoadConfig("/nonexistent/phoneboot.yaml")
+	if err == nil || !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "/nonexistent/phoneboot.yaml") {
+		t.Fatalf("got %v, want a not-exist error naming the file", err)
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	for _, s := range []string{"", "log: {level: info}", "ports:\n  - name: a\n", "power:\n  backend: lab\n", "a: [1, {b: c}]", "- - -"} {
+		f.Add([]byte(s))
+	}
+	if data, err := os.ReadFile("../deploy/phoneboot.yaml"); err == nil {
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := ParseConfig("fuzz.yaml", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz.yaml") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		// Anything accepted must validate again unchanged.
+		d := &strictDecoder{file: "fuzz.yaml", lines: map[string]int{}}
+		if err := cfg.validate(d); err != nil {
+			t.Fatalf("accepted config fails validation: %v", err)
+		}
+	})
+}
