@@ -73,7 +73,7 @@ type vlanTag struct {
 type ipv4Hdr struct {
 	version uint8
 	ihl     uint8
-	raw     bool // write version and ihl as given, zeros included
+	raw     bool   // write version and ihl as given, zeros included
 	options []byte // padded with EOL to a multiple of 4
 	fragOff uint16 // flags and offset as on the wire (ipFlagMF | offset/8)
 	proto   uint8
