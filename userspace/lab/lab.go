@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +38,7 @@ type Options struct {
 	Timeout       time.Duration // the storm's limit; phones not done by then fail
 	NoXDP         bool
 	Seed          uint64
+	ID            string // names the lab's namespaces and directories; default random
 	JSONPath      string
 	AgentCommand  []string  // the agent to run; default: this binary's "serve"
 	AgentLog      io.Writer // also gets the agent's log, if set (it always goes to the run directory)
@@ -89,6 +91,9 @@ func (o *Options) normalize() error {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	if o.ID != "" && !labIDPattern.MatchString(o.ID) {
+		return fmt.Errorf("lab id %q: must be 1 to 8 lower-case letters or digits", o.ID)
+	}
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = 250 * time.Millisecond
 	}
@@ -101,6 +106,8 @@ func (o *Options) normalize() error {
 	}
 	return nil
 }
+
+var labIDPattern = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
 
 // Port is one switch port of the lab: the appliance's end of a veth pair,
 // and the phone side in a namespace of its own.
@@ -134,7 +141,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		return Report{}, err
 	}
 
-	l := &lab{o: o, id: vnet.UniqueName("")}
+	id := o.ID
+	if id == "" {
+		id = vnet.UniqueName("")
+	}
+	l := &lab{o: o, id: id}
 	defer func() {
 		if cerr := l.cleanup(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("lab cleanup: %w", cerr))
@@ -207,6 +218,7 @@ type lab struct {
 	appNS  *vnet.NS
 	ports  []*Port
 	runDir string
+	bpffs  string // mounted by the lab, unmounted in cleanup
 	pinDir string
 	agent  *exec.Cmd
 	exited chan struct{}
@@ -221,7 +233,17 @@ func (l *lab) build(models []images.Model) ([]*Phone, error) {
 	if err := os.MkdirAll(l.runDir, 0o700); err != nil {
 		return nil, fmt.Errorf("lab run directory: %w", err)
 	}
-	l.pinDir = filepath.Join("/sys/fs/bpf", "phoneboot-lab-"+l.id)
+	// A bpffs of the lab's own: the agent pins there, and nothing of the
+	// lab shows up in (or needs) the host's /sys/fs/bpf.
+	bpffs := filepath.Join(l.runDir, "bpffs")
+	if err := os.Mkdir(bpffs, 0o700); err != nil {
+		return nil, fmt.Errorf("lab bpffs: %w", err)
+	}
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		return nil, fmt.Errorf("mount the lab's bpffs: %w", err)
+	}
+	l.bpffs = bpffs
+	l.pinDir = filepath.Join(bpffs, "phoneboot")
 	l.appNS, err = vnet.Create("pb" + l.id + "a")
 	if err != nil {
 		return nil, err
@@ -436,9 +458,12 @@ func (l *lab) cleanup() error {
 	if l.appNS != nil {
 		errs = append(errs, l.appNS.Close())
 	}
-	// The agent detaches and unpins on a clean stop; this catches a crash.
-	if l.pinDir != "" {
-		errs = append(errs, os.RemoveAll(l.pinDir))
+	// The agent unpins on a clean stop; unmounting catches a crash, and the
+	// ports its links were on are gone with the namespaces anyway.
+	if l.bpffs != "" {
+		if err := unix.Unmount(l.bpffs, unix.MNT_DETACH); err != nil {
+			errs = append(errs, fmt.Errorf("unmount lab bpffs: %w", err))
+		}
 	}
 	if l.runDir != "" {
 		errs = append(errs, os.RemoveAll(l.runDir))

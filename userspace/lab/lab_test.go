@@ -1,0 +1,315 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/vnet"
+)
+
+// agentBinary is phoneboot built once for the package's tests: the lab
+// runs the real agent as a separate process, as `phoneboot lab` does.
+var agentBinary string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "pb-lab-bin-")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		agentBinary = filepath.Join(dir, "phoneboot")
+		out, err := exec.Command("go", "build", "-o", agentBinary, "github.com/phoneboot/phoneboot/cmd/phoneboot").CombinedOutput()
+		if err != nil {
+			os.Stderr.Write(out)
+			panic("build phoneboot: " + err.Error())
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func testOptions(t *testing.T) Options {
+	return Options{
+		Phones:       24,
+		Ports:        6,
+		PowerPolicy:  "all",
+		Stagger:      50 * time.Millisecond,
+		StaggerPorts: 1,
+		TimeScale:    0.01,
+		Timeout:      time.Minute,
+		ID:           vnet.UniqueName(""),
+		AgentCommand: []string{agentBinary, "serve"},
+		JSONPath:     filepath.Join(t.TempDir(), "report.json"),
+		Out:          testWriter{t},
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimRight(string(p), "\n")); return len(p), nil }
+
+// assertCleanedUp checks that nothing of lab id is left on the host.
+func assertCleanedUp(t *testing.T, id string) {
+	t.Helper()
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "pb"+id) {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
+	if _, err := os.Stat("/run/phoneboot-lab-" + id); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("run directory left behind: %v", err)
+	}
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mounts), "phoneboot-lab-"+id) {
+		t.Errorf("lab bpffs still mounted")
+	}
+}
+
+func TestLabStorm(t *testing.T) {
+	privtest.Require(t)
+	for _, noXDP := range []bool{false, true} {
+		name := map[bool]string{false: "xdp", true: "userspace"}[noXDP]
+		t.Run(name, func(t *testing.T) {
+			o := testOptions(t)
+			o.NoXDP = noXDP
+			rep, err := Run(context.Background(), o)
+			assertCleanedUp(t, o.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Phones != 24 || rep.Ports != 6 || rep.Completed != 24 || rep.Failed != 0 || rep.Mode != name {
+				t.Errorf("report = %+v", rep)
+			}
+			var names []string
+			for _, p := range rep.Phases {
+				names = append(names, p.Name)
+				if p.Done != 24 || p.Failed != 0 {
+					t.Errorf("phase %+v: want 24 done", p)
+				}
+				if !(p.P50ms <= p.P95ms && p.P95ms <= p.P99ms && p.P99ms <= p.MaxMs) {
+					t.Errorf("phase %s percentiles out of order: %+v", p.Name, p)
+				}
+			}
+			if !slices.Equal(names, []string{"power", "boot"}) {
+				t.Errorf("phases %v", names)
+			}
+			// The shortest model boots in 18 s; at time scale 0.01 with
+			// -10% jitter no phone can boot in under 162 ms.
+			if boot := rep.Phases[1]; boot.P50ms < 162 {
+				t.Errorf("boot p50 %.1f ms is shorter than any model's scaled boot time", boot.P50ms)
+			}
+			checkJSONSchema(t, o.JSONPath)
+		})
+	}
+}
+
+// checkJSONSchema holds the report file to the documented schema, key by key.
+func checkJSONSchema(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]any
+	if err := json.Unmarshal(data, &top); err != nil {
+		t.Fatal(err)
+	}
+	keys := func(m map[string]any) []string {
+		var k []string
+		for key := range m {
+			k = append(k, key)
+		}
+		slices.Sort(k)
+		return k
+	}
+	if got, want := keys(top), []string{"completed", "failed", "failures", "mode", "phases", "phones", "ports", "wall_seconds"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("report keys %v, want %v", got, want)
+	}
+	phases, _ := top["phases"].([]any)
+	if len(phases) == 0 {
+		t.Fatal("no phases in the JSON report")
+	}
+	for _, p := range phases {
+		pm, _ := p.(map[string]any)
+		if got, want := keys(pm), []string{"done", "failed", "max_ms", "name", "p50_ms", "p95_ms", "p99_ms"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("phase keys %v, want %v", got, want)
+		}
+	}
+	if _, ok := top["failures"].([]any); !ok {
+		t.Errorf("failures is %T, want a list (empty, not null)", top["failures"])
+	}
+}
+
+func TestLabStaggerPacesPower(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 8, 8
+	o.PowerPolicy = "stagger"
+	o.StaggerPorts = 2
+	o.Stagger = 100 * time.Millisecond
+	rep, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 8 ports, 2 per step: the last pair is powered 3 steps after the first.
+	if power := rep.Phases[0]; power.MaxMs < 300 {
+		t.Errorf("power max %.1f ms: stagger of 2 ports per 100ms must take at least 300 ms for 8 ports", power.MaxMs)
+	}
+	if rep.Completed != 8 {
+		t.Errorf("completed %d of 8", rep.Completed)
+	}
+}
+
+func TestLabInterrupted(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 4, 2
+	o.TimeScale = 1 // real boot times: 18 s and more
+	ctx, cancel := context.WithCancelCause(context.Background())
+	time.AfterFunc(2*time.Second, func() { cancel(errors.New("operator pressed Ctrl-C")) })
+	rep, err := Run(ctx, o)
+	assertCleanedUp(t, o.ID)
+	if err == nil || !strings.Contains(err.Error(), "Ctrl-C") {
+		t.Fatalf("Run: %v, want the interruption", err)
+	}
+	if rep.Failed != 4 || rep.Completed != 0 {
+		t.Errorf("report after interrupt: %+v", rep)
+	}
+	for _, f := range rep.Failures {
+		if f.Phase != "boot" || !strings.HasPrefix(f.Phone, "SEP") {
+			t.Errorf("failure %+v, want each phone failed in boot", f)
+		}
+	}
+}
+
+func TestLabAgentFailsToStart(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 2, 2
+	o.AgentCommand = []string{agentBinary, "serve", "--no-such-flag"}
+	_, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err == nil || !strings.Contains(err.Error(), "agent exited before it was ready") || !strings.Contains(err.Error(), "no-such-flag") {
+		t.Fatalf("Run: %v, want the agent's failure and its log", err)
+	}
+}
+
+func TestOptionsValidation(t *testing.T) {
+	base := Options{Phones: 10, PowerPolicy: "all", StaggerPorts: 1, TimeScale: 0.1, Timeout: time.Minute}
+	tests := []struct {
+		name   string
+		modify func(*Options)
+		want   string
+	}{
+		{"no phones", func(o *Options) { o.Phones = 0 }, "--phones 0: must be 1 to 100000"},
+		{"too many phones", func(o *Options) { o.Phones = 100001 }, "--phones 100001: must be 1 to 100000"},
+		{"more ports than phones", func(o *Options) { o.Ports = 11 }, "--ports 11: more ports than --phones 10"},
+		{"negative ports", func(o *Options) { o.Ports = -1 }, "--ports -1: must be 1 to 1024"},
+		{"bad policy", func(o *Options) { o.PowerPolicy = "random" }, `--power-policy "random": must be all or stagger`},
+		{"zero time scale", func(o *Options) { o.TimeScale = 0 }, "--time-scale 0: must be above 0"},
+		{"negative stagger", func(o *Options) { o.Stagger = -time.Second }, "--stagger -1s: must be 0 to 1m"},
+		{"zero stagger ports", func(o *Options) { o.StaggerPorts = 0 }, "--stagger-ports 0: must be at least 1"},
+		{"bad id", func(o *Options) { o.ID = "../x" }, `lab id "../x"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := base
+			tt.modify(&o)
+			err := o.normalize()
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want %q", err, tt.want)
+			}
+		})
+	}
+	o := base
+	if err := o.normalize(); err != nil {
+		t.Fatal(err)
+	}
+	if o.Ports != 10 {
+		t.Errorf("default ports for 10 phones = %d, want 10", o.Ports)
+	}
+	o = base
+	o.Phones = 1000
+	if err := o.normalize(); err != nil || o.Ports != 48 {
+		t.Errorf("default ports for 1000 phones = %d (%v), want 48", o.Ports, err)
+	}
+}
+
+func TestPercentiles(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		var d []time.Duration
+		for _, x := range v {
+			d = append(d, time.Duration(x)*time.Millisecond)
+		}
+		return d
+	}
+	var hundred []time.Duration
+	for i := 1; i <= 100; i++ {
+		hundred = append(hundred, time.Duration(i)*time.Millisecond)
+	}
+	tests := []struct {
+		in   []time.Duration
+		p    float64
+		want float64
+	}{
+		{nil, 50, 0},
+		{ms(7), 50, 7},
+		{ms(7), 99, 7},
+		{ms(1, 2), 50, 1},
+		{ms(1, 2), 51, 2},
+		{hundred, 50, 50},
+		{hundred, 95, 95},
+		{hundred, 99, 99},
+		{hundred, 100, 100},
+	}
+	for _, tt := range tests {
+		if got := percentileMs(tt.in, tt.p); got != tt.want {
+			t.Errorf("percentile %v of %v = %v, want %v", tt.p, tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestPhoneIdentity(t *testing.T) {
+	seen := map[string]bool{}
+	for i := range 5000 {
+		ph := newPhone(i, modelsForTest[i%len(modelsForTest)], nil, 1)
+		if len(ph.Name) != 15 || !strings.HasPrefix(ph.Name, "SEP") || strings.ToUpper(ph.Name) != ph.Name {
+			t.Fatalf("phone %d name %q is not SEP + 12 upper-case hex digits", i, ph.Name)
+		}
+		if seen[ph.Name] {
+			t.Fatalf("phone %d repeats name %s", i, ph.Name)
+		}
+		seen[ph.Name] = true
+		if ph.MAC[0]&1 != 0 {
+			t.Fatalf("phone %d has a multicast MAC %s", i, ph.MAC)
+		}
+	}
+}
+
+var modelsForTest = func() []images.Model {
+	m, err := images.Models()
+	if err != nil {
+		panic(err)
+	}
+	return m
+}()
