@@ -58,7 +58,10 @@ func testOptions(t *testing.T) Options {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimRight(string(p), "\n")); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
 
 // assertCleanedUp checks that nothing of lab id is left on the host.
 func assertCleanedUp(t *testing.T, id string) {
