@@ -201,6 +201,9 @@ func labCommand() *cli.Command {
 				level = slog.LevelInfo
 				agentLog = os.Stderr
 			}
+			if os.Geteuid() != 0 {
+				return lab.ErrNotRoot // before anything that would fail less clearly
+			}
 			if err := rlimit.RemoveMemlock(); err != nil {
 				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
 			}

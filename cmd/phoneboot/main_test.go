@@ -1,0 +1,242 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/vnet"
+)
+
+// The CLI is tested as users meet it: the built binary, its exit status
+// and what it prints.
+var binary string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "pb-cli-")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		// Readable by the unprivileged user TestLabRefusesNonRoot runs as.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			panic(err)
+		}
+		binary = filepath.Join(dir, "phoneboot")
+		if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+			os.Stderr.Write(out)
+			panic(err)
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func phoneboot(t *testing.T, args ...string) result {
+	t.Helper()
+	return run(t, exec.Command(binary, args...))
+}
+
+func TestHelpListsCommands(t *testing.T) {
+	r := phoneboot(t, "--help")
+	for _, c := range []string{"serve", "status", "doctor", "lab"} {
+		if !strings.Contains(r.stdout, c) {
+			t.Errorf("--help lacks %s:\n%s", c, r.stdout)
+		}
+	}
+	r = phoneboot(t, "lab", "--help")
+	for _, f := range []string{"--phones", "--ports", "--power-policy", "--stagger", "--time-scale", "--json", "--no-xdp"} {
+		if !strings.Contains(r.stdout, f) {
+			t.Errorf("lab --help lacks %s", f)
+		}
+	}
+}
+
+func TestBadInputExitsNonZero(t *testing.T) {
+	dir := t.TempDir()
+	badCfg := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(badCfg, []byte("fastpath:\n  xdp_mode: turbo\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"bad config value", []string{"serve", "--config", badCfg}, badCfg + `:2: fastpath.xdp_mode: "turbo" is not one of native, generic, auto`},
+		{"missing config", []string{"serve", "--config", filepath.Join(dir, "none.yaml")}, "none.yaml: no such file or directory"},
+		{"serve argument", []string{"serve", "extra"}, `serve takes no arguments`},
+		{"unknown command", []string{"frobnicate"}, "frobnicate"},
+		{"lab no phones", []string{"lab", "--phones", "0"}, "--phones 0: must be 1 to 100000"},
+		{"lab bad policy", []string{"lab", "--power-policy", "sometimes"}, `--power-policy "sometimes": must be all or stagger`},
+		{"lab ports over phones", []string{"lab", "--phones", "2", "--ports", "3"}, "--ports 3: more ports than --phones 2"},
+		{"lab bad time scale", []string{"lab", "--time-scale", "-1"}, "--time-scale -1: must be above 0"},
+		{"lab bad number", []string{"lab", "--phones", "many"}, "many"},
+		{"status without daemon", []string{"status", "--socket", filepath.Join(dir, "none.sock")}, "is phoneboot running"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := phoneboot(t, tt.args...)
+			if r.code == 0 {
+				t.Fatalf("exit 0, want failure; stderr: %s", r.stderr)
+			}
+			if !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("stderr %q lacks %q", r.stderr, tt.want)
+			}
+			if strings.Contains(r.stderr, "panic") || strings.Contains(r.stderr, "goroutine ") {
+				t.Errorf("stderr shows a panic:\n%s", r.stderr)
+			}
+		})
+	}
+}
+
+func TestLabRefusesNonRoot(t *testing.T) {
+	privtest.Require(t) // needs root to switch to another user
+	cmd := exec.Command(binary, "lab", "--phones", "2")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	r := run(t, cmd)
+	if r.code == 0 || !strings.Contains(r.stderr, "phoneboot lab needs root") {
+		t.Fatalf("exit %d, stderr %q; want a refusal naming root", r.code, r.stderr)
+	}
+}
+
+func TestDoctorPasses(t *testing.T) {
+	privtest.Require(t)
+	r := phoneboot(t, "doctor")
+	if r.code != 0 || !strings.Contains(r.stdout, " 0 failed") {
+		t.Fatalf("doctor exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestServeStatusStop runs the daemon as systemd would (NOTIFY_SOCKET,
+// SIGTERM) on a port in a throwaway namespace and asks it for its status.
+func TestServeStatusStop(t *testing.T) {
+	privtest.Require(t)
+	bpffs := privtest.TempBPFFS(t)
+	var nss []*vnet.NS
+	for range 2 {
+		ns, err := vnet.Create(vnet.UniqueName("pbcl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ns.Close() })
+		nss = append(nss, ns)
+	}
+	if err := vnet.Veth(nss[0], "swp1", nss[1], "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nss[0].SetUp("swp1"); err != nil {
+		t.Fatal(err)
+	}
+	run, err := os.MkdirTemp("/run", "phoneboot-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(run) })
+	socket := filepath.Join(run, "control.sock")
+	cfg := filepath.Join(run, "phoneboot.yaml")
+	err = os.WriteFile(cfg, []byte(`
+log: {format: json}
+control: {socket: `+socket+`}
+metrics: {listen: ""}
+fastpath: {xdp_mode: generic, pin_dir: `+bpffs+`/pb, detach_on_stop: true}
+ports: [{name: swp1}]
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notifyPath := filepath.Join(run, "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+
+	var logs bytes.Buffer
+	cmd := exec.Command(binary, "serve", "--config", cfg)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := nss[0].Do(cmd.Start); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
+
+	notify.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 512)
+	k, err := notify.Read(buf)
+	if err != nil || string(buf[:k]) != "READY=1" {
+		t.Fatalf("first notification %q (%v), want READY=1; log:\n%s", buf[:k], err, logs.String())
+	}
+
+	r := phoneboot(t, "status", "--socket", socket)
+	if r.code != 0 {
+		t.Fatalf("status exit %d: %s", r.code, r.stderr)
+	}
+	for _, want := range []string{"fastpath", "running", "swp1", "generic", "dhcp"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = phoneboot(t, "status", "--socket", socket, "--json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"xdp_mode": "generic"`) {
+		t.Errorf("status --json (exit %d):\n%s", r.code, r.stdout)
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("serve exited with %v after SIGTERM; log:\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop within 10s of SIGTERM")
+	}
+	k, err = notify.Read(buf)
+	if err != nil || string(buf[:k]) != "STOPPING=1" {
+		t.Errorf("notification after SIGTERM %q (%v), want STOPPING=1", buf[:k], err)
+	}
+	if !strings.Contains(logs.String(), `"msg":"phoneboot ready"`) {
+		t.Errorf("log is not JSON as configured:\n%s", logs.String())
+	}
+	l, err := nss[0].Netlink().LinkByName("swp1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x := l.Attrs().Xdp; x != nil && x.Attached {
+		t.Error("xdp still attached after a stop with detach_on_stop")
+	}
+}
