@@ -35,8 +35,7 @@ static __always_inline enum pb_counter classify_llc(struct cursor *c,
 
 	if (!mac_equal(eth->h_dest, cdp_dst))
 		return PB_CNT_OTHER;
-	snap = parse_llc_snap(c);
-	if (!snap)
+	if (parse_llc_snap(c, &snap))
 		return PB_CNT_TRUNCATED;
 	if (snap->dsap == 0xAA && snap->ssap == 0xAA && snap->control == 0x03 &&
 	    snap->oui[0] == 0x00 && snap->oui[1] == 0x00 && snap->oui[2] == 0x0C &&
@@ -63,8 +62,7 @@ static __always_inline enum pb_counter classify_ipv4(struct cursor *c)
 	/* A non-first fragment carries no UDP header to look at. */
 	if (ip->frag_off & bpf_htons(PB_IP_OFFSET_MASK))
 		return PB_CNT_OTHER;
-	udp = parse_udphdr(c);
-	if (!udp)
+	if (parse_udphdr(c, &udp))
 		return PB_CNT_TRUNCATED;
 	if (udp->dest == bpf_htons(PB_DHCP_SERVER_PORT) ||
 	    udp->dest == bpf_htons(PB_DHCP_CLIENT_PORT))
@@ -79,8 +77,7 @@ static __always_inline enum pb_counter classify(struct cursor *c,
 	struct vlan_tag *tag;
 	__be16 proto;
 
-	eth = parse_ethhdr(c);
-	if (!eth)
+	if (parse_ethhdr(c, &eth))
 		return PB_CNT_TRUNCATED;
 	proto = eth->h_proto;
 
@@ -88,8 +85,7 @@ static __always_inline enum pb_counter classify(struct cursor *c,
 	for (int i = 0; i < PB_MAX_VLAN_TAGS; i++) {
 		if (!proto_is_vlan(proto))
 			break;
-		tag = parse_vlan_tag(c);
-		if (!tag)
+		if (parse_vlan_tag(c, &tag))
 			return PB_CNT_TRUNCATED;
 		fi->vlan_tags++;
 		proto = tag->encapsulated_proto;

@@ -3,7 +3,7 @@
  *
  * Every helper takes a cursor, checks that the whole header lies before
  * data_end, and only then advances the cursor and hands out a pointer.
- * A helper that returns NULL has not moved the cursor. */
+ * A helper that fails (non-zero) has not moved the cursor. */
 #pragma once
 
 #include "common.h"
@@ -27,29 +27,34 @@ struct llc_snap {
 	__be16 pid;
 };
 
-static __always_inline void *cursor_take(struct cursor *c, __u32 len)
+/* cursor_take hands out the next len bytes as *hdr and advances, or
+ * returns -1 when they run past the end. It reports through a status, not
+ * a NULL pointer, so callers never test a packet pointer against NULL
+ * (which the verifier treats as a pointer leak). */
+static __always_inline int cursor_take(struct cursor *c, __u32 len, void **hdr)
 {
 	void *h = c->pos;
 
 	if (h + len > c->end)
-		return NULL;
+		return -1;
 	c->pos = h + len;
-	return h;
+	*hdr = h;
+	return 0;
 }
 
-static __always_inline struct ethhdr *parse_ethhdr(struct cursor *c)
+static __always_inline int parse_ethhdr(struct cursor *c, struct ethhdr **eth)
 {
-	return cursor_take(c, sizeof(struct ethhdr));
+	return cursor_take(c, sizeof(**eth), (void **)eth);
 }
 
-static __always_inline struct vlan_tag *parse_vlan_tag(struct cursor *c)
+static __always_inline int parse_vlan_tag(struct cursor *c, struct vlan_tag **tag)
 {
-	return cursor_take(c, sizeof(struct vlan_tag));
+	return cursor_take(c, sizeof(**tag), (void **)tag);
 }
 
-static __always_inline struct llc_snap *parse_llc_snap(struct cursor *c)
+static __always_inline int parse_llc_snap(struct cursor *c, struct llc_snap **snap)
 {
-	return cursor_take(c, sizeof(struct llc_snap));
+	return cursor_take(c, sizeof(**snap), (void **)snap);
 }
 
 static __always_inline int proto_is_vlan(__be16 proto)
@@ -85,7 +90,7 @@ static __always_inline enum parse_status parse_iphdr(struct cursor *c,
 	return PARSE_OK;
 }
 
-static __always_inline struct udphdr *parse_udphdr(struct cursor *c)
+static __always_inline int parse_udphdr(struct cursor *c, struct udphdr **udp)
 {
-	return cursor_take(c, sizeof(struct udphdr));
+	return cursor_take(c, sizeof(**udp), (void **)udp);
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -238,5 +240,163 @@ ports: [{name: swp1}]
 	}
 	if x := l.Attrs().Xdp; x != nil && x.Attached {
 		t.Error("xdp still attached after a stop with detach_on_stop")
+	}
+}
+
+// unitCapabilities reads AmbientCapabilities= from the systemd unit, so the
+// test holds the daemon to exactly what the unit grants.
+func unitCapabilities(t *testing.T) map[string]uintptr {
+	t.Helper()
+	data, err := os.ReadFile("../../deploy/phoneboot.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]uintptr{
+		"CAP_BPF": unix.CAP_BPF, "CAP_NET_ADMIN": unix.CAP_NET_ADMIN, "CAP_PERFMON": unix.CAP_PERFMON,
+		"CAP_NET_RAW": unix.CAP_NET_RAW, "CAP_NET_BIND_SERVICE": unix.CAP_NET_BIND_SERVICE,
+	}
+	caps := map[string]uintptr{}
+	for _, line := range strings.Split(string(data), "\n") {
+		v, ok := strings.CutPrefix(line, "AmbientCapabilities=")
+		if !ok {
+			continue
+		}
+		for _, name := range strings.Fields(v) {
+			c, ok := known[name]
+			if !ok {
+				t.Fatalf("unit grants %s, which this test does not know", name)
+			}
+			caps[name] = c
+		}
+	}
+	if len(caps) == 0 {
+		t.Fatal("no AmbientCapabilities= in the unit")
+	}
+	return caps
+}
+
+// TestServeLeastPrivilege starts the daemon as an unprivileged user with
+// exactly the unit's capabilities, then without each capability the XDP
+// path needs, to prove the set is enough and nothing in it is spare.
+func TestServeLeastPrivilege(t *testing.T) {
+	privtest.Require(t)
+	const nobody = 65534
+	caps := unitCapabilities(t)
+
+	bpffs := privtest.TempBPFFS(t)
+	// As the unit's ExecStartPre does: traversal of the bpffs root, a pin
+	// directory owned by the service user.
+	if err := os.Chmod(bpffs, 0o701); err != nil {
+		t.Fatal(err)
+	}
+	pinDir := filepath.Join(bpffs, "phoneboot")
+	if err := os.Mkdir(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(pinDir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	run, err := os.MkdirTemp("/run", "phoneboot-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(run) })
+	if err := os.Chown(run, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+
+	ns, err := vnet.Create(vnet.UniqueName("pblp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	peer, err := vnet.Create(vnet.UniqueName("pblp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	if err := vnet.Veth(ns, "swp1", peer, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.SetUp("swp1"); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := filepath.Join(run, "phoneboot.yaml")
+	err = os.WriteFile(cfg, []byte(`
+control: {socket: `+run+`/control.sock}
+metrics: {listen: "127.0.0.1:19618"}
+fastpath: {xdp_mode: native, pin_dir: `+pinDir+`}
+ports: [{name: swp1}]
+`), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// start runs serve as nobody with the given capabilities and reports
+	// whether it became ready.
+	start := func(t *testing.T, grant []uintptr) (ready bool, log string) {
+		notifyPath := filepath.Join(run, "notify.sock")
+		os.Remove(notifyPath)
+		notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer notify.Close()
+		os.Chmod(notifyPath, 0o666)
+
+		var logs bytes.Buffer
+		cmd := exec.Command(binary, "serve", "--config", cfg)
+		cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Credential:  &syscall.Credential{Uid: nobody, Gid: nobody},
+			AmbientCaps: grant,
+		}
+		if err := ns.Do(cmd.Start); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		got := make(chan string, 1)
+		go func() {
+			buf := make([]byte, 256)
+			if k, err := notify.Read(buf); err == nil {
+				got <- string(buf[:k])
+			}
+		}()
+		select {
+		case m := <-got:
+			ready = m == "READY=1"
+			cmd.Process.Signal(syscall.SIGTERM)
+			<-exited
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Fatalf("serve neither became ready nor exited in 10s; log:\n%s", logs.String())
+		}
+		return ready, logs.String()
+	}
+
+	var all []uintptr
+	for _, c := range caps {
+		all = append(all, c)
+	}
+	if ready, log := start(t, all); !ready {
+		t.Fatalf("serve as uid %d with the unit's capabilities did not become ready; log:\n%s", nobody, log)
+	}
+	for _, name := range []string{"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"} {
+		t.Run("without "+name, func(t *testing.T) {
+			var fewer []uintptr
+			for n, c := range caps {
+				if n != name {
+					fewer = append(fewer, c)
+				}
+			}
+			if ready, log := start(t, fewer); ready {
+				t.Errorf("serve became ready without %s: the unit grants a capability it does not need; log:\n%s", name, log)
+			}
+		})
 	}
 }

@@ -457,6 +457,9 @@ var requiredCaps = []struct {
 }{
 	{unix.CAP_BPF, "CAP_BPF"},
 	{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN"},
+	// The verifier allows variable-offset packet-pointer arithmetic only
+	// with CAP_PERFMON (see deploy/README.md).
+	{unix.CAP_PERFMON, "CAP_PERFMON"},
 	{unix.CAP_NET_RAW, "CAP_NET_RAW"},
 	{unix.CAP_NET_BIND_SERVICE, "CAP_NET_BIND_SERVICE"},
 }
@@ -498,13 +501,21 @@ func capsResult(eff uint64) Result {
 	missing := missingCaps(eff)
 	if len(missing) == 0 {
 		r.Status = StatusPass
-		r.Detail = "have CAP_BPF CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE"
+		r.Detail = "have " + requiredCapNames()
 		return r
 	}
 	r.Status = StatusFail
 	r.Detail = "missing " + strings.Join(missing, " ")
-	r.Hint = "run as root, or give the systemd unit AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE (and the same CapabilityBoundingSet)"
+	r.Hint = "run as root, or give the systemd unit AmbientCapabilities=" + requiredCapNames() + " (and the same CapabilityBoundingSet)"
 	return r
+}
+
+func requiredCapNames() string {
+	names := make([]string, len(requiredCaps))
+	for i, c := range requiredCaps {
+		names[i] = c.name
+	}
+	return strings.Join(names, " ")
 }
 
 func checkCapabilities() Result {
@@ -532,7 +543,7 @@ func checkBPFLoad(log *slog.Logger) Result {
 		case errors.As(err, &verr):
 			r.Hint = "the kernel's verifier rejected the XDP program: report it with `uname -r` and this output (run with debug logging for the full verifier log)"
 		case errors.Is(err, unix.EPERM):
-			r.Hint = "not permitted: needs CAP_BPF and CAP_NET_ADMIN (run as root); on kernels before 5.11 also LimitMEMLOCK=infinity; a seccomp filter must allow bpf(2)"
+			r.Hint = "not permitted: needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run as root); on kernels before 5.11 also LimitMEMLOCK=infinity; a seccomp filter must allow bpf(2)"
 		default:
 			r.Hint = "the embedded BPF object could not be loaded on this kernel; see the detail"
 		}

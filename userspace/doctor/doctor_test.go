@@ -119,7 +119,7 @@ func TestParseKernelVersion(t *testing.T) {
 }
 
 func TestParseCapEff(t *testing.T) {
-	const all = "CAP_BPF CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE"
+	const all = "CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_RAW CAP_NET_BIND_SERVICE"
 	cases := []struct {
 		status  string
 		ok      bool
@@ -127,12 +127,14 @@ func TestParseCapEff(t *testing.T) {
 	}{
 		// root on a modern kernel: bits 0..40
 		{"Name:\tdoctor\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t000001ffffffffff\n", true, ""},
-		// exactly the four required: 39, 13, 12, 10
-		{"CapEff:\t0000008000003400\n", true, ""},
-		// root on a kernel before CAP_BPF existed (bits 0..37)
-		{"CapEff:\t0000003fffffffff", true, "CAP_BPF"},
+		// exactly the five required: 39, 38, 13, 12, 10
+		{"CapEff:\t000000c000003400\n", true, ""},
+		// the four without CAP_PERFMON
+		{"CapEff:\t0000008000003400\n", true, "CAP_PERFMON"},
+		// root on a kernel before CAP_BPF and CAP_PERFMON existed (bits 0..37)
+		{"CapEff:\t0000003fffffffff", true, "CAP_BPF CAP_PERFMON"},
 		// net admin and net raw only
-		{"CapEff: 0000000000003000\n", true, "CAP_BPF CAP_NET_BIND_SERVICE"},
+		{"CapEff: 0000000000003000\n", true, "CAP_BPF CAP_PERFMON CAP_NET_BIND_SERVICE"},
 		// an ordinary user
 		{"CapEff:\t0000000000000000\n", true, all},
 		{"CapEff:\tzzzz\n", false, ""},

@@ -192,6 +192,9 @@ func New(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 					l.Unpin()
 				}
 			}
+			// Not Close's DetachOnClose path: that would unpin the taken-over
+			// links and the maps too, taking down the earlier run's ports.
+			f.cfg.DetachOnClose = false
 			f.Close()
 		}
 	}()
@@ -230,8 +233,9 @@ func (f *FastPath) attach(port string) (a Attachment, l link.Link, fresh bool, e
 	ifindex := nlink.Attrs().Index
 	a = Attachment{Port: port, Ifindex: ifindex}
 
+	var dropped Mode // mode of a pinned link dropped to attach afresh
 	if f.cfg.PinDir != "" {
-		l, mode, err := f.reusePinnedLink(port, ifindex)
+		l, mode, droppedMode, err := f.reusePinnedLink(port, ifindex)
 		if err != nil {
 			return a, nil, false, err
 		}
@@ -239,10 +243,16 @@ func (f *FastPath) attach(port string) (a Attachment, l link.Link, fresh bool, e
 			a.Mode = mode
 			return a, l, false, nil
 		}
+		dropped = droppedMode
 	}
 
 	l, mode, err := attachXDP(f.objs.Program(), ifindex, f.cfg.Mode)
 	if err != nil {
+		if dropped != "" {
+			// The kernel refuses two modes on one device, so the old link had
+			// to go first; put the port back as it was rather than dark.
+			err = errors.Join(err, f.restoreLink(port, ifindex, dropped))
+		}
 		return a, nil, false, err
 	}
 	if f.cfg.PinDir != "" {
@@ -287,17 +297,18 @@ func attachXDP(prog *ebpf.Program, ifindex int, mode Mode) (link.Link, Mode, err
 
 // reusePinnedLink returns the pinned link for port, updated to this run's
 // program, or nil when there is none usable. A pinned link in a mode other
-// than the configured one is removed so the caller attaches afresh.
-func (f *FastPath) reusePinnedLink(port string, ifindex int) (link.Link, Mode, error) {
+// than the configured one is removed so the caller attaches afresh; its
+// mode is returned as dropped so the caller can restore it on failure.
+func (f *FastPath) reusePinnedLink(port string, ifindex int) (l link.Link, mode, dropped Mode, err error) {
 	path := linkPinPath(f.cfg.PinDir, port)
-	l, err := link.LoadPinnedLink(path, nil)
+	l, err = link.LoadPinnedLink(path, nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, "", nil
+		return nil, "", "", nil
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("open pinned link %s: %w", path, err)
+		return nil, "", "", fmt.Errorf("open pinned link %s: %w", path, err)
 	}
-	mode, err := attachedMode(ifindex)
+	mode, err = attachedMode(ifindex)
 	stale := err != nil || (f.cfg.Mode != ModeAuto && mode != f.cfg.Mode)
 	if !stale {
 		info, ierr := l.Info()
@@ -308,17 +319,32 @@ func (f *FastPath) reusePinnedLink(port string, ifindex int) (link.Link, Mode, e
 		f.log.Info("replacing pinned xdp link", "port", port, "pinnedMode", string(mode), "requested", string(f.cfg.Mode))
 		if err := l.Unpin(); err != nil {
 			l.Close()
-			return nil, "", fmt.Errorf("unpin stale link %s: %w", path, err)
+			return nil, "", "", fmt.Errorf("unpin stale link %s: %w", path, err)
 		}
 		l.Close()
-		return nil, "", nil
+		return nil, "", mode, nil
 	}
 	if err := l.Update(f.objs.Program()); err != nil {
 		l.Close()
-		return nil, "", fmt.Errorf("update pinned link %s: %w", path, err)
+		return nil, "", "", fmt.Errorf("update pinned link %s: %w", path, err)
 	}
 	f.log.Info("xdp program replaced in pinned link", "port", port, "mode", string(mode))
-	return l, mode, nil
+	return l, mode, "", nil
+}
+
+// restoreLink re-attaches this run's program in the mode an earlier run
+// had and pins it, so a failed mode change leaves the port serving.
+func (f *FastPath) restoreLink(port string, ifindex int, mode Mode) error {
+	l, _, err := attachXDP(f.objs.Program(), ifindex, mode)
+	if err != nil {
+		return fmt.Errorf("restore %s mode: %w", mode, err)
+	}
+	defer l.Close() // the pin keeps it attached
+	if err := l.Pin(linkPinPath(f.cfg.PinDir, port)); err != nil {
+		return fmt.Errorf("restore %s mode: pin: %w", mode, err)
+	}
+	f.log.Warn("mode change failed; port restored to its earlier xdp mode", "port", port, "mode", string(mode))
+	return nil
 }
 
 // attachedMode reads the XDP attach mode of an interface from netlink.
@@ -384,10 +410,21 @@ func (f *FastPath) Close() error {
 		errs = append(errs, l.Close())
 	}
 	f.links = nil
-	errs = append(errs, f.objs.Close())
 	if f.cfg.DetachOnClose && f.cfg.PinDir != "" {
-		errs = append(errs, os.RemoveAll(f.cfg.PinDir))
+		// Everything in the pin dir is ours: map pins (links were unpinned above).
+		entries, err := os.ReadDir(f.cfg.PinDir)
+		errs = append(errs, err)
+		for _, e := range entries {
+			errs = append(errs, os.Remove(filepath.Join(f.cfg.PinDir, e.Name())))
+		}
+		// The directory may belong to someone else (the systemd unit creates
+		// it and the daemon cannot write its parent): leaving it empty is fine.
+		if err := os.Remove(f.cfg.PinDir); err != nil && !errors.Is(err, os.ErrNotExist) &&
+			!errors.Is(err, os.ErrPermission) && !errors.Is(err, unix.EROFS) {
+			errs = append(errs, fmt.Errorf("remove pin dir: %w", err))
+		}
 	}
+	errs = append(errs, f.objs.Close())
 	return errors.Join(errs...)
 }
 
@@ -402,6 +439,10 @@ func ensurePinDir(dir string) error {
 	if !ok {
 		if err := os.MkdirAll(parent, 0o700); err != nil {
 			return fmt.Errorf("create bpffs mount point %s: %w", parent, err)
+		}
+		// Mounting over a directory with files in it would hide them.
+		if entries, err := os.ReadDir(parent); err != nil || len(entries) > 0 {
+			return fmt.Errorf("pin dir %s: %s is not on bpffs and not an empty directory to mount it on", dir, parent)
 		}
 		if err := unix.Mount("bpf", parent, "bpf", 0, "mode=0700"); err != nil {
 			return fmt.Errorf("mount bpffs on %s: %w", parent, err)

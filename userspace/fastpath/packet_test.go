@@ -98,7 +98,7 @@ type frame struct {
 	payload   []byte
 }
 
-// ipOptionsPadded returns the options padded to a 4-byte boundary.
+// optionsPadded returns the options padded to a 4-byte boundary.
 func (h *ipv4Hdr) optionsPadded() []byte {
 	o := append([]byte(nil), h.options...)
 	for len(o)%4 != 0 {
