@@ -84,35 +84,18 @@ func (n *notifyListener) wait(t *testing.T, want string) {
 }
 
 // agentNet is an appliance namespace with one port, and a phone namespace
-// on the other end of it.
+// on the other end of it, up on both sides.
 type agentNet struct {
 	app, phone *vnet.NS
 }
 
 func newAgentNet(t *testing.T) *agentNet {
 	t.Helper()
-	privtest.Require(t)
-	n := &agentNet{}
-	for _, p := range []**vnet.NS{&n.app, &n.phone} {
-		ns, err := vnet.Create(vnet.UniqueName("pbag"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ns.Close() })
-		*p = ns
-	}
-	if err := vnet.Veth(n.app, "swp1", n.phone, "eth0"); err != nil {
+	app, phone := privtest.VethPair(t, "swp1", "eth0")
+	if err := phone.SetUp("eth0"); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []struct {
-		ns   *vnet.NS
-		link string
-	}{{n.app, "swp1"}, {n.phone, "eth0"}} {
-		if err := s.ns.SetUp(s.link); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return n
+	return &agentNet{app: app, phone: phone}
 }
 
 // runDir is a root-only directory under /run for the control socket (the

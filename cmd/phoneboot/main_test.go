@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/phoneboot/phoneboot/userspace/privtest"
-	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
 // The CLI is tested as users meet it: the built binary, its exit status
@@ -32,9 +31,7 @@ func TestMain(m *testing.M) {
 		if err := os.Chmod(dir, 0o755); err != nil {
 			panic(err)
 		}
-		binary = filepath.Join(dir, "phoneboot")
-		if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
-			os.Stderr.Write(out)
+		if binary, err = privtest.BuildPhoneboot(dir); err != nil {
 			panic(err)
 		}
 		return m.Run()
@@ -142,21 +139,7 @@ func TestDoctorPasses(t *testing.T) {
 func TestServeStatusStop(t *testing.T) {
 	privtest.Require(t)
 	bpffs := privtest.TempBPFFS(t)
-	var nss []*vnet.NS
-	for range 2 {
-		ns, err := vnet.Create(vnet.UniqueName("pbcl"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ns.Close() })
-		nss = append(nss, ns)
-	}
-	if err := vnet.Veth(nss[0], "swp1", nss[1], "eth0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := nss[0].SetUp("swp1"); err != nil {
-		t.Fatal(err)
-	}
+	app, _ := privtest.VethPair(t, "swp1", "eth0")
 	run, err := os.MkdirTemp("/run", "phoneboot-test-")
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +168,7 @@ ports: [{name: swp1}]
 	cmd := exec.Command(binary, "serve", "--config", cfg)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := nss[0].Do(cmd.Start); err != nil {
+	if err := app.Do(cmd.Start); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
@@ -234,7 +217,7 @@ ports: [{name: swp1}]
 	if !strings.Contains(logs.String(), `"msg":"phoneboot ready"`) {
 		t.Errorf("log is not JSON as configured:\n%s", logs.String())
 	}
-	l, err := nss[0].Netlink().LinkByName("swp1")
+	l, err := app.Netlink().LinkByName("swp1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,22 +288,7 @@ func TestServeLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ns, err := vnet.Create(vnet.UniqueName("pblp"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	peer, err := vnet.Create(vnet.UniqueName("pblp"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Close() })
-	if err := vnet.Veth(ns, "swp1", peer, "eth0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.SetUp("swp1"); err != nil {
-		t.Fatal(err)
-	}
+	ns, _ := privtest.VethPair(t, "swp1", "eth0")
 
 	cfg := filepath.Join(run, "phoneboot.yaml")
 	err = os.WriteFile(cfg, []byte(`

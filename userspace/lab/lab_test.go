@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -29,11 +28,8 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		defer os.RemoveAll(dir)
-		agentBinary = filepath.Join(dir, "phoneboot")
-		out, err := exec.Command("go", "build", "-o", agentBinary, "github.com/phoneboot/phoneboot/cmd/phoneboot").CombinedOutput()
-		if err != nil {
-			os.Stderr.Write(out)
-			panic("build phoneboot: " + err.Error())
+		if agentBinary, err = privtest.BuildPhoneboot(dir); err != nil {
+			panic(err)
 		}
 		return m.Run()
 	}()

@@ -5,10 +5,15 @@
 package privtest
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
 // Require stops the test unless it runs as root on a kernel with BTF.
@@ -52,4 +57,42 @@ func TempBPFFS(tb testing.TB) string {
 		os.Remove(dir)
 	})
 	return dir
+}
+
+// BuildPhoneboot builds cmd/phoneboot into dir for tests that run the real
+// binary (as the lab does); call it from TestMain.
+func BuildPhoneboot(dir string) (string, error) {
+	bin := filepath.Join(dir, "phoneboot")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/phoneboot/phoneboot/cmd/phoneboot").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build phoneboot: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// VethPair makes two throwaway namespaces joined by a veth pair, aName in
+// the first (up) and bName in the second (down), removed when the test ends.
+func VethPair(tb testing.TB, aName, bName string) (a, b *vnet.NS) {
+	tb.Helper()
+	Require(tb)
+	var nss [2]*vnet.NS
+	for i := range nss {
+		ns, err := vnet.Create(vnet.UniqueName("pbts"))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() {
+			if err := ns.Close(); err != nil {
+				tb.Errorf("remove netns: %v", err)
+			}
+		})
+		nss[i] = ns
+	}
+	if err := vnet.Veth(nss[0], aName, nss[1], bName); err != nil {
+		tb.Fatal(err)
+	}
+	if err := nss[0].SetUp(aName); err != nil {
+		tb.Fatal(err)
+	}
+	return nss[0], nss[1]
 }
