@@ -24,6 +24,7 @@ type Config struct {
 	FastPath FastPathConfig `yaml:"fastpath"`
 	Ports    []PortConfig   `yaml:"ports"`
 	Power    PowerConfig    `yaml:"power"`
+	DHCP     DHCPConfig     `yaml:"dhcp"`
 }
 
 // LogConfig selects the log level and format.
@@ -126,6 +127,7 @@ func DefaultConfig() Config {
 			StaggerInterval: Duration(2 * time.Second),
 			DetectDelay:     Duration(300 * time.Millisecond),
 		},
+		DHCP: defaultDHCPConfig(),
 	}
 }
 
@@ -242,7 +244,7 @@ func (c *Config) validate(d *strictDecoder) error {
 	if c.Power.DetectDelay < 0 || time.Duration(c.Power.DetectDelay) > time.Minute {
 		return bad("power.detect_delay", "%s is outside 0 to 1m", time.Duration(c.Power.DetectDelay))
 	}
-	return nil
+	return c.DHCP.validate(bad)
 }
 
 // PoEEnabled reports whether the power manager should power this port.

@@ -16,7 +16,7 @@ func TestParseConfigErrors(t *testing.T) {
 		want string // the whole error text
 	}{
 		{"unknown top-level key", "log:\n  level: info\nports_:\n  - name: a\n",
-			`f.yaml:3: ports_: unknown key (known keys here: control, fastpath, log, metrics, ports, power)`},
+			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, fastpath, log, metrics, ports, power)`},
 		{"unknown nested key", "fastpath:\n  enabled: true\n  xdpmode: native\n",
 			`f.yaml:3: fastpath.xdpmode: unknown key (known keys here: detach_on_stop, enabled, pin_dir, xdp_mode)`},
 		{"unknown key in list item", "ports:\n  - name: a\n  - name: b\n    speed: 1000\n",
@@ -61,6 +61,18 @@ func TestParseConfigErrors(t *testing.T) {
 			`f.yaml:2: power.stagger_ports: 0 must be at least 1`},
 		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n",
 			`f.yaml:3: more than one YAML document`},
+		{"bad subnet", "dhcp:\n  pools:\n    - name: v\n      subnet: 10.0.0.0/33\n",
+			`f.yaml:4: dhcp.pools[0].subnet: "10.0.0.0/33" is not valid: prefix length out of range`},
+		{"bad address", "dhcp:\n  pools:\n    - name: v\n      routers: [10.0.0.256]\n",
+			`f.yaml:4: dhcp.pools[0].routers[0]: "10.0.0.256" is not valid: IPv4 field has value >255`},
+		{"bad mac", "dhcp:\n  pools:\n    - name: v\n      reservations: [{mac: 00:1e:7a, ip: 10.0.0.5}]\n",
+			`f.yaml:4: dhcp.pools[0].reservations[0].mac: "00:1e:7a" is not a MAC address such as 00:1e:7a:12:34:56`},
+		{"bad hex", "dhcp:\n  pools:\n    - name: v\n      vendor_info: zz\n",
+			`f.yaml:4: dhcp.pools[0].vendor_info: "zz" is not hex bytes such as 01:04:0a:00:00:01`},
+		{"dhcp without pools", "dhcp:\n  enabled: true\n",
+			`f.yaml:1: dhcp.pools: dhcp is enabled but has no pools`},
+		{"bad vlan", "dhcp:\n  enabled: true\n  pools:\n    - name: v\n      vlan: 4095\n",
+			`f.yaml:5: dhcp.pools[0].vlan: 4095 is not a VLAN ID 0-4094`},
 		{"alias", "log: &l\n  level: info\ncontrol: *l\n",
 			`f.yaml:3: control: YAML aliases are not supported in the config`},
 	}
@@ -137,6 +149,10 @@ func TestExampleConfigShowsDefaults(t *testing.T) {
 		t.Fatal("the example lists no ports")
 	}
 	cfg.Ports = nil // marked "example"
+	if len(cfg.DHCP.Pools) == 0 {
+		t.Fatal("the example has no DHCP pool")
+	}
+	cfg.DHCP.Pools = nil // marked "example"
 	if want := DefaultConfig(); !reflect.DeepEqual(cfg, want) {
 		t.Errorf("example config differs from the defaults:\n got: %+v\nwant: %+v", cfg, want)
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding"
 	"fmt"
 	"reflect"
 	"regexp"
@@ -63,7 +64,10 @@ func (d *strictDecoder) line(key string) int {
 	return 0
 }
 
-var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+var (
+	unmarshalerType     = reflect.TypeFor[yaml.Unmarshaler]()
+	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
 
 func (d *strictDecoder) decode(n *yaml.Node, v reflect.Value, key string) error {
 	if n.Kind == yaml.DocumentNode {
@@ -87,6 +91,22 @@ func (d *strictDecoder) decode(n *yaml.Node, v reflect.Value, key string) error 
 	if v.CanAddr() && v.Addr().Type().Implements(unmarshalerType) {
 		if err := n.Decode(v.Addr().Interface()); err != nil {
 			return d.errorf(n, key, "%v", cleanYAMLError(err))
+		}
+		return nil
+	}
+	if v.CanAddr() && v.Addr().Type().Implements(textUnmarshalerType) {
+		// Addresses, prefixes: scalars in YAML, structs in Go.
+		if n.Kind != yaml.ScalarNode {
+			return d.errorf(n, key, "expected a single value, got %s", describe(n))
+		}
+		if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(n.Value)); err != nil {
+			// netip's errors repeat the input inside a function name:
+			// keep the reason only.
+			msg := err.Error()
+			if i := strings.LastIndex(msg, "): "); i >= 0 {
+				msg = msg[i+3:]
+			}
+			return d.errorf(n, key, "%q is not valid: %s", n.Value, msg)
 		}
 		return nil
 	}
