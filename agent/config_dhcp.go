@@ -30,24 +30,24 @@ type DHCPConfig struct {
 
 // DHCPPoolConfig is one pool (one voice VLAN).
 type DHCPPoolConfig struct {
-	Name           string              `yaml:"name"`
-	VLAN           uint16              `yaml:"vlan"`
-	Subnet         netip.Prefix        `yaml:"subnet"`
-	RangeStart     netip.Addr          `yaml:"range_start"`
-	RangeEnd       netip.Addr          `yaml:"range_end"`
-	ServerIP       netip.Addr          `yaml:"server_ip"`
-	Routers        []netip.Addr        `yaml:"routers"`
-	DNS            []netip.Addr        `yaml:"dns"`
-	Domain         string              `yaml:"domain"`
-	NTP            []netip.Addr        `yaml:"ntp"`
-	TFTPServers    []netip.Addr        `yaml:"tftp_servers"`
-	TFTPServerName string              `yaml:"tftp_server_name"`
-	VendorInfo     HexBytes            `yaml:"vendor_info"`
-	LeaseTime      Duration            `yaml:"lease_time"`
-	T1             Duration            `yaml:"t1"`
-	T2             Duration            `yaml:"t2"`
-	Classes        []DHCPClassConfig   `yaml:"classes"`
-	Reservations   []DHCPReservation   `yaml:"reservations"`
+	Name           string            `yaml:"name"`
+	VLAN           uint16            `yaml:"vlan"`
+	Subnet         netip.Prefix      `yaml:"subnet"`
+	RangeStart     netip.Addr        `yaml:"range_start"`
+	RangeEnd       netip.Addr        `yaml:"range_end"`
+	ServerIP       netip.Addr        `yaml:"server_ip"`
+	Routers        []netip.Addr      `yaml:"routers"`
+	DNS            []netip.Addr      `yaml:"dns"`
+	Domain         string            `yaml:"domain"`
+	NTP            []netip.Addr      `yaml:"ntp"`
+	TFTPServers    []netip.Addr      `yaml:"tftp_servers"`
+	TFTPServerName string            `yaml:"tftp_server_name"`
+	VendorInfo     HexBytes          `yaml:"vendor_info"`
+	LeaseTime      Duration          `yaml:"lease_time"`
+	T1             Duration          `yaml:"t1"`
+	T2             Duration          `yaml:"t2"`
+	Classes        []DHCPClassConfig `yaml:"classes"`
+	Reservations   []DHCPReservation `yaml:"reservations"`
 }
 
 // DHCPClassConfig overrides provisioning options by option 60.
