@@ -156,6 +156,7 @@ func (s *Server) Run(ctx context.Context) error {
 // Close stops serving and removes the socket.
 func (s *Server) Close() error {
 	s.srv.Close()
+	s.ln.Close() // srv.Close only closes it if Run got to Serve
 	if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
