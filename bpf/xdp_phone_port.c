@@ -3,14 +3,15 @@
 
 /* The XDP entry program for phone-facing ports.
  *
- * Today it classifies every frame (CDP, LLDP, DHCP, other), counts it and
- * passes it on. Later stages (voice-VLAN handling, the DHCP fast path) hang
- * off the classification made here. */
+ * It classifies every frame (CDP, LLDP, DHCP, other) and counts it. DHCP
+ * requests to the server go through the DHCP fast path (lib/dhcp.h), which
+ * may answer them with XDP_TX; everything else passes on. */
 
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/counters.h"
 #include "lib/config.h"
+#include "lib/dhcp.h"
 
 /* CDP frames go to this multicast address with an LLC/SNAP header
  * carrying Cisco's OUI and protocol ID 0x2000. */
@@ -20,6 +21,10 @@ static const __u8 cdp_dst[PB_ETH_ALEN] = { 0x01, 0x00, 0x0c, 0xcc, 0xcc, 0xcc };
 struct frame_info {
 	__u8 vlan_tags;
 	__u8 vlan_too_deep;
+	__u8 dhcp_to_server; /* UDP to port 67: a candidate for the fast path */
+	__u16 vlan;          /* the first tag's VLAN ID */
+	__u32 l4_off;        /* offset of the UDP header */
+	__be32 ip_dst;
 };
 
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
@@ -44,7 +49,8 @@ static __always_inline enum pb_counter classify_llc(struct cursor *c,
 	return PB_CNT_OTHER;
 }
 
-static __always_inline enum pb_counter classify_ipv4(struct cursor *c)
+static __always_inline enum pb_counter classify_ipv4(struct cursor *c, void *data,
+						     struct frame_info *fi)
 {
 	struct iphdr *ip = NULL;
 	struct udphdr *udp;
@@ -64,8 +70,13 @@ static __always_inline enum pb_counter classify_ipv4(struct cursor *c)
 		return PB_CNT_OTHER;
 	if (parse_udphdr(c, &udp))
 		return PB_CNT_TRUNCATED;
-	if (udp->dest == bpf_htons(PB_DHCP_SERVER_PORT) ||
-	    udp->dest == bpf_htons(PB_DHCP_CLIENT_PORT))
+	if (udp->dest == bpf_htons(PB_DHCP_SERVER_PORT)) {
+		fi->dhcp_to_server = !(ip->frag_off & bpf_htons(0x3fff));
+		fi->l4_off = (void *)udp - data;
+		fi->ip_dst = ip->daddr;
+		return PB_CNT_DHCP;
+	}
+	if (udp->dest == bpf_htons(PB_DHCP_CLIENT_PORT))
 		return PB_CNT_DHCP;
 	return PB_CNT_OTHER;
 }
@@ -87,6 +98,8 @@ static __always_inline enum pb_counter classify(struct cursor *c,
 			break;
 		if (parse_vlan_tag(c, &tag))
 			return PB_CNT_TRUNCATED;
+		if (!fi->vlan_tags)
+			fi->vlan = bpf_ntohs(tag->tci) & 0x0fff;
 		fi->vlan_tags++;
 		proto = tag->encapsulated_proto;
 	}
@@ -100,7 +113,7 @@ static __always_inline enum pb_counter classify(struct cursor *c,
 	if (proto == bpf_htons(PB_ETH_P_LLDP))
 		return PB_CNT_LLDP;
 	if (proto == bpf_htons(PB_ETH_P_IP))
-		return classify_ipv4(c);
+		return classify_ipv4(c, eth, fi);
 	return PB_CNT_OTHER;
 }
 
@@ -113,6 +126,7 @@ int xdp_phone_port(struct xdp_md *ctx)
 	struct cursor c = { .pos = data, .end = data_end };
 	struct frame_info fi = {};
 	enum pb_counter class;
+	__u8 src_mac[6];
 
 	if (!config_get()) {
 		count(PB_CNT_UNCONFIGURED, bytes);
@@ -127,6 +141,12 @@ int xdp_phone_port(struct xdp_md *ctx)
 		count(PB_CNT_VLAN_DOUBLE_TAGGED, bytes);
 	if (fi.vlan_too_deep)
 		count(PB_CNT_VLAN_TOO_DEEP, bytes);
+	if (class == PB_CNT_DHCP && fi.dhcp_to_server && fi.vlan_tags <= 1) {
+		if (data + 14 > data_end)
+			return XDP_PASS;
+		__builtin_memcpy(src_mac, ((struct ethhdr *)data)->h_source, 6);
+		return dhcp_fast(ctx, fi.l4_off, fi.vlan_tags ? fi.vlan : 0, fi.ip_dst, src_mac);
+	}
 	return XDP_PASS;
 }
 

@@ -21,6 +21,9 @@ enum pb_counter {
 	PB_CNT_VLAN_TAGGED,        /* at least one 802.1Q/802.1ad tag */
 	PB_CNT_VLAN_DOUBLE_TAGGED, /* two tags */
 	PB_CNT_VLAN_TOO_DEEP,      /* more tags than PB_MAX_VLAN_TAGS */
+	PB_CNT_DHCP_FAST_OFFER,    /* OFFERs sent by the fast path */
+	PB_CNT_DHCP_FAST_ACK,      /* ACKs sent by the fast path */
+	PB_CNT_DHCP_FAST_NO_FREE,  /* new client, but no queued free address */
 	PB_CNT__MAX,
 };
 

@@ -81,6 +81,9 @@ var counterNames = [phonePortPbCounterPB_CNT__MAX]string{
 	phonePortPbCounterPB_CNT_VLAN_TAGGED:        "vlan_tagged",
 	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED: "vlan_double_tagged",
 	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP:      "vlan_too_deep",
+	phonePortPbCounterPB_CNT_DHCP_FAST_OFFER:    "dhcp_fast_offer",
+	phonePortPbCounterPB_CNT_DHCP_FAST_ACK:      "dhcp_fast_ack",
+	phonePortPbCounterPB_CNT_DHCP_FAST_NO_FREE:  "dhcp_fast_no_free",
 }
 
 // CounterNames lists the counters in enum order.

@@ -37,7 +37,10 @@ const (
 	phonePortPbCounterPB_CNT_VLAN_TAGGED        phonePortPbCounter = 7
 	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED phonePortPbCounter = 8
 	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP      phonePortPbCounter = 9
-	phonePortPbCounterPB_CNT__MAX               phonePortPbCounter = 10
+	phonePortPbCounterPB_CNT_DHCP_FAST_OFFER    phonePortPbCounter = 10
+	phonePortPbCounterPB_CNT_DHCP_FAST_ACK      phonePortPbCounter = 11
+	phonePortPbCounterPB_CNT_DHCP_FAST_NO_FREE  phonePortPbCounter = 12
+	phonePortPbCounterPB_CNT__MAX               phonePortPbCounter = 13
 )
 
 type phonePortPbCounterValue struct {
@@ -46,15 +49,132 @@ type phonePortPbCounterValue struct {
 	Bytes   uint64
 }
 
+type phonePortPbDhcpBinding struct {
+	_         structs.HostLayout
+	Ip        uint32
+	State     uint32
+	ExpiresNs uint64
+	Ifindex   uint32
+	Pad       uint32
+}
+
+type phonePortPbDhcpBindingKey struct {
+	_    structs.HostLayout
+	Vlan uint16
+	Mac  [6]uint8
+}
+
+type phonePortPbDhcpBlock struct {
+	_       structs.HostLayout
+	Len     uint16
+	TypeOff uint16
+	Data    [320]uint8
+}
+
+type phonePortPbDhcpClassKey struct {
+	_      structs.HostLayout
+	PoolId uint32
+	Pad    uint32
+	VcHash uint64
+}
+
+type phonePortPbDhcpEvent struct {
+	_         structs.HostLayout
+	Type      uint32
+	Ifindex   uint32
+	PoolId    uint32
+	Ip        uint32
+	ExpiresNs uint64
+	Vlan      uint16
+	Mac       [6]uint8
+}
+
+type phonePortPbDhcpEventType uint32
+
+const (
+	phonePortPbDhcpEventTypePB_DHCP_EV_OFFERED phonePortPbDhcpEventType = 1
+	phonePortPbDhcpEventTypePB_DHCP_EV_ACKED   phonePortPbDhcpEventType = 2
+)
+
+type phonePortPbDhcpPool struct {
+	_            structs.HostLayout
+	PoolId       uint32
+	ServerIp     uint32
+	DefaultBlock uint32
+	LeaseSecs    uint32
+	OfferSecs    uint32
+	Flags        uint32
+}
+
+type phonePortPbDhcpPoolFlags uint32
+
+const (
+	phonePortPbDhcpPoolFlagsPB_POOL_ALLOCATE       phonePortPbDhcpPoolFlags = 1
+	phonePortPbDhcpPoolFlagsPB_POOL_PREFIX_CLASSES phonePortPbDhcpPoolFlags = 2
+)
+
+type phonePortPbDhcpPort struct {
+	_            structs.HostLayout
+	Mac          [6]uint8
+	Enabled      uint8
+	VerifyChaddr uint8
+}
+
+type phonePortPbDhcpScratch struct {
+	_   structs.HostLayout
+	Buf [576]uint8
+	R   struct {
+		_           structs.HostLayout
+		SrcMac      [6]uint8
+		Chaddr      [16]uint8
+		Xid         [4]uint8
+		Flags       [2]uint8
+		MsgType     uint8
+		HasReqIp    uint8
+		HasServerId uint8
+		HasVc       uint8
+		Vlan        uint16
+		_           [2]byte
+		Ciaddr      uint32
+		ReqIp       uint32
+		ServerId    uint32
+		IpDst       uint32
+		VcOff       uint32
+		VcLen       uint32
+	}
+	Off    uint32
+	EndOff uint32
+	State  uint32
+}
+
+type phonePortPbDhcpState uint32
+
+const (
+	phonePortPbDhcpStatePB_DHCP_OFFERED phonePortPbDhcpState = 1
+	phonePortPbDhcpStatePB_DHCP_BOUND   phonePortPbDhcpState = 2
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	phonePortMapPbConfigMap           = "pb_config_map"
 	phonePortMapPbCounters            = "pb_counters"
+	phonePortMapPbDhcpBindings        = "pb_dhcp_bindings"
+	phonePortMapPbDhcpBlocks          = "pb_dhcp_blocks"
+	phonePortMapPbDhcpClasses         = "pb_dhcp_classes"
+	phonePortMapPbDhcpEvents          = "pb_dhcp_events"
+	phonePortMapPbDhcpFree            = "pb_dhcp_free"
+	phonePortMapPbDhcpPools           = "pb_dhcp_pools"
+	phonePortMapPbDhcpPorts           = "pb_dhcp_ports"
+	phonePortMapPbDhcpScratchMap      = "pb_dhcp_scratch_map"
 	phonePortProgXdpPhonePort         = "xdp_phone_port"
 	phonePortVarUnusedPbConfigVersion = "unused_pb_config_version"
 	phonePortVarUnusedPbCounter       = "unused_pb_counter"
+	phonePortVarUnusedPbDhcpEvent     = "unused_pb_dhcp_event"
+	phonePortVarUnusedPbDhcpEventType = "unused_pb_dhcp_event_type"
+	phonePortVarUnusedPbDhcpPoolFlags = "unused_pb_dhcp_pool_flags"
+	phonePortVarUnusedPbDhcpState     = "unused_pb_dhcp_state"
 )
 
 // loadPhonePort returns the embedded CollectionSpec for phonePort.
@@ -106,8 +226,16 @@ type phonePortProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type phonePortMapSpecs struct {
-	PbConfigMap *ebpf.MapSpec `ebpf:"pb_config_map"`
-	PbCounters  *ebpf.MapSpec `ebpf:"pb_counters"`
+	PbConfigMap      *ebpf.MapSpec `ebpf:"pb_config_map"`
+	PbCounters       *ebpf.MapSpec `ebpf:"pb_counters"`
+	PbDhcpBindings   *ebpf.MapSpec `ebpf:"pb_dhcp_bindings"`
+	PbDhcpBlocks     *ebpf.MapSpec `ebpf:"pb_dhcp_blocks"`
+	PbDhcpClasses    *ebpf.MapSpec `ebpf:"pb_dhcp_classes"`
+	PbDhcpEvents     *ebpf.MapSpec `ebpf:"pb_dhcp_events"`
+	PbDhcpFree       *ebpf.MapSpec `ebpf:"pb_dhcp_free"`
+	PbDhcpPools      *ebpf.MapSpec `ebpf:"pb_dhcp_pools"`
+	PbDhcpPorts      *ebpf.MapSpec `ebpf:"pb_dhcp_ports"`
+	PbDhcpScratchMap *ebpf.MapSpec `ebpf:"pb_dhcp_scratch_map"`
 }
 
 // phonePortVariableSpecs contains global variables before they are loaded into the kernel.
@@ -116,6 +244,10 @@ type phonePortMapSpecs struct {
 type phonePortVariableSpecs struct {
 	UnusedPbConfigVersion *ebpf.VariableSpec `ebpf:"unused_pb_config_version"`
 	UnusedPbCounter       *ebpf.VariableSpec `ebpf:"unused_pb_counter"`
+	UnusedPbDhcpEvent     *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_event"`
+	UnusedPbDhcpEventType *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_event_type"`
+	UnusedPbDhcpPoolFlags *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_pool_flags"`
+	UnusedPbDhcpState     *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_state"`
 }
 
 // phonePortObjects contains all objects after they have been loaded into the kernel.
@@ -138,14 +270,30 @@ func (o *phonePortObjects) Close() error {
 //
 // It can be passed to loadPhonePortObjects or ebpf.CollectionSpec.LoadAndAssign.
 type phonePortMaps struct {
-	PbConfigMap *ebpf.Map `ebpf:"pb_config_map"`
-	PbCounters  *ebpf.Map `ebpf:"pb_counters"`
+	PbConfigMap      *ebpf.Map `ebpf:"pb_config_map"`
+	PbCounters       *ebpf.Map `ebpf:"pb_counters"`
+	PbDhcpBindings   *ebpf.Map `ebpf:"pb_dhcp_bindings"`
+	PbDhcpBlocks     *ebpf.Map `ebpf:"pb_dhcp_blocks"`
+	PbDhcpClasses    *ebpf.Map `ebpf:"pb_dhcp_classes"`
+	PbDhcpEvents     *ebpf.Map `ebpf:"pb_dhcp_events"`
+	PbDhcpFree       *ebpf.Map `ebpf:"pb_dhcp_free"`
+	PbDhcpPools      *ebpf.Map `ebpf:"pb_dhcp_pools"`
+	PbDhcpPorts      *ebpf.Map `ebpf:"pb_dhcp_ports"`
+	PbDhcpScratchMap *ebpf.Map `ebpf:"pb_dhcp_scratch_map"`
 }
 
 func (m *phonePortMaps) Close() error {
 	return _PhonePortClose(
 		m.PbConfigMap,
 		m.PbCounters,
+		m.PbDhcpBindings,
+		m.PbDhcpBlocks,
+		m.PbDhcpClasses,
+		m.PbDhcpEvents,
+		m.PbDhcpFree,
+		m.PbDhcpPools,
+		m.PbDhcpPorts,
+		m.PbDhcpScratchMap,
 	)
 }
 
@@ -155,6 +303,10 @@ func (m *phonePortMaps) Close() error {
 type phonePortVariables struct {
 	UnusedPbConfigVersion *ebpf.Variable `ebpf:"unused_pb_config_version"`
 	UnusedPbCounter       *ebpf.Variable `ebpf:"unused_pb_counter"`
+	UnusedPbDhcpEvent     *ebpf.Variable `ebpf:"unused_pb_dhcp_event"`
+	UnusedPbDhcpEventType *ebpf.Variable `ebpf:"unused_pb_dhcp_event_type"`
+	UnusedPbDhcpPoolFlags *ebpf.Variable `ebpf:"unused_pb_dhcp_pool_flags"`
+	UnusedPbDhcpState     *ebpf.Variable `ebpf:"unused_pb_dhcp_state"`
 }
 
 // phonePortPrograms contains all programs after they have been loaded into the kernel.

@@ -1,0 +1,384 @@
+package fastpath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+)
+
+// The DHCP fast path's tables in the kernel (bpf/lib/dhcp.h). The DHCP
+// server fills them: ports, pools per VLAN, option blocks it rendered,
+// classes, bindings, and queues of free addresses for new clients.
+
+// DHCPBlockMax is the longest option block the kernel can copy.
+const DHCPBlockMax = len(phonePortPbDhcpBlock{}.Data)
+
+// DHCPVendorClassMax is the longest option 60 the kernel matches classes on.
+const DHCPVendorClassMax = 64
+
+// DHCPFreeQueueMax is how many free addresses the kernel can hold per pool.
+const DHCPFreeQueueMax = 4096
+
+// DHCPPoolMax bounds pool IDs (1 to DHCPPoolMax-1).
+const DHCPPoolMax = 256
+
+// DHCPTables writes and reads the fast path's DHCP maps.
+type DHCPTables struct {
+	objs *phonePortObjects
+}
+
+// DHCP returns the fast path's DHCP tables.
+func (o *Objects) DHCP() *DHCPTables { return &DHCPTables{objs: &o.objs} }
+
+// DHCP returns the fast path's DHCP tables.
+func (f *FastPath) DHCP() *DHCPTables { return f.objs.DHCP() }
+
+func ip4Native(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func nativeIP4(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// SetPort enables the fast path on a port (by ifindex) with the port's MAC
+// as the source of replies.
+func (t *DHCPTables) SetPort(ifindex int, mac net.HardwareAddr, verifyChaddr bool) error {
+	if len(mac) != 6 {
+		return fmt.Errorf("dhcp fast path: port %d: MAC %v is not 6 bytes", ifindex, mac)
+	}
+	v := phonePortPbDhcpPort{Enabled: 1}
+	copy(v.Mac[:], mac)
+	if verifyChaddr {
+		v.VerifyChaddr = 1
+	}
+	return t.objs.PbDhcpPorts.Put(uint32(ifindex), v)
+}
+
+// DeletePort turns the fast path off on a port.
+func (t *DHCPTables) DeletePort(ifindex int) error {
+	err := t.objs.PbDhcpPorts.Delete(uint32(ifindex))
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return err
+}
+
+// DHCPPool is a pool as the kernel sees it.
+type DHCPPool struct {
+	ID           uint32 // 1 to DHCPPoolMax-1; indexes the free queue
+	VLAN         uint16
+	ServerIP     netip.Addr
+	DefaultBlock uint32
+	LeaseTime    time.Duration
+	OfferTime    time.Duration
+	// Allocate lets the kernel give new clients addresses from the free
+	// queue; PrefixClasses sends an unmatched option 60 to userspace.
+	Allocate      bool
+	PrefixClasses bool
+}
+
+// SetPool installs a pool on its VLAN and creates its free queue.
+func (t *DHCPTables) SetPool(p DHCPPool) error {
+	if p.ID == 0 || p.ID >= DHCPPoolMax {
+		return fmt.Errorf("dhcp fast path: pool ID %d outside 1-%d", p.ID, DHCPPoolMax-1)
+	}
+	if p.VLAN > 4095 || !p.ServerIP.Is4() {
+		return fmt.Errorf("dhcp fast path: pool %d: VLAN %d or server address %v invalid", p.ID, p.VLAN, p.ServerIP)
+	}
+	v := phonePortPbDhcpPool{
+		PoolId:       p.ID,
+		ServerIp:     ip4Native(p.ServerIP),
+		DefaultBlock: p.DefaultBlock,
+		LeaseSecs:    uint32(p.LeaseTime / time.Second),
+		OfferSecs:    uint32(p.OfferTime / time.Second),
+	}
+	if p.Allocate {
+		v.Flags |= uint32(phonePortPbDhcpPoolFlagsPB_POOL_ALLOCATE)
+	}
+	if p.PrefixClasses {
+		v.Flags |= uint32(phonePortPbDhcpPoolFlagsPB_POOL_PREFIX_CLASSES)
+	}
+	if err := t.ensureFreeQueue(p.ID); err != nil {
+		return err
+	}
+	return t.objs.PbDhcpPools.Put(uint32(p.VLAN), v)
+}
+
+// ClearPool removes the pool from its VLAN: its requests go to userspace.
+func (t *DHCPTables) ClearPool(vlan uint16) error {
+	return t.objs.PbDhcpPools.Put(uint32(vlan), phonePortPbDhcpPool{})
+}
+
+func (t *DHCPTables) ensureFreeQueue(id uint32) error {
+	var inner *ebpf.Map
+	err := t.objs.PbDhcpFree.Lookup(id, &inner)
+	if err == nil {
+		inner.Close()
+		return nil
+	}
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("dhcp fast path: free queue %d: %w", id, err)
+	}
+	q, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "pb_dhcp_freeq",
+		Type:       ebpf.Queue,
+		ValueSize:  4,
+		MaxEntries: DHCPFreeQueueMax,
+	})
+	if err != nil {
+		return fmt.Errorf("dhcp fast path: create free queue %d: %w", id, err)
+	}
+	defer q.Close() // the outer map holds it
+	if err := t.objs.PbDhcpFree.Put(id, q); err != nil {
+		return fmt.Errorf("dhcp fast path: install free queue %d: %w", id, err)
+	}
+	return nil
+}
+
+// PushFree queues free addresses for the pool's new clients, in order; it
+// stops at the first that does not fit and returns how many went in.
+func (t *DHCPTables) PushFree(poolID uint32, ips []netip.Addr) (int, error) {
+	var q *ebpf.Map
+	if err := t.objs.PbDhcpFree.Lookup(poolID, &q); err != nil {
+		return 0, fmt.Errorf("dhcp fast path: free queue %d: %w", poolID, err)
+	}
+	defer q.Close()
+	for i, ip := range ips {
+		if err := q.Update(nil, ip4Native(ip), ebpf.UpdateAny); err != nil {
+			if errors.Is(err, unix.E2BIG) {
+				return i, nil
+			}
+			return i, fmt.Errorf("dhcp fast path: push to free queue %d: %w", poolID, err)
+		}
+	}
+	return len(ips), nil
+}
+
+// DrainFree empties the pool's free queue and returns what was in it, so
+// userspace can take those addresses back.
+func (t *DHCPTables) DrainFree(poolID uint32) ([]netip.Addr, error) {
+	var q *ebpf.Map
+	if err := t.objs.PbDhcpFree.Lookup(poolID, &q); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("dhcp fast path: free queue %d: %w", poolID, err)
+	}
+	defer q.Close()
+	var out []netip.Addr
+	for {
+		var v uint32
+		err := q.LookupAndDelete(nil, &v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("dhcp fast path: drain free queue %d: %w", poolID, err)
+		}
+		out = append(out, nativeIP4(v))
+	}
+}
+
+// SetBlock stores an option block: every option of an OFFER in order,
+// without END; typeOff is the offset of option 53's value in it.
+func (t *DHCPTables) SetBlock(id uint32, options []byte, typeOff int) error {
+	if len(options) == 0 || len(options) > DHCPBlockMax {
+		return fmt.Errorf("dhcp fast path: block %d of %d bytes (1-%d)", id, len(options), DHCPBlockMax)
+	}
+	if typeOff < 2 || typeOff >= len(options) || options[typeOff-2] != 53 || options[typeOff-1] != 1 {
+		return fmt.Errorf("dhcp fast path: block %d: offset %d is not option 53's value", id, typeOff)
+	}
+	v := phonePortPbDhcpBlock{Len: uint16(len(options)), TypeOff: uint16(typeOff)}
+	copy(v.Data[:], options)
+	return t.objs.PbDhcpBlocks.Put(id, v)
+}
+
+// VendorClassHash is the hash the kernel matches option 60 with (FNV-1a 64).
+func VendorClassHash(vc []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(vc)
+	return h.Sum64()
+}
+
+// SetClass maps an exact option 60 in a pool to an option block.
+func (t *DHCPTables) SetClass(poolID uint32, vendorClass string, block uint32) error {
+	if len(vendorClass) == 0 || len(vendorClass) > DHCPVendorClassMax {
+		return fmt.Errorf("dhcp fast path: vendor class of %d bytes (1-%d)", len(vendorClass), DHCPVendorClassMax)
+	}
+	k := phonePortPbDhcpClassKey{PoolId: poolID, VcHash: VendorClassHash([]byte(vendorClass))}
+	return t.objs.PbDhcpClasses.Put(k, block)
+}
+
+// DHCPBinding is a client's address as the kernel knows it.
+type DHCPBinding struct {
+	VLAN    uint16
+	MAC     net.HardwareAddr
+	IP      netip.Addr
+	Bound   bool // bound (ACKed), else offered
+	Expires time.Time
+	Ifindex int
+}
+
+func bindingKey(vlan uint16, mac net.HardwareAddr) (phonePortPbDhcpBindingKey, error) {
+	k := phonePortPbDhcpBindingKey{Vlan: vlan}
+	if len(mac) != 6 {
+		return k, fmt.Errorf("dhcp fast path: MAC %v is not 6 bytes", mac)
+	}
+	copy(k.Mac[:], mac)
+	return k, nil
+}
+
+// PutBinding installs or replaces a client's binding.
+func (t *DHCPTables) PutBinding(b DHCPBinding) error {
+	k, err := bindingKey(b.VLAN, b.MAC)
+	if err != nil {
+		return err
+	}
+	v := phonePortPbDhcpBinding{
+		Ip:        ip4Native(b.IP),
+		State:     uint32(phonePortPbDhcpStatePB_DHCP_OFFERED),
+		ExpiresNs: bootNanos(b.Expires),
+		Ifindex:   uint32(b.Ifindex),
+	}
+	if b.Bound {
+		v.State = uint32(phonePortPbDhcpStatePB_DHCP_BOUND)
+	}
+	return t.objs.PbDhcpBindings.Put(k, v)
+}
+
+// DeleteBinding removes a client's binding (its requests go to userspace).
+func (t *DHCPTables) DeleteBinding(vlan uint16, mac net.HardwareAddr) error {
+	k, err := bindingKey(vlan, mac)
+	if err != nil {
+		return err
+	}
+	err = t.objs.PbDhcpBindings.Delete(k)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return err
+}
+
+// Binding looks a client's binding up.
+func (t *DHCPTables) Binding(vlan uint16, mac net.HardwareAddr) (DHCPBinding, bool, error) {
+	k, err := bindingKey(vlan, mac)
+	if err != nil {
+		return DHCPBinding{}, false, err
+	}
+	var v phonePortPbDhcpBinding
+	err = t.objs.PbDhcpBindings.Lookup(k, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return DHCPBinding{}, false, nil
+	}
+	if err != nil {
+		return DHCPBinding{}, false, err
+	}
+	return DHCPBinding{
+		VLAN: vlan, MAC: append(net.HardwareAddr(nil), mac...), IP: nativeIP4(v.Ip),
+		Bound:   v.State == uint32(phonePortPbDhcpStatePB_DHCP_BOUND),
+		Expires: wallFromBoot(v.ExpiresNs), Ifindex: int(v.Ifindex),
+	}, true, nil
+}
+
+// Bindings lists every binding.
+func (t *DHCPTables) Bindings() ([]DHCPBinding, error) {
+	var out []DHCPBinding
+	var k phonePortPbDhcpBindingKey
+	var v phonePortPbDhcpBinding
+	it := t.objs.PbDhcpBindings.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, DHCPBinding{
+			VLAN: k.Vlan, MAC: net.HardwareAddr(append([]byte(nil), k.Mac[:]...)), IP: nativeIP4(v.Ip),
+			Bound:   v.State == uint32(phonePortPbDhcpStatePB_DHCP_BOUND),
+			Expires: wallFromBoot(v.ExpiresNs), Ifindex: int(v.Ifindex),
+		})
+	}
+	return out, it.Err()
+}
+
+// DHCPEvent is an address the kernel handed out.
+type DHCPEvent struct {
+	Acked   bool // ACK sent (bound); else OFFER sent for a new or refreshed offer
+	PoolID  uint32
+	VLAN    uint16
+	MAC     net.HardwareAddr
+	IP      netip.Addr
+	Expires time.Time
+	Ifindex int
+}
+
+// DHCPEvents reads what the kernel handed out, until ctx ends.
+type DHCPEvents struct {
+	rd *ringbuf.Reader
+}
+
+// Events opens the event stream. Only one reader may be open at a time.
+func (t *DHCPTables) Events() (*DHCPEvents, error) {
+	rd, err := ringbuf.NewReader(t.objs.PbDhcpEvents)
+	if err != nil {
+		return nil, fmt.Errorf("dhcp fast path events: %w", err)
+	}
+	return &DHCPEvents{rd: rd}, nil
+}
+
+// Read blocks for the next event; it returns ringbuf.ErrClosed after Close.
+func (e *DHCPEvents) Read() (DHCPEvent, error) {
+	rec, err := e.rd.Read()
+	if err != nil {
+		return DHCPEvent{}, err
+	}
+	var v phonePortPbDhcpEvent
+	if len(rec.RawSample) < binary.Size(v) {
+		return DHCPEvent{}, fmt.Errorf("dhcp fast path event of %d bytes", len(rec.RawSample))
+	}
+	if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &v); err != nil {
+		return DHCPEvent{}, err
+	}
+	return DHCPEvent{
+		Acked:   v.Type == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ACKED),
+		PoolID:  v.PoolId,
+		VLAN:    v.Vlan,
+		MAC:     net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
+		IP:      nativeIP4(v.Ip),
+		Expires: wallFromBoot(v.ExpiresNs),
+		Ifindex: int(v.Ifindex),
+	}, nil
+}
+
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t.
+func (e *DHCPEvents) SetDeadline(t time.Time) { e.rd.SetDeadline(t) }
+
+// Close unblocks Read.
+func (e *DHCPEvents) Close() error { return e.rd.Close() }
+
+// The kernel keeps expiry on CLOCK_BOOTTIME (bpf_ktime_get_boot_ns), which
+// wall-clock steps do not move.
+func bootNow() time.Duration {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	return time.Duration(ts.Nano())
+}
+
+func bootNanos(t time.Time) uint64 {
+	d := bootNow() + time.Until(t)
+	if d < 0 {
+		return 0
+	}
+	return uint64(d)
+}
+
+func wallFromBoot(ns uint64) time.Time {
+	return time.Now().Add(time.Duration(ns) - bootNow())
+}

@@ -1,0 +1,416 @@
+package fastpath
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// BPF_PROG_RUN tests of the DHCP fast path: requests in, replies out,
+// decoded with two codecs nobody here wrote (gopacket for the frame and its
+// checksums, insomniacslk/dhcp for the message).
+
+var (
+	testPortMAC   = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x00, 0x01}
+	testServer    = netip.MustParseAddr("10.0.0.1")
+	testServer100 = netip.MustParseAddr("10.100.0.1")
+	testPhoneMAC  = net.HardwareAddr{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x42}
+)
+
+// testBlock renders an OFFER's options the way the Go server does (sorted
+// by code, no END) and returns it with the offset of option 53's value.
+func testBlock(server netip.Addr, tftp netip.Addr) ([]byte, int) {
+	opts := dhcpv4.Options{}
+	opts.Update(dhcpv4.OptSubnetMask(net.CIDRMask(24, 32)))
+	opts.Update(dhcpv4.OptRouter(net.IP(server.AsSlice())))
+	opts.Update(dhcpv4.OptIPAddressLeaseTime(time.Hour))
+	opts.Update(dhcpv4.OptMessageType(dhcpv4.MessageTypeOffer))
+	opts.Update(dhcpv4.OptServerIdentifier(net.IP(server.AsSlice())))
+	opts.Update(dhcpv4.Option{Code: dhcpv4.OptionRenewTimeValue, Value: dhcpv4.Duration(30 * time.Minute)})
+	opts.Update(dhcpv4.Option{Code: dhcpv4.OptionRebindingTimeValue, Value: dhcpv4.Duration(52*time.Minute + 30*time.Second)})
+	opts.Update(dhcpv4.Option{Code: dhcpv4.GenericOptionCode(150), Value: dhcpv4.IPs{net.IP(tftp.AsSlice())}})
+	var b bytes.Buffer
+	off := -1
+	for _, code := range []uint8{1, 3, 51, 53, 54, 58, 59, 150} {
+		v := opts.Get(dhcpv4.GenericOptionCode(code))
+		b.WriteByte(code)
+		b.WriteByte(byte(len(v)))
+		if code == 53 {
+			off = b.Len()
+		}
+		b.Write(v)
+	}
+	return b.Bytes(), off
+}
+
+type dhcpFixture struct {
+	o *Objects
+	t *DHCPTables
+}
+
+func newDHCPFixture(t *testing.T) *dhcpFixture {
+	o := loadTestObjects(t)
+	tb := o.DHCP()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(tb.SetPort(1, testPortMAC, true))
+	blk, off := testBlock(testServer, netip.MustParseAddr("10.0.0.2"))
+	must(tb.SetBlock(1, blk, off))
+	blk100, off100 := testBlock(testServer100, netip.MustParseAddr("10.100.0.2"))
+	must(tb.SetBlock(2, blk100, off100))
+	blkClass, offClass := testBlock(testServer, netip.MustParseAddr("10.0.0.3"))
+	must(tb.SetBlock(3, blkClass, offClass))
+	must(tb.SetPool(DHCPPool{ID: 1, VLAN: 0, ServerIP: testServer, DefaultBlock: 1, LeaseTime: time.Hour, OfferTime: time.Minute, Allocate: true}))
+	must(tb.SetPool(DHCPPool{ID: 2, VLAN: 100, ServerIP: testServer100, DefaultBlock: 2, LeaseTime: time.Hour, OfferTime: time.Minute, Allocate: true}))
+	must(tb.SetClass(1, "Cisco Systems, Inc. IP Phone CP-8845", 3))
+	return &dhcpFixture{o: o, t: tb}
+}
+
+// request builds a client frame: Ethernet (optionally tagged), IPv4 from
+// 0.0.0.0 (or ciaddr) to dst, UDP 68 -> 67, and the DHCP message.
+func request(t *testing.T, vlan uint16, dst netip.Addr, m *dhcpv4.DHCPv4) []byte {
+	t.Helper()
+	src := net.IPv4zero
+	if !m.ClientIPAddr.IsUnspecified() && m.ClientIPAddr != nil {
+		src = m.ClientIPAddr
+	}
+	eth := &layers.Ethernet{SrcMAC: m.ClientHWAddr, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src, DstIP: net.IP(dst.AsSlice())}
+	udp := &layers.UDP{SrcPort: 68, DstPort: 67}
+	udp.SetNetworkLayerForChecksum(ip)
+	ls := []gopacket.SerializableLayer{eth}
+	if vlan != 0 {
+		eth.EthernetType = layers.EthernetTypeDot1Q
+		ls = append(ls, &layers.Dot1Q{VLANIdentifier: vlan, Priority: 5, Type: layers.EthernetTypeIPv4})
+	}
+	ls = append(ls, ip, udp, gopacket.Payload(m.ToBytes()))
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func discover(t *testing.T, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+	t.Helper()
+	m, err := dhcpv4.NewDiscovery(testPhoneMAC, mods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cisco phones ask for broadcast replies (they have no address yet).
+	m.SetBroadcast()
+	return m
+}
+
+// run passes frame through the program as if it arrived on ifindex 1.
+func (f *dhcpFixture) run(t *testing.T, frame []byte) (uint32, []byte) {
+	t.Helper()
+	out := make([]byte, len(frame)+512)
+	ctx := xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: 1}
+	opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: ctx}
+	ret, err := f.o.Program().Run(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ret, opts.DataOut
+}
+
+// xdpMD is struct xdp_md as BPF_PROG_RUN takes it.
+type xdpMD struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
+// reply decodes an answered frame and checks what every reply must carry.
+func checkReply(t *testing.T, frame []byte, wantVLAN uint16) (*layers.Ethernet, *layers.IPv4, *dhcpv4.DHCPv4) {
+	t.Helper()
+	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	if el := pkt.ErrorLayer(); el != nil {
+		t.Fatalf("reply does not decode: %v\n%x", el.Error(), frame)
+	}
+	eth := pkt.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+	if !bytes.Equal(eth.SrcMAC, testPortMAC) {
+		t.Errorf("reply from %v, want the port's MAC", eth.SrcMAC)
+	}
+	if d := pkt.Layer(layers.LayerTypeDot1Q); (d != nil) != (wantVLAN != 0) || (d != nil && d.(*layers.Dot1Q).VLANIdentifier != wantVLAN) {
+		t.Errorf("reply VLAN layer %v, want VLAN %d", d, wantVLAN)
+	}
+	ip := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	udp := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
+	if udp.SrcPort != 67 || udp.DstPort != 68 {
+		t.Errorf("reply UDP %d -> %d", udp.SrcPort, udp.DstPort)
+	}
+	// Checksums: serialize the decoded layers again with gopacket
+	// computing them; the bytes must not change.
+	ip2, udp2 := *ip, *udp
+	udp2.SetNetworkLayerForChecksum(&ip2)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true}, &ip2, &udp2, gopacket.Payload(udp.Payload)); err != nil {
+		t.Fatal(err)
+	}
+	start := len(frame) - len(buf.Bytes())
+	if !bytes.Equal(buf.Bytes(), frame[start:]) {
+		t.Errorf("IPv4/UDP checksums wrong:\n got %x\nwant %x", frame[start:start+28], buf.Bytes()[:28])
+	}
+	if len(udp.Payload) < 300 {
+		t.Errorf("DHCP payload of %d bytes, want at least 300", len(udp.Payload))
+	}
+	m, err := dhcpv4.FromBytes(udp.Payload)
+	if err != nil {
+		t.Fatalf("reply does not parse as DHCP: %v", err)
+	}
+	return eth, ip, m
+}
+
+func (f *dhcpFixture) counter(t *testing.T, name string) uint64 {
+	t.Helper()
+	cs, err := f.o.ReadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.Name == name {
+			return c.Packets
+		}
+	}
+	t.Fatalf("no counter %s", name)
+	return 0
+}
+
+func readEvent(t *testing.T, ev *DHCPEvents) DHCPEvent {
+	t.Helper()
+	ev.SetDeadline(time.Now().Add(time.Second))
+	e, err := ev.Read()
+	if err != nil {
+		t.Fatalf("no event: %v", err)
+	}
+	return e
+}
+
+func TestDHCPFastPathDORA(t *testing.T) {
+	f := newDHCPFixture(t)
+	if n, err := f.t.PushFree(1, []netip.Addr{netip.MustParseAddr("10.0.0.50"), netip.MustParseAddr("10.0.0.51")}); err != nil || n != 2 {
+		t.Fatalf("PushFree: %d, %v", n, err)
+	}
+	events, err := f.t.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+
+	disc := discover(t)
+	ret, out := f.run(t, request(t, 0, netip.MustParseAddr("255.255.255.255"), disc))
+	if ret != 3 { // XDP_TX
+		t.Fatalf("DISCOVER: verdict %d, want XDP_TX", ret)
+	}
+	eth, ip, offer := checkReply(t, out, 0)
+	if offer.MessageType() != dhcpv4.MessageTypeOffer || offer.TransactionID != disc.TransactionID ||
+		!offer.YourIPAddr.Equal(net.IPv4(10, 0, 0, 50)) || !bytes.Equal(offer.ClientHWAddr, testPhoneMAC) {
+		t.Fatalf("OFFER = %s", offer.Summary())
+	}
+	if !offer.IsBroadcast() || !bytes.Equal(eth.DstMAC, layers.EthernetBroadcast) || !ip.DstIP.Equal(net.IPv4bcast) {
+		t.Errorf("OFFER to %v/%v, want broadcast (flag set)", eth.DstMAC, ip.DstIP)
+	}
+	if !ip.SrcIP.Equal(net.IP(testServer.AsSlice())) || !offer.ServerIdentifier().Equal(net.IP(testServer.AsSlice())) {
+		t.Errorf("OFFER from %v, server id %v", ip.SrcIP, offer.ServerIdentifier())
+	}
+	if got := dhcpv4.GetIPs(dhcpv4.GenericOptionCode(150), offer.Options); len(got) != 1 || !got[0].Equal(net.IPv4(10, 0, 0, 2)) {
+		t.Errorf("option 150 = %v", got)
+	}
+	e := readEvent(t, events)
+	if e.Acked || e.IP != netip.MustParseAddr("10.0.0.50") || !bytes.Equal(e.MAC, testPhoneMAC) || e.PoolID != 1 || e.Ifindex != 1 {
+		t.Errorf("offer event %+v", e)
+	}
+	if d := time.Until(e.Expires); d < 50*time.Second || d > 70*time.Second {
+		t.Errorf("offer expires in %v, want about the offer time (1m)", d)
+	}
+
+	// REQUEST (SELECTING) for the offered address.
+	req, err := dhcpv4.NewRequestFromOffer(offer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Options.Del(dhcpv4.OptionParameterRequestList)
+	ret, out = f.run(t, request(t, 0, netip.MustParseAddr("255.255.255.255"), req))
+	if ret != 3 {
+		t.Fatalf("REQUEST: verdict %d, want XDP_TX", ret)
+	}
+	_, _, ack := checkReply(t, out, 0)
+	if ack.MessageType() != dhcpv4.MessageTypeAck || !ack.YourIPAddr.Equal(net.IPv4(10, 0, 0, 50)) {
+		t.Fatalf("ACK = %s", ack.Summary())
+	}
+	e = readEvent(t, events)
+	if !e.Acked || e.IP != netip.MustParseAddr("10.0.0.50") {
+		t.Errorf("ack event %+v", e)
+	}
+	b, ok, err := f.t.Binding(0, testPhoneMAC)
+	if err != nil || !ok || !b.Bound || b.IP != netip.MustParseAddr("10.0.0.50") {
+		t.Errorf("binding after ACK: %+v %v %v", b, ok, err)
+	}
+	if d := time.Until(b.Expires); d < 59*time.Minute || d > 61*time.Minute {
+		t.Errorf("bound lease expires in %v, want the lease time (1h)", d)
+	}
+
+	// RENEWING: unicast from the client's address, answered to it.
+	renew, _ := dhcpv4.New(dhcpv4.WithHwAddr(testPhoneMAC), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithClientIP(net.IPv4(10, 0, 0, 50)))
+	ret, out = f.run(t, request(t, 0, testServer, renew))
+	if ret != 3 {
+		t.Fatalf("RENEW: verdict %d, want XDP_TX", ret)
+	}
+	eth, ip, ack = checkReply(t, out, 0)
+	if ack.MessageType() != dhcpv4.MessageTypeAck || !ip.DstIP.Equal(net.IPv4(10, 0, 0, 50)) ||
+		!bytes.Equal(eth.DstMAC, testPhoneMAC) || !ack.ClientIPAddr.Equal(net.IPv4(10, 0, 0, 50)) {
+		t.Errorf("RENEW ACK %s to %v/%v", ack.Summary(), eth.DstMAC, ip.DstIP)
+	}
+	readEvent(t, events)
+	if got := f.counter(t, "dhcp_fast_offer"); got != 1 {
+		t.Errorf("dhcp_fast_offer = %d", got)
+	}
+	if got := f.counter(t, "dhcp_fast_ack"); got != 2 {
+		t.Errorf("dhcp_fast_ack = %d", got)
+	}
+}
+
+func TestDHCPFastPathTaggedAndClass(t *testing.T) {
+	f := newDHCPFixture(t)
+	f.t.PushFree(2, []netip.Addr{netip.MustParseAddr("10.100.0.50")})
+	f.t.PushFree(1, []netip.Addr{netip.MustParseAddr("10.0.0.60")})
+	unicast := discover(t)
+	unicast.SetUnicast()
+	ret, out := f.run(t, request(t, 100, netip.MustParseAddr("255.255.255.255"), unicast))
+	if ret != 3 {
+		t.Fatalf("tagged DISCOVER: verdict %d", ret)
+	}
+	eth, ip, offer := checkReply(t, out, 100)
+	if !offer.YourIPAddr.Equal(net.IPv4(10, 100, 0, 50)) || !ip.SrcIP.Equal(net.IP(testServer100.AsSlice())) {
+		t.Errorf("VLAN 100 offer %s from %v", offer.Summary(), ip.SrcIP)
+	}
+	// No broadcast flag: unicast to the offered address and chaddr.
+	if !ip.DstIP.Equal(net.IPv4(10, 100, 0, 50)) || !bytes.Equal(eth.DstMAC, testPhoneMAC) {
+		t.Errorf("unicast OFFER to %v/%v", eth.DstMAC, ip.DstIP)
+	}
+	// Option 60 of a class: the class's block (option 150 = 10.0.0.3).
+	disc := discover(t, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("Cisco Systems, Inc. IP Phone CP-8845")))
+	disc.Options.Del(dhcpv4.OptionParameterRequestList)
+	ret, out = f.run(t, request(t, 0, netip.MustParseAddr("255.255.255.255"), disc))
+	if ret != 3 {
+		t.Fatalf("class DISCOVER: verdict %d", ret)
+	}
+	_, _, offer = checkReply(t, out, 0)
+	if got := dhcpv4.GetIPs(dhcpv4.GenericOptionCode(150), offer.Options); len(got) != 1 || !got[0].Equal(net.IPv4(10, 0, 0, 3)) {
+		t.Errorf("class option 150 = %v, want 10.0.0.3", got)
+	}
+}
+
+func TestDHCPFastPathPassesToUserspace(t *testing.T) {
+	f := newDHCPFixture(t)
+	f.t.PushFree(1, []netip.Addr{netip.MustParseAddr("10.0.0.50")})
+	bcast := netip.MustParseAddr("255.255.255.255")
+	relayed := discover(t)
+	relayed.GatewayIPAddr = net.IPv4(10, 9, 9, 1)
+	withOpt82 := discover(t, dhcpv4.WithOption(dhcpv4.OptRelayAgentInfo(dhcpv4.OptGeneric(dhcpv4.AgentCircuitIDSubOption, []byte("p1")))))
+	withFQDN := discover(t, dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionFQDN, []byte{0, 0, 0})))
+	spoofed := discover(t)
+	spoofed.ClientHWAddr = net.HardwareAddr{0x00, 0x1e, 0x7a, 0x99, 0x99, 0x99}
+	unknownRequest, _ := dhcpv4.New(dhcpv4.WithHwAddr(testPhoneMAC), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IPv4(10, 0, 0, 77))))
+	inform, _ := dhcpv4.New(dhcpv4.WithHwAddr(testPhoneMAC), dhcpv4.WithMessageType(dhcpv4.MessageTypeInform))
+	tests := []struct {
+		name  string
+		frame []byte
+	}{
+		{"relayed (giaddr)", request(t, 0, bcast, relayed)},
+		{"option 82", request(t, 0, bcast, withOpt82)},
+		{"an option the fast path does not know", request(t, 0, bcast, withFQDN)},
+		{"chaddr is not the source MAC", func() []byte {
+			fr := request(t, 0, bcast, spoofed)
+			copy(fr[6:12], testPhoneMAC)
+			return fr
+		}()},
+		{"VLAN without a pool", request(t, 200, bcast, discover(t))},
+		{"REQUEST without a binding", request(t, 0, bcast, unknownRequest)},
+		{"INFORM", request(t, 0, bcast, inform)},
+		{"no END option", func() []byte {
+			fr := request(t, 0, bcast, discover(t))
+			for i := len(fr) - 1; i > 0; i-- {
+				if fr[i] == 255 {
+					fr[i] = 0
+					break
+				}
+			}
+			return fr
+		}()},
+		{"to another server's address", request(t, 0, netip.MustParseAddr("10.0.0.9"), discover(t))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := append([]byte(nil), tt.frame...)
+			ret, out := f.run(t, tt.frame)
+			if ret != 2 { // XDP_PASS
+				t.Fatalf("verdict %d, want XDP_PASS", ret)
+			}
+			if !bytes.Equal(out, in) {
+				t.Errorf("passed frame was modified")
+			}
+		})
+	}
+	if got := f.counter(t, "dhcp_fast_offer"); got != 0 {
+		t.Errorf("dhcp_fast_offer = %d after requests it must not answer", got)
+	}
+	// The one queued address is still there for a client the fast path serves.
+	ret, _ := f.run(t, request(t, 0, bcast, discover(t)))
+	if ret != 3 {
+		t.Errorf("a plain DISCOVER after them: verdict %d, want XDP_TX", ret)
+	}
+}
+
+func TestDHCPFastPathEmptyQueue(t *testing.T) {
+	f := newDHCPFixture(t)
+	ret, _ := f.run(t, request(t, 0, netip.MustParseAddr("255.255.255.255"), discover(t)))
+	if ret != 2 {
+		t.Fatalf("DISCOVER with no free address queued: verdict %d, want XDP_PASS", ret)
+	}
+	if got := f.counter(t, "dhcp_fast_no_free"); got != 1 {
+		t.Errorf("dhcp_fast_no_free = %d, want 1", got)
+	}
+}
+
+func TestDHCPTablesValidate(t *testing.T) {
+	f := newDHCPFixture(t)
+	blk, off := testBlock(testServer, testServer)
+	if err := f.t.SetBlock(9, blk, off+1); err == nil {
+		t.Error("SetBlock with a wrong option 53 offset succeeded")
+	}
+	if err := f.t.SetBlock(9, make([]byte, DHCPBlockMax+1), 2); err == nil {
+		t.Error("SetBlock with an oversized block succeeded")
+	}
+	if err := f.t.SetPool(DHCPPool{ID: 0, ServerIP: testServer}); err == nil {
+		t.Error("SetPool with ID 0 succeeded")
+	}
+	if err := f.t.SetClass(1, string(make([]byte, 65)), 1); err == nil {
+		t.Error("SetClass with a 65-byte vendor class succeeded")
+	}
+	var ips []netip.Addr
+	for i := range DHCPFreeQueueMax + 10 {
+		ips = append(ips, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
+	}
+	n, err := f.t.PushFree(1, ips)
+	if err != nil || n != DHCPFreeQueueMax {
+		t.Errorf("PushFree past capacity: %d, %v; want %d, nil", n, err, DHCPFreeQueueMax)
+	}
+	got, err := f.t.DrainFree(1)
+	if err != nil || len(got) != DHCPFreeQueueMax || got[0] != ips[0] {
+		t.Errorf("DrainFree: %d addresses (first %v), %v", len(got), got[0], err)
+	}
+}
