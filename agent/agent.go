@@ -16,7 +16,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/phoneboot/phoneboot/userspace/control"
+	"github.com/phoneboot/phoneboot/userspace/dhcp"
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
+	"github.com/phoneboot/phoneboot/userspace/lease"
 	"github.com/phoneboot/phoneboot/userspace/poe"
 )
 
@@ -55,11 +57,17 @@ type Agent struct {
 
 	fastpath *fastpath.FastPath
 	power    *poe.Manager
+	dhcp     *dhcp.Server
+	leases   lease.Store
 
 	services []serviceEntry
 
 	mu     sync.Mutex
 	states map[string]control.ServiceStatus
+
+	// leaseRecovered is where a corrupt lease database was moved aside at
+	// start, if it was.
+	leaseRecovered string
 }
 
 // New acquires every configured service. When it returns without error the
@@ -93,6 +101,12 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 		a.add("power", a.power)
 	}
 
+	if cfg.DHCP.Enabled {
+		if err := a.newDHCP(cfg, log.With("service", "dhcp")); err != nil {
+			return nil, fmt.Errorf("dhcp: %w", err)
+		}
+	}
+
 	ctl, err := control.NewServer(cfg.Control.Socket, a, log.With("service", "control"))
 	if err != nil {
 		return nil, err
@@ -107,6 +121,39 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 		a.add("metrics", m)
 	}
 	return a, nil
+}
+
+// newDHCP opens the lease store, builds the handler and puts the server
+// on the ports (and into the fast path's tables when XDP is on).
+func (a *Agent) newDHCP(cfg Config, log *slog.Logger) error {
+	if cfg.DHCP.LeaseDB == "" {
+		log.Warn("leases are kept in memory only (dhcp.lease_db is empty): a restart forgets them")
+		a.leases = lease.NewMemory()
+	} else {
+		store, aside, err := lease.OpenOrRecover(cfg.DHCP.LeaseDB, lease.BoltOptions{Log: log})
+		if err != nil {
+			return err
+		}
+		if aside != "" {
+			a.leaseRecovered = aside
+		}
+		a.leases = store
+	}
+	a.add("leases", idleService{close: a.leases.Close})
+	h, err := dhcp.NewHandler(cfg.DHCP.ServerConfig(), a.leases, log)
+	if err != nil {
+		return err
+	}
+	sc := dhcp.ServerConfig{Ports: cfg.PortNames()}
+	if a.fastpath != nil {
+		sc.FastPath = a.fastpath.DHCP()
+	}
+	a.dhcp, err = dhcp.NewServer(h, sc, log)
+	if err != nil {
+		return err
+	}
+	a.add("dhcp", a.dhcp)
+	return nil
 }
 
 func newPowerManager(cfg Config, log *slog.Logger) (*poe.Manager, error) {

@@ -87,8 +87,9 @@ struct pb_dhcp_binding {
 };
 
 enum pb_dhcp_event_type {
-	PB_DHCP_EV_OFFERED = 1,
-	PB_DHCP_EV_ACKED = 2,
+	PB_DHCP_EV_OFFERED = 1,   /* an existing offer renewed by a new DISCOVER */
+	PB_DHCP_EV_ACKED = 2,     /* ACK sent: bound until expires_ns */
+	PB_DHCP_EV_ALLOCATED = 3, /* a queued free address offered to a new client */
 };
 
 struct pb_dhcp_event {
@@ -593,7 +594,10 @@ static __always_inline int dhcp_fast(struct xdp_md *ctx, __u32 l4, __u16 vlan, _
 		} else {
 			__u32 pid = pool->pool_id;
 
-			if (r->has_req_ip || !(pool->flags & PB_POOL_ALLOCATE))
+			/* A binding that is not live (expired, released, reserved)
+			 * means userspace knows this client: its address, its
+			 * reservation. Only clients never seen get a queued address. */
+			if (b || r->has_req_ip || !(pool->flags & PB_POOL_ALLOCATE))
 				return XDP_PASS;
 			queue = bpf_map_lookup_elem(&pb_dhcp_free, &pid);
 			if (!queue || bpf_map_pop_elem(queue, &ip)) {
@@ -604,7 +608,7 @@ static __always_inline int dhcp_fast(struct xdp_md *ctx, __u32 l4, __u16 vlan, _
 			nb.state = PB_DHCP_OFFERED;
 			nb.expires_ns = now + (__u64)pool->offer_secs * 1000000000ULL;
 			nb.ifindex = ifindex;
-			if (dhcp_event(PB_DHCP_EV_OFFERED, &key, &nb, pid) ||
+			if (dhcp_event(PB_DHCP_EV_ALLOCATED, &key, &nb, pid) ||
 			    bpf_map_update_elem(&pb_dhcp_bindings, &key, &nb, BPF_ANY)) {
 				bpf_map_push_elem(queue, &ip, 0);
 				return XDP_PASS;

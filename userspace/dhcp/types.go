@@ -65,6 +65,12 @@ type Config struct {
 	DeclineProbation time.Duration
 	// MaxLeasesPerPort caps unexpired leases taken through one port (0: no cap).
 	MaxLeasesPerPort int
+	// MaxDeclinesPerPort caps the addresses one port can have in decline
+	// probation at once (0: no cap). DECLINEs past the cap are dropped
+	// ("decline-limit"), so a port that declines every offer cannot
+	// empty the pool: the addresses it holds stay counted against
+	// MaxLeasesPerPort instead.
+	MaxDeclinesPerPort int
 	// RatePerPort and RateBurst bound the DHCP packets accepted per port
 	// per second (0: no limit).
 	RatePerPort float64

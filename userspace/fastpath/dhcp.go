@@ -212,6 +212,26 @@ func VendorClassHash(vc []byte) uint64 {
 	return h.Sum64()
 }
 
+// ClearClasses removes every class mapping.
+func (t *DHCPTables) ClearClasses() error {
+	var k phonePortPbDhcpClassKey
+	var keys []phonePortPbDhcpClassKey
+	var v uint32
+	it := t.objs.PbDhcpClasses.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := t.objs.PbDhcpClasses.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
 // SetClass maps an exact option 60 in a pool to an option block.
 func (t *DHCPTables) SetClass(poolID uint32, vendorClass string, block uint32) error {
 	if len(vendorClass) == 0 || len(vendorClass) > DHCPVendorClassMax {
@@ -221,7 +241,10 @@ func (t *DHCPTables) SetClass(poolID uint32, vendorClass string, block uint32) e
 	return t.objs.PbDhcpClasses.Put(k, block)
 }
 
-// DHCPBinding is a client's address as the kernel knows it.
+// DHCPBinding is a client's address as the kernel knows it. A binding
+// whose Expires has passed still tells the kernel the client is known:
+// its DISCOVER goes to userspace (for its previous address or its
+// reservation) instead of taking a queued address.
 type DHCPBinding struct {
 	VLAN    uint16
 	MAC     net.HardwareAddr
@@ -310,13 +333,14 @@ func (t *DHCPTables) Bindings() ([]DHCPBinding, error) {
 
 // DHCPEvent is an address the kernel handed out.
 type DHCPEvent struct {
-	Acked   bool // ACK sent (bound); else OFFER sent for a new or refreshed offer
-	PoolID  uint32
-	VLAN    uint16
-	MAC     net.HardwareAddr
-	IP      netip.Addr
-	Expires time.Time
-	Ifindex int
+	Acked     bool // ACK sent (bound); else an OFFER was sent
+	Allocated bool // the OFFER took a queued free address for a new client
+	PoolID    uint32
+	VLAN      uint16
+	MAC       net.HardwareAddr
+	IP        netip.Addr
+	Expires   time.Time
+	Ifindex   int
 }
 
 // DHCPEvents reads what the kernel handed out, until ctx ends.
@@ -347,13 +371,14 @@ func (e *DHCPEvents) Read() (DHCPEvent, error) {
 		return DHCPEvent{}, err
 	}
 	return DHCPEvent{
-		Acked:   v.Type == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ACKED),
-		PoolID:  v.PoolId,
-		VLAN:    v.Vlan,
-		MAC:     net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
-		IP:      nativeIP4(v.Ip),
-		Expires: wallFromBoot(v.ExpiresNs),
-		Ifindex: int(v.Ifindex),
+		Acked:     v.Type == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ACKED),
+		Allocated: v.Type == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ALLOCATED),
+		PoolID:    v.PoolId,
+		VLAN:      v.Vlan,
+		MAC:       net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
+		IP:        nativeIP4(v.Ip),
+		Expires:   wallFromBoot(v.ExpiresNs),
+		Ifindex:   int(v.Ifindex),
 	}, nil
 }
 

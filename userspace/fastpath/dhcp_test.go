@@ -228,7 +228,7 @@ func TestDHCPFastPathDORA(t *testing.T) {
 		t.Errorf("option 150 = %v", got)
 	}
 	e := readEvent(t, events)
-	if e.Acked || e.IP != netip.MustParseAddr("10.0.0.50") || !bytes.Equal(e.MAC, testPhoneMAC) || e.PoolID != 1 || e.Ifindex != 1 {
+	if e.Acked || !e.Allocated || e.IP != netip.MustParseAddr("10.0.0.50") || !bytes.Equal(e.MAC, testPhoneMAC) || e.PoolID != 1 || e.Ifindex != 1 {
 		t.Errorf("offer event %+v", e)
 	}
 	if d := time.Until(e.Expires); d < 50*time.Second || d > 70*time.Second {

@@ -92,8 +92,9 @@ type phonePortPbDhcpEvent struct {
 type phonePortPbDhcpEventType uint32
 
 const (
-	phonePortPbDhcpEventTypePB_DHCP_EV_OFFERED phonePortPbDhcpEventType = 1
-	phonePortPbDhcpEventTypePB_DHCP_EV_ACKED   phonePortPbDhcpEventType = 2
+	phonePortPbDhcpEventTypePB_DHCP_EV_OFFERED   phonePortPbDhcpEventType = 1
+	phonePortPbDhcpEventTypePB_DHCP_EV_ACKED     phonePortPbDhcpEventType = 2
+	phonePortPbDhcpEventTypePB_DHCP_EV_ALLOCATED phonePortPbDhcpEventType = 3
 )
 
 type phonePortPbDhcpPool struct {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -120,9 +121,16 @@ type Port struct {
 
 	powered     chan struct{} // closed when the phone side's link comes up
 	poweredOnce sync.Once
+	io          *portIO // the phones' raw socket on the port
 }
 
 const phoneLink = "eth0"
+
+// The lab's phone subnet: room for every phone the lab allows.
+var (
+	labSubnet   = netip.MustParsePrefix("10.64.0.0/13")
+	labServerIP = netip.MustParseAddr("10.64.0.1")
+)
 
 // ErrNotRoot is returned when the lab runs without root.
 var ErrNotRoot = errors.New("phoneboot lab needs root: it creates network namespaces and veth pairs and loads XDP programs; run it with sudo")
@@ -159,6 +167,9 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	if err := l.watchPower(watchCtx); err != nil {
+		return Report{}, err
+	}
+	if err := l.openPorts(watchCtx); err != nil {
 		return Report{}, err
 	}
 	phases := phasesFor(o)
@@ -223,6 +234,27 @@ type lab struct {
 	agent  *exec.Cmd
 	exited chan struct{}
 	logf   *os.File
+	pass   *passObjects
+	notify *net.UnixConn
+}
+
+// openPorts gives each port's phones their raw socket, and starts
+// delivering the replies that arrive on it.
+func (l *lab) openPorts(ctx context.Context) error {
+	l.pass = &passObjects{}
+	if err := loadPassObjects(l.pass, nil); err != nil {
+		l.pass = nil
+		return fmt.Errorf("load the lab's XDP_PASS program: %w", err)
+	}
+	for _, p := range l.ports {
+		io, err := openPortIO(p, l.pass)
+		if err != nil {
+			return err
+		}
+		p.io = io
+		go io.run(ctx)
+	}
+	return nil
 }
 
 // build creates the namespaces and links, all down on the phone side (the
@@ -318,6 +350,20 @@ func (l *lab) agentConfig() agent.Config {
 	cfg.Power.StaggerInterval = agent.Duration(l.o.Stagger)
 	// A real PSE spends a few hundred ms detecting and classifying.
 	cfg.Power.DetectDelay = agent.Duration(time.Duration(float64(300*time.Millisecond) * l.o.TimeScale))
+	// One pool for the phones, untagged until the voice VLAN arrives with
+	// CDP; the appliance is .1 and the TFTP server phones are sent to.
+	cfg.DHCP.Enabled = true
+	cfg.DHCP.LeaseDB = filepath.Join(l.runDir, "leases.db")
+	cfg.DHCP.Pools = []agent.DHCPPoolConfig{{
+		Name:        "lab",
+		Subnet:      labSubnet,
+		RangeStart:  netip.MustParseAddr("10.64.0.10"),
+		RangeEnd:    netip.MustParseAddr("10.71.255.250"),
+		ServerIP:    labServerIP,
+		Routers:     []netip.Addr{labServerIP},
+		TFTPServers: []netip.Addr{labServerIP},
+		LeaseTime:   agent.Duration(time.Hour),
+	}}
 	for _, p := range l.ports {
 		cfg.Ports = append(cfg.Ports, agent.PortConfig{
 			Name: p.Name,
@@ -343,7 +389,8 @@ func (l *lab) startAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer notify.Close()
+	// Kept open while the agent runs: it reports STOPPING=1 there too.
+	l.notify = notify
 
 	l.logf, err = os.Create(filepath.Join(l.runDir, "agent.log"))
 	if err != nil {
@@ -452,8 +499,17 @@ func (l *lab) cleanup() error {
 	if l.logf != nil {
 		l.logf.Close()
 	}
+	if l.notify != nil {
+		l.notify.Close()
+	}
 	for _, p := range l.ports {
+		if p.io != nil {
+			p.io.close()
+		}
 		errs = append(errs, p.NS.Close())
+	}
+	if l.pass != nil {
+		l.pass.Close()
 	}
 	if l.appNS != nil {
 		errs = append(errs, l.appNS.Close())

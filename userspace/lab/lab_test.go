@@ -108,7 +108,7 @@ func TestLabStorm(t *testing.T) {
 					t.Errorf("phase %s percentiles out of order: %+v", p.Name, p)
 				}
 			}
-			if !slices.Equal(names, []string{"power", "boot"}) {
+			if !slices.Equal(names, []string{"power", "boot", "dhcp"}) {
 				t.Errorf("phases %v", names)
 			}
 			// The shortest model boots in 18 s; at time scale 0.01 with

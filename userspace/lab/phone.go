@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -26,6 +27,11 @@ type Phone struct {
 	Model images.Model
 	Load  string // the firmware load stored on the phone
 	Port  *Port  // the switch port it is plugged into
+
+	// Learned during the boot.
+	IP          netip.Addr   // from DHCP
+	TFTPServers []netip.Addr // option 150
+	Retransmits int          // DHCP messages sent again for want of an answer
 
 	rng *rand.Rand
 }
@@ -88,7 +94,7 @@ func (b bootPhase) Run(ctx context.Context, ph *Phone) error {
 
 // phasesFor lists the phases the lab runs, in order.
 func phasesFor(o Options) []Phase {
-	return []Phase{powerPhase{}, bootPhase{timeScale: o.TimeScale}}
+	return []Phase{powerPhase{}, bootPhase{timeScale: o.TimeScale}, dhcpPhase{timeScale: o.TimeScale}}
 }
 
 // runPhone takes one phone through the phases. A phase's latency counts

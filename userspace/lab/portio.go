@@ -1,0 +1,186 @@
+package lab
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/net/bpf"
+
+	"github.com/phoneboot/phoneboot/userspace/rawsock"
+)
+
+// portIO is the phones' side of a lab port: one raw socket that every
+// phone behind the port sends through, and a demultiplexer that hands
+// each phone the DHCP replies for its transaction IDs.
+type portIO struct {
+	port *Port
+	conn *rawsock.Conn
+	pass link.Link // XDP_PASS on the phones' end, so XDP_TX replies arrive
+
+	mu      sync.Mutex
+	waiters map[uint32]chan []byte // DHCP xid -> the phone waiting for it
+}
+
+// udpDstPort68 keeps IPv4/UDP to port 68 (DHCP replies to clients).
+var udpDstPort68 = []bpf.Instruction{
+	bpf.LoadAbsolute{Off: 12, Size: 2},
+	bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 0x0800, SkipTrue: 8},
+	bpf.LoadAbsolute{Off: 23, Size: 1},
+	bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: 17, SkipTrue: 6},
+	bpf.LoadAbsolute{Off: 20, Size: 2},
+	bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x3fff, SkipTrue: 4},
+	bpf.LoadMemShift{Off: 14},
+	bpf.LoadIndirect{Off: 14 + 2, Size: 2},
+	bpf.JumpIf{Cond: bpf.JumpEqual, Val: 68, SkipFalse: 1},
+	bpf.RetConstant{Val: 0xffff},
+	bpf.RetConstant{Val: 0},
+}
+
+func openPortIO(p *Port, pass *passObjects) (*portIO, error) {
+	io := &portIO{port: p, waiters: map[uint32]chan []byte{}}
+	err := p.NS.Do(func() error {
+		ifi, err := net.InterfaceByName(p.Link)
+		if err != nil {
+			return err
+		}
+		io.pass, err = link.AttachXDP(link.XDPOptions{Program: pass.XdpPass, Interface: ifi.Index})
+		if err != nil {
+			return fmt.Errorf("attach XDP_PASS to the phones' side of %s: %w", p.Name, err)
+		}
+		io.conn, err = rawsock.Listen(p.Link, rawsock.Options{Filter: udpDstPort68})
+		return err
+	})
+	if err != nil {
+		io.close()
+		return nil, fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	return io, nil
+}
+
+// run delivers replies to waiting phones until the socket closes.
+func (io *portIO) run(ctx context.Context) {
+	buf := make([]byte, 2048)
+	for {
+		fr, err := io.conn.Read(buf)
+		if errors.Is(err, os.ErrClosed) || ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			continue
+		}
+		payload, ok := udpPayload(fr.Data)
+		if !ok || len(payload) < 240 {
+			continue
+		}
+		xid := binary.BigEndian.Uint32(payload[4:8])
+		io.mu.Lock()
+		ch := io.waiters[xid]
+		io.mu.Unlock()
+		if ch == nil {
+			continue
+		}
+		select {
+		case ch <- append([]byte(nil), payload...):
+		default: // the phone has one reply it has not read yet; a real one would drop this too
+		}
+	}
+}
+
+func (io *portIO) register(xid uint32) chan []byte {
+	ch := make(chan []byte, 4)
+	io.mu.Lock()
+	io.waiters[xid] = ch
+	io.mu.Unlock()
+	return ch
+}
+
+func (io *portIO) unregister(xid uint32) {
+	io.mu.Lock()
+	delete(io.waiters, xid)
+	io.mu.Unlock()
+}
+
+func (io *portIO) close() {
+	if io.conn != nil {
+		io.conn.Close()
+	}
+	if io.pass != nil {
+		io.pass.Close()
+	}
+}
+
+// udpPayload returns the UDP payload of an untagged IPv4 frame.
+func udpPayload(f []byte) ([]byte, bool) {
+	if len(f) < 14+20+8 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+		return nil, false
+	}
+	ihl := int(f[14]&0x0f) * 4
+	if ihl < 20 || len(f) < 14+ihl+8 {
+		return nil, false
+	}
+	udp := f[14+ihl:]
+	n := int(binary.BigEndian.Uint16(udp[4:6]))
+	if n < 8 || n > len(udp) {
+		return nil, false
+	}
+	return udp[8:n], true
+}
+
+// clientFrame is what a phone's IP stack sends for DHCP before it has an
+// address: from its MAC and 0.0.0.0 (or its address when renewing) to
+// the broadcast address, UDP 68 -> 67, checksums filled in.
+func clientFrame(src net.HardwareAddr, srcIP, dstIP netip.Addr, payload []byte) []byte {
+	b := make([]byte, 14+20+8+len(payload))
+	copy(b[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(b[6:12], src)
+	binary.BigEndian.PutUint16(b[12:], 0x0800)
+	ip := b[14:34]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
+	ip[8], ip[9] = 64, 17
+	s, d := srcIP.As4(), dstIP.As4()
+	copy(ip[12:16], s[:])
+	copy(ip[16:20], d[:])
+	binary.BigEndian.PutUint16(ip[10:], ^onesSum(0, ip))
+	udp := b[34:]
+	binary.BigEndian.PutUint16(udp[0:], 68)
+	binary.BigEndian.PutUint16(udp[2:], 67)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	copy(udp[8:], payload)
+	sum := onesSum(0, ip[12:20])
+	sum = onesSumAdd(sum, uint32(17)+uint32(8+len(payload)))
+	sum = onesSum(sum, udp)
+	c := ^sum
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(udp[6:], c)
+	return b
+}
+
+func onesSum(s uint16, b []byte) uint16 {
+	acc := uint32(s)
+	for len(b) >= 2 {
+		acc += uint32(binary.BigEndian.Uint16(b))
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		acc += uint32(b[0]) << 8
+	}
+	return onesSumAdd(0, acc)
+}
+
+func onesSumAdd(s uint16, v uint32) uint16 {
+	acc := uint32(s) + v
+	for acc>>16 != 0 {
+		acc = acc&0xffff + acc>>16
+	}
+	return uint16(acc)
+}
