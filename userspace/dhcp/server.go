@@ -57,6 +57,7 @@ type Server struct {
 type phonePort struct {
 	name    string
 	ifindex int
+	mac     net.HardwareAddr
 	conn    *rawsock.Conn
 }
 
@@ -86,7 +87,7 @@ func NewServer(h *Handler, cfg ServerConfig, log *slog.Logger) (_ *Server, err e
 			conn.Close()
 			return nil, fmt.Errorf("dhcp: %w", err)
 		}
-		p := &phonePort{name: name, ifindex: ifi.Index, conn: conn}
+		p := &phonePort{name: name, ifindex: ifi.Index, mac: conn.HardwareAddr(), conn: conn}
 		s.ports = append(s.ports, p)
 		s.byIdx[ifi.Index] = p
 	}
@@ -124,7 +125,7 @@ func (s *Server) loadKernel(ctx context.Context) error {
 	}
 
 	for _, p := range s.ports {
-		if err := t.SetPort(p.ifindex, p.conn.HardwareAddr(), s.h.VerifyClientMAC()); err != nil {
+		if err := t.SetPort(p.ifindex, p.mac, s.h.VerifyClientMAC()); err != nil {
 			return err
 		}
 	}
@@ -378,7 +379,7 @@ func (s *Server) serve(ctx context.Context, p *phonePort) error {
 		req.Received = time.Now()
 		rep, out := s.h.Handle(ctx, req)
 		if out.Action == Answered {
-			if err := p.conn.Write(EncodeFrame(p.conn.HardwareAddr(), rep)); err != nil {
+			if err := p.conn.Write(EncodeFrame(p.mac, rep)); err != nil {
 				s.log.Warn("dhcp send", "port", p.name, "error", err)
 			}
 		}
