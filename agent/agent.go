@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -319,4 +320,35 @@ func (a *Agent) Status(ctx context.Context) control.Status {
 	}
 	a.mu.Unlock()
 	return st
+}
+
+// Leases answers the control API's lease listing.
+func (a *Agent) Leases(ctx context.Context) ([]control.Lease, error) {
+	if a.leases == nil {
+		return nil, errors.New("dhcp is not enabled")
+	}
+	var out []control.Lease
+	err := a.leases.Iterate(ctx, func(l lease.Lease) error {
+		out = append(out, control.Lease{
+			IP: l.IP.String(), MAC: l.MAC.String(), Pool: l.Pool, State: l.State.String(),
+			Expires: l.Expires, Port: l.Port, VLAN: l.VLAN, Hostname: printable(l.Hostname),
+		})
+		return nil
+	})
+	return out, err
+}
+
+// printable shows client-supplied bytes as they are when they are plain
+// text, quoted with escapes otherwise, so no client can write control
+// characters to an operator's terminal.
+func printable(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	for _, c := range b {
+		if c < 0x20 || c >= 0x7f {
+			return strconv.Quote(string(b))
+		}
+	}
+	return string(b)
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/phoneboot/phoneboot/userspace/control"
@@ -110,7 +111,11 @@ func runDir(t *testing.T) string {
 }
 
 // sendDHCPDiscoverFrame sends a broadcast frame to UDP port 67 out of ifname.
-func sendDHCPFrame(ifname string) error {
+func sendDHCPFrame(ifname string) error { return sendDHCPPayload(ifname, make([]byte, 240)) }
+
+// sendDHCPPayload sends payload as a client's broadcast to UDP port 67.
+// The IPv4 header checksum is filled in: the server checks it.
+func sendDHCPPayload(ifname string, payload []byte) error {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return err
@@ -120,7 +125,7 @@ func sendDHCPFrame(ifname string) error {
 		return err
 	}
 	defer unix.Close(fd)
-	frame := make([]byte, 14+20+8+240)
+	frame := make([]byte, 14+20+8+len(payload))
 	copy(frame[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	copy(frame[6:12], []byte{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x01})
 	binary.BigEndian.PutUint16(frame[12:], 0x0800)
@@ -133,6 +138,15 @@ func sendDHCPFrame(ifname string) error {
 	binary.BigEndian.PutUint16(udp[0:], 68)
 	binary.BigEndian.PutUint16(udp[2:], 67)
 	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	copy(udp[8:], payload)
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
 	return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}})
 }
 
@@ -302,5 +316,82 @@ func TestAgentFailsCleanlyOnMissingPort(t *testing.T) {
 	}
 	if _, err := os.Stat(cfg.Control.Socket); !os.IsNotExist(err) {
 		t.Errorf("control socket created although start failed")
+	}
+}
+
+func TestAgentDHCPLeasesAndMetrics(t *testing.T) {
+	n := newAgentNet(t)
+	socket := filepath.Join(runDir(t), "control.sock")
+	cfg, err := ParseConfig("test.yaml", []byte(`
+control: {socket: `+socket+`}
+metrics: {listen: "127.0.0.1:19619"}
+fastpath: {enabled: false}
+ports: [{name: swp1}]
+dhcp:
+  enabled: true
+  lease_db: ""
+  pools:
+    - {name: phones, subnet: 10.5.0.0/24, range_start: 10.5.0.10, range_end: 10.5.0.20, server_ip: 10.5.0.1, tftp_servers: [10.5.0.1]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a *Agent
+	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		a.Close()
+	}()
+
+	hw := net.HardwareAddr{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x01}
+	disc, err := dhcpv4.NewDiscovery(hw, dhcpv4.WithOption(dhcpv4.OptHostName("SEP\xff")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.phone.Do(func() error { return sendDHCPPayload("eth0", disc.ToBytes()) }); err != nil {
+		t.Fatal(err)
+	}
+	client := control.NewClient(socket)
+	var ls []control.Lease
+	deadline := time.Now().Add(5 * time.Second)
+	for len(ls) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		if ls, err = client.Leases(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(ls) != 1 || ls[0].MAC != hw.String() || ls[0].State != "offered" || ls[0].IP != "10.5.0.10" || ls[0].Port != "swp1" {
+		t.Fatalf("leases = %+v, want one offered lease for %s on swp1", ls, hw)
+	}
+	if ls[0].Hostname != `"SEP\xff"` {
+		t.Errorf("hostname %q: bytes that are not plain text must come out escaped", ls[0].Hostname)
+	}
+	var conn net.Conn
+	if err := n.app.Do(func() (err error) { conn, err = net.Dial("tcp", "127.0.0.1:19619"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}}
+	resp, err := hc.Get("http://127.0.0.1:19619/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`phoneboot_dhcp_received_total{type="discover"} 1`,
+		`phoneboot_dhcp_sent_total{type="offer"} 1`,
+		`phoneboot_dhcp_pool_addresses{pool="phones",state="assigned"} 1`,
+		`phoneboot_dhcp_pool_addresses{pool="phones",state="total"} 11`,
+		`phoneboot_service_up{service="dhcp"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }

@@ -74,10 +74,30 @@ var (
 		"Power drawn on the port.", []string{"port"}, nil)
 )
 
+var (
+	descDHCPReceived = prometheus.NewDesc("phoneboot_dhcp_received_total",
+		"DHCP requests the Go server received, by message type (Kea's pkt4-<type>-received).", []string{"type"}, nil)
+	descDHCPSent = prometheus.NewDesc("phoneboot_dhcp_sent_total",
+		"DHCP replies the Go server sent, by type; the fast path's are phoneboot_xdp_packets_total{counter=~\"dhcp_fast_.*\"}.", []string{"type"}, nil)
+	descDHCPDropped = prometheus.NewDesc("phoneboot_dhcp_dropped_total",
+		"DHCP requests the Go server dropped, by reason.", []string{"reason"}, nil)
+	descDHCPSilent = prometheus.NewDesc("phoneboot_dhcp_silent_total",
+		"DHCP requests handled without a reply, by reason.", []string{"reason"}, nil)
+	descDHCPSocketDrops = prometheus.NewDesc("phoneboot_dhcp_socket_drops_total",
+		"DHCP requests the kernel dropped because a raw socket's buffer was full.", nil, nil)
+	descDHCPFastConflicts = prometheus.NewDesc("phoneboot_dhcp_fastpath_conflicts_total",
+		"Leases the XDP fast path handed out that the lease store refused.", nil, nil)
+	descDHCPPool = prometheus.NewDesc("phoneboot_dhcp_pool_addresses",
+		"Addresses of each pool by state (total, assigned, declined, free).", []string{"pool", "state"}, nil)
+	descLeaseRecovered = prometheus.NewDesc("phoneboot_lease_db_recovered",
+		"1 if the lease database was corrupt at start and moved aside.", nil, nil)
+)
+
 type agentCollector struct{ a *Agent }
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuildInfo, descUptime, descXDPAttached, descXDPPackets, descXDPBytes, descServiceUp, descPoEDelivering, descPoEPower} {
+	for _, d := range []*prometheus.Desc{descBuildInfo, descUptime, descXDPAttached, descXDPPackets, descXDPBytes, descServiceUp, descPoEDelivering, descPoEPower,
+		descDHCPReceived, descDHCPSent, descDHCPDropped, descDHCPSilent, descDHCPSocketDrops, descDHCPFastConflicts, descDHCPPool, descLeaseRecovered} {
 		ch <- d
 	}
 }
@@ -109,5 +129,32 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descServiceUp, prometheus.GaugeValue, up, s.Name)
+	}
+	if srv := c.a.dhcp; srv != nil {
+		ds := srv.Handler().Stats()
+		for t, n := range ds.ReceivedByType {
+			ch <- prometheus.MustNewConstMetric(descDHCPReceived, prometheus.CounterValue, float64(n), t)
+		}
+		for t, n := range map[string]uint64{"offer": ds.Offers, "ack": ds.Acks, "nak": ds.Naks} {
+			ch <- prometheus.MustNewConstMetric(descDHCPSent, prometheus.CounterValue, float64(n), t)
+		}
+		for r, n := range ds.DroppedBy {
+			ch <- prometheus.MustNewConstMetric(descDHCPDropped, prometheus.CounterValue, float64(n), r)
+		}
+		for r, n := range ds.Silent {
+			ch <- prometheus.MustNewConstMetric(descDHCPSilent, prometheus.CounterValue, float64(n), r)
+		}
+		ch <- prometheus.MustNewConstMetric(descDHCPSocketDrops, prometheus.CounterValue, float64(srv.SocketDrops()))
+		ch <- prometheus.MustNewConstMetric(descDHCPFastConflicts, prometheus.CounterValue, float64(ds.FastPathConflicts))
+		for _, p := range ds.Pools {
+			for state, n := range map[string]uint64{"total": p.Total, "assigned": p.Assigned, "declined": p.Declined, "free": p.Free} {
+				ch <- prometheus.MustNewConstMetric(descDHCPPool, prometheus.GaugeValue, float64(n), p.Name, state)
+			}
+		}
+		recovered := 0.0
+		if c.a.leaseRecovered != "" {
+			recovered = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descLeaseRecovered, prometheus.GaugeValue, recovered)
 	}
 }

@@ -42,6 +42,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			serveCommand(),
 			statusCommand(),
+			leasesCommand(),
 			doctorCommand(),
 			labCommand(),
 		},
@@ -105,6 +106,37 @@ func statusCommand() *cli.Command {
 				return enc.Encode(st)
 			}
 			return printStatus(c.App.Writer, st)
+		},
+	}
+}
+
+func leasesCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "leases",
+		Usage: "list the DHCP leases of the running daemon",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket", Value: agent.DefaultControlSocket, Usage: "the daemon's control socket"},
+			&cli.BoolFlag{Name: "json", Usage: "print the raw JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			ctx, stop := signalContext()
+			defer stop()
+			ls, err := control.NewClient(c.String("socket")).Leases(ctx)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(c.App.Writer)
+				enc.SetIndent("", "  ")
+				return enc.Encode(ls)
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "IP\tMAC\tPOOL\tVLAN\tSTATE\tEXPIRES\tPORT\tHOSTNAME")
+			for _, l := range ls {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", l.IP, l.MAC, l.Pool, l.VLAN, l.State,
+					l.Expires.Local().Format(time.DateTime), l.Port, l.Hostname)
+			}
+			return tw.Flush()
 		},
 	}
 }

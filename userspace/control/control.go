@@ -54,9 +54,23 @@ type Counter struct {
 	Bytes   uint64 `json:"bytes"`
 }
 
+// Lease is one DHCP lease as `phoneboot leases` lists it.
+type Lease struct {
+	IP       string    `json:"ip"`
+	MAC      string    `json:"mac"`
+	Pool     string    `json:"pool"`
+	State    string    `json:"state"`
+	Expires  time.Time `json:"expires"`
+	Port     string    `json:"port,omitempty"`
+	VLAN     uint16    `json:"vlan"`
+	Hostname string    `json:"hostname,omitempty"` // as the client sent it, quoted if not printable
+}
+
 // Provider answers the API's questions.
 type Provider interface {
 	Status(ctx context.Context) Status
+	// Leases lists the DHCP leases; an error if DHCP is off.
+	Leases(ctx context.Context) ([]Lease, error)
 }
 
 // Server serves the control API on a unix socket.
@@ -92,6 +106,17 @@ func NewServer(path string, p Provider, log *slog.Logger) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, p.Status(r.Context()))
+	})
+	mux.HandleFunc("GET /v1/leases", func(w http.ResponseWriter, r *http.Request) {
+		ls, err := p.Leases(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if ls == nil {
+			ls = []Lease{}
+		}
+		writeJSON(w, ls)
 	})
 	s := &Server{
 		path: path,
@@ -183,6 +208,12 @@ func NewClient(path string) *Client {
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var st Status
 	return st, c.get(ctx, "/v1/status", &st)
+}
+
+// Leases fetches the DHCP leases.
+func (c *Client) Leases(ctx context.Context) ([]Lease, error) {
+	var ls []Lease
+	return ls, c.get(ctx, "/v1/leases", &ls)
 }
 
 func (c *Client) get(ctx context.Context, path string, out any) error {

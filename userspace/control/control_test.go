@@ -19,9 +19,15 @@ import (
 // These tests do not use t.Parallel: NewServer changes the process-wide
 // umask around its Listen, which would race with files other tests create.
 
-type fakeProvider struct{ st Status }
+type fakeProvider struct {
+	st     Status
+	leases []Lease
+	err    error
+}
 
 func (p fakeProvider) Status(context.Context) Status { return p.st }
+
+func (p fakeProvider) Leases(context.Context) ([]Lease, error) { return p.leases, p.err }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
@@ -53,7 +59,7 @@ func fullStatus() Status {
 func serve(t *testing.T, st Status) (*Server, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "control.sock")
-	s, err := NewServer(path, fakeProvider{st}, discard())
+	s, err := NewServer(path, fakeProvider{st: st}, discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +171,7 @@ func TestStaleSocketReplaced(t *testing.T) {
 	}
 
 	want := fullStatus()
-	s, err := NewServer(path, fakeProvider{want}, discard())
+	s, err := NewServer(path, fakeProvider{st: want}, discard())
 	if err != nil {
 		t.Fatalf("NewServer over a stale socket: %v", err)
 	}
@@ -298,7 +304,7 @@ func TestRunReturnsNilOnCancel(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "control.sock")
-			s, err := NewServer(path, fakeProvider{fullStatus()}, discard())
+			s, err := NewServer(path, fakeProvider{st: fullStatus()}, discard())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -515,5 +521,43 @@ func TestClientHonoursContext(t *testing.T) {
 	cancel()
 	if _, err := NewClient(path).Status(ctx); !errors.Is(err, context.Canceled) {
 		t.Errorf("Status with a cancelled context = %v, want context.Canceled", err)
+	}
+}
+
+func TestLeases(t *testing.T) {
+	exp := time.Unix(1_800_000_000, 0).UTC()
+	want := []Lease{{IP: "10.1.0.10", MAC: "00:1e:7a:00:00:01", Pool: "voice", State: "bound", Expires: exp, Port: "swp1", VLAN: 100, Hostname: "SEP001E7A000001"}}
+	for _, tt := range []struct {
+		name    string
+		p       fakeProvider
+		want    []Lease
+		wantErr string
+	}{
+		{"some", fakeProvider{leases: want}, want, ""},
+		{"none", fakeProvider{}, []Lease{}, ""},
+		{"dhcp off", fakeProvider{err: errors.New("dhcp is not enabled")}, nil, "dhcp is not enabled"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "c.sock")
+			s, err := NewServer(path, tt.p, discard())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			go s.Run(t.Context())
+			got, err := NewClient(path).Leases(t.Context())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
 	}
 }
