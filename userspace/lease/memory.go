@@ -83,7 +83,9 @@ func (m *Memory) Allocate(ctx context.Context, l Lease, now time.Time) error {
 		return ErrAddressInUse
 	}
 	if old, ok := m.byMAC[key]; ok && old != l.IP {
-		if prev, ok := m.byIP[old]; ok && slices.Equal(prev.MAC, l.MAC) {
+		// A declined address stays in probation: moving its client on
+		// must not free it early.
+		if prev, ok := m.byIP[old]; ok && slices.Equal(prev.MAC, l.MAC) && prev.State != StateDeclined {
 			prev.State = StateReleased
 			prev.Updated = now
 			m.byIP[old] = prev
