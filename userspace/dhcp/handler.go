@@ -726,7 +726,8 @@ func (t *txn) renewing() (Reply, Outcome) {
 	exp := t.now.Add(p.leaseTime)
 	l, err := h.store.Renew(t.ctx, ip, mac, exp)
 	switch {
-	case errors.Is(err, lease.ErrNotFound), errors.Is(err, lease.ErrNotOwner):
+	case errors.Is(err, lease.ErrNotFound), errors.Is(err, lease.ErrNotOwner), errors.Is(err, lease.ErrReserved):
+		// ErrReserved: reserved for another client since it was leased.
 		return t.nak()
 	case err != nil:
 		return t.failed("renew", err)
