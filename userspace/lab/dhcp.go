@@ -53,13 +53,16 @@ var errNAK = errors.New("NAK")
 
 func (d dhcpPhase) dora(ctx context.Context, ph *Phone) (*dhcpv4.DHCPv4, error) {
 	vendorClass := "Cisco Systems, Inc. IP Phone " + ph.Model.Model
+	// A phone asks for the same options in DISCOVER and REQUEST; servers
+	// such as Kea send only what was asked for.
+	asks := dhcpv4.WithRequestedOptions(dhcpv4.OptionSubnetMask, dhcpv4.OptionRouter, dhcpv4.OptionDomainNameServer,
+		dhcpv4.OptionDomainName, dhcpv4.OptionNTPServers, dhcpv4.OptionTFTPServerName,
+		dhcpv4.GenericOptionCode(optTFTPServers))
 	disc, err := dhcpv4.NewDiscovery(ph.MAC,
 		dhcpv4.WithBroadcast(true),
 		dhcpv4.WithOption(dhcpv4.OptClassIdentifier(vendorClass)),
 		dhcpv4.WithOption(dhcpv4.OptHostName(ph.Name)),
-		dhcpv4.WithRequestedOptions(dhcpv4.OptionSubnetMask, dhcpv4.OptionRouter, dhcpv4.OptionDomainNameServer,
-			dhcpv4.OptionDomainName, dhcpv4.OptionNTPServers, dhcpv4.OptionTFTPServerName,
-			dhcpv4.GenericOptionCode(optTFTPServers)),
+		asks,
 	)
 	if err != nil {
 		return nil, err
@@ -72,6 +75,7 @@ func (d dhcpPhase) dora(ctx context.Context, ph *Phone) (*dhcpv4.DHCPv4, error) 
 		dhcpv4.WithBroadcast(true),
 		dhcpv4.WithOption(dhcpv4.OptClassIdentifier(vendorClass)),
 		dhcpv4.WithOption(dhcpv4.OptHostName(ph.Name)),
+		asks,
 	)
 	if err != nil {
 		return nil, err
