@@ -85,10 +85,12 @@ func serveCommand() *cli.Command {
 	}
 }
 
-func statusCommand() *cli.Command {
+// controlCommand is a client command of the control API: it fetches a
+// value from the daemon and prints it as a table, or as JSON with --json.
+func controlCommand[T any](name, usage string, fetch func(*control.Client, context.Context) (T, error), table func(io.Writer, T) error) *cli.Command {
 	return &cli.Command{
-		Name:  "status",
-		Usage: "show the running daemon's state",
+		Name:  name,
+		Usage: usage,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", Value: agent.DefaultControlSocket, Usage: "the daemon's control socket"},
 			&cli.BoolFlag{Name: "json", Usage: "print the raw JSON"},
@@ -96,49 +98,36 @@ func statusCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			ctx, stop := signalContext()
 			defer stop()
-			st, err := control.NewClient(c.String("socket")).Status(ctx)
+			v, err := fetch(control.NewClient(c.String("socket")), ctx)
 			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
 				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return enc.Encode(v)
 			}
-			return printStatus(c.App.Writer, st)
+			return table(c.App.Writer, v)
 		},
 	}
 }
 
+func statusCommand() *cli.Command {
+	return controlCommand("status", "show the running daemon's state", (*control.Client).Status, printStatus)
+}
+
 func leasesCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "leases",
-		Usage: "list the DHCP leases of the running daemon",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "socket", Value: agent.DefaultControlSocket, Usage: "the daemon's control socket"},
-			&cli.BoolFlag{Name: "json", Usage: "print the raw JSON"},
-		},
-		Action: func(c *cli.Context) error {
-			ctx, stop := signalContext()
-			defer stop()
-			ls, err := control.NewClient(c.String("socket")).Leases(ctx)
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				return enc.Encode(ls)
-			}
-			tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "IP\tMAC\tPOOL\tVLAN\tSTATE\tEXPIRES\tPORT\tHOSTNAME")
-			for _, l := range ls {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", l.IP, l.MAC, l.Pool, l.VLAN, l.State,
-					l.Expires.Local().Format(time.DateTime), l.Port, l.Hostname)
-			}
-			return tw.Flush()
-		},
+	return controlCommand("leases", "list the DHCP leases of the running daemon", (*control.Client).Leases, printLeases)
+}
+
+func printLeases(w io.Writer, ls []control.Lease) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "IP\tMAC\tPOOL\tVLAN\tSTATE\tEXPIRES\tPORT\tHOSTNAME")
+	for _, l := range ls {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", l.IP, l.MAC, l.Pool, l.VLAN, l.State,
+			l.Expires.Local().Format(time.DateTime), l.Port, l.Hostname)
 	}
+	return tw.Flush()
 }
 
 func printStatus(w io.Writer, st control.Status) error {
