@@ -22,17 +22,7 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
-// testLogger sends the agent's log to the test log.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
+func testLogger(t *testing.T) *slog.Logger { return privtest.Logger(t) }
 
 // notifyListener collects sd_notify datagrams sent to NOTIFY_SOCKET.
 type notifyListener struct {

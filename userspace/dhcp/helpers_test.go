@@ -7,27 +7,16 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 
 	"github.com/phoneboot/phoneboot/userspace/lease"
+	"github.com/phoneboot/phoneboot/userspace/privtest"
 )
 
-// logWriter hands slog output to the test log.
-type logWriter struct{ tb testing.TB }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.tb.Helper()
-	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(tb testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(logWriter{tb}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
+func testLogger(tb testing.TB) *slog.Logger { return privtest.Logger(tb) }
 
 var t0 = time.Date(2026, 3, 1, 8, 0, 0, 0, time.UTC)
 

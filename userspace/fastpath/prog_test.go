@@ -17,18 +17,7 @@ import (
 // xdpPass is XDP_PASS from the kernel's enum xdp_action.
 const xdpPass = 2
 
-// logWriter hands slog output to the test log.
-type logWriter struct{ tb testing.TB }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.tb.Helper()
-	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(tb testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(logWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+func testLogger(tb testing.TB) *slog.Logger { return privtest.Logger(tb) }
 
 // loadTestObjects loads the program and unpinned maps for BPF_PROG_RUN.
 func loadTestObjects(tb testing.TB) *Objects {

@@ -6,9 +6,11 @@ package privtest
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -95,4 +97,17 @@ func VethPair(tb testing.TB, aName, bName string) (a, b *vnet.NS) {
 		tb.Fatal(err)
 	}
 	return nss[0], nss[1]
+}
+
+// Logger is a slog.Logger that writes to the test's log.
+func Logger(tb testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testLog{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testLog struct{ tb testing.TB }
+
+func (w testLog) Write(p []byte) (int, error) {
+	w.tb.Helper()
+	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }
