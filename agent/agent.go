@@ -220,8 +220,10 @@ func (a *Agent) setState(name, state string, err error) {
 func (a *Agent) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for _, e := range a.services {
+		// Running from here on: a status query right after READY=1 must
+		// not see "starting".
+		a.setState(e.name, "running", nil)
 		g.Go(func() error {
-			a.setState(e.name, "running", nil)
 			err := e.svc.Run(gctx)
 			if err != nil {
 				a.setState(e.name, "failed", err)
