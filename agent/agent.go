@@ -148,6 +148,7 @@ func (a *Agent) newDHCP(cfg Config, log *slog.Logger) error {
 	sc := dhcp.ServerConfig{Ports: cfg.PortNames()}
 	if a.fastpath != nil {
 		sc.FastPath = a.fastpath.DHCP()
+		sc.StopFastPathOnClose = cfg.FastPath.DetachOnStop
 	}
 	a.dhcp, err = dhcp.NewServer(h, sc, log)
 	if err != nil {

@@ -31,6 +31,10 @@ type ServerConfig struct {
 	Workers int
 	// ReclaimEvery is how often expired leases are reclaimed (default 10s).
 	ReclaimEvery time.Duration
+	// StopFastPathOnClose turns the kernel's answering off before the last
+	// events are drained on Close: for a daemon that unpins its maps on
+	// stop, after which unread events would be lost.
+	StopFastPathOnClose bool
 }
 
 // The kernel's free queue is kept between these two levels.
@@ -109,14 +113,7 @@ func (s *Server) loadKernel(ctx context.Context) error {
 	// First persist what the kernel handed out while no daemon listened
 	// (its tables are pinned and kept answering), then take its queues
 	// back: they hold addresses this run's allocator believes free.
-	for {
-		s.events.SetDeadline(time.Now())
-		ev, err := s.events.Read()
-		if err != nil {
-			break
-		}
-		s.record(ctx, ev)
-	}
+	s.drainEvents()
 	s.events.SetDeadline(time.Time{})
 	for id := uint32(1); id < fastpath.DHCPPoolMax; id++ {
 		if _, err := t.DrainFree(id); err != nil {
@@ -318,14 +315,25 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.events != nil {
 		g.Go(func() error {
 			for {
-				ev, err := s.events.Read()
-				if errors.Is(err, ringbuf.ErrClosed) || ctx.Err() != nil {
+				if ctx.Err() != nil {
+					// The kernel already answered these: they must
+					// reach the store even while stopping.
+					s.drainEvents()
 					return nil
 				}
-				if err != nil {
+				// Short waits: a deadline set while Read blocks does not
+				// wake it, and stopping must not wait for the next event.
+				s.events.SetDeadline(time.Now().Add(200 * time.Millisecond))
+				ev, err := s.events.Read()
+				switch {
+				case errors.Is(err, os.ErrDeadlineExceeded):
+					continue
+				case errors.Is(err, ringbuf.ErrClosed):
+					return nil
+				case err != nil:
 					return fmt.Errorf("dhcp fast path events: %w", err)
 				}
-				s.record(ctx, ev)
+				s.record(context.WithoutCancel(ctx), ev)
 			}
 		})
 	}
@@ -345,14 +353,23 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	})
 	<-ctx.Done()
-	// Unblock the readers.
+	// Unblock the readers; the event reader drains what is buffered first.
 	for _, p := range s.ports {
 		p.conn.Close()
 	}
-	if s.events != nil {
-		s.events.Close()
-	}
 	return g.Wait()
+}
+
+// drainEvents records every event the kernel has buffered.
+func (s *Server) drainEvents() {
+	for {
+		s.events.SetDeadline(time.Now())
+		ev, err := s.events.Read()
+		if err != nil {
+			return
+		}
+		s.record(context.Background(), ev)
+	}
 }
 
 func (s *Server) serve(ctx context.Context, p *phonePort) error {
@@ -453,6 +470,13 @@ func (s *Server) Close() error {
 		}
 	}
 	if s.events != nil {
+		if s.cfg.StopFastPathOnClose {
+			for _, p := range s.ports {
+				errs = append(errs, s.cfg.FastPath.DeletePort(p.ifindex))
+			}
+		}
+		// Whatever the kernel handed out up to now reaches the store.
+		s.drainEvents()
 		s.events.Close()
 	}
 	return errors.Join(errs...)
