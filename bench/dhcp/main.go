@@ -77,7 +77,6 @@ func run(quick bool, jsonPath, pbBin, only, parts string, rssLeases int) (err er
 	if quick {
 		b.period, b.avalanche, b.avLimit = 2*time.Second, 2000, 20*time.Second
 		b.ladder = []int{500, 2000, 8000, 32000, 128000}
-		b.refine = 1
 		b.progRuns = 50000
 	} else {
 		// 75 s: past the retransmission at 64 s (±1 s) of perfdhcp's
