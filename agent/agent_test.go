@@ -223,25 +223,7 @@ ports: [{name: swp1}]
 		}
 	}
 
-	// The metrics listener lives in the appliance namespace: dial there (the
-	// HTTP transport dials on goroutines of its own, outside Do).
-	var conn net.Conn
-	if err := n.app.Do(func() (err error) { conn, err = net.Dial("tcp", "127.0.0.1:19617"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	hc := &http.Client{Transport: &http.Transport{
-		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil },
-	}}
-	resp, err := hc.Get("http://127.0.0.1:19617/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := string(b)
+	body := scrapeMetrics(t, n.app, "127.0.0.1:19617")
 	for _, want := range []string{
 		`phoneboot_xdp_attached{mode="native",port="swp1"} 1`,
 		`phoneboot_xdp_packets_total{counter="dhcp"} 1`,
@@ -362,17 +344,7 @@ dhcp:
 	if ls[0].Hostname != `"SEP\xff"` {
 		t.Errorf("hostname %q: bytes that are not plain text must come out escaped", ls[0].Hostname)
 	}
-	var conn net.Conn
-	if err := n.app.Do(func() (err error) { conn, err = net.Dial("tcp", "127.0.0.1:19619"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}}
-	resp, err := hc.Get("http://127.0.0.1:19619/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrapeMetrics(t, n.app, "127.0.0.1:19619")
 	for _, want := range []string{
 		`phoneboot_dhcp_received_total{type="discover"} 1`,
 		`phoneboot_dhcp_sent_total{type="offer"} 1`,
@@ -380,8 +352,31 @@ dhcp:
 		`phoneboot_dhcp_pool_addresses{pool="phones",state="total"} 11`,
 		`phoneboot_service_up{service="dhcp"} 1`,
 	} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
+}
+
+// scrapeMetrics fetches /metrics from a listener inside ns. It dials there
+// itself: the HTTP transport dials on goroutines of its own, outside Do.
+func scrapeMetrics(t *testing.T, ns *vnet.NS, addr string) string {
+	t.Helper()
+	var conn net.Conn
+	if err := ns.Do(func() (err error) { conn, err = net.Dial("tcp", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil },
+	}}
+	resp, err := hc.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -47,7 +47,7 @@ func newDiffEnv(t testing.TB, cfg Config) *diffEnv {
 	// name as the ingress device.
 	p := &phonePort{name: "p1", ifindex: 1, mac: diffPortMAC}
 	srv := &Server{h: hk, cfg: ServerConfig{FastPath: objs.DHCP()}, log: log,
-		ports: []*phonePort{p}, byIdx: map[int]*phonePort{1: p}, queued: map[*Pool]*atomic.Int64{}}
+		ports: []*phonePort{p}, byIdx: map[int]*phonePort{1: p}, queued: map[*Pool]*atomic.Int64{}, poolID: map[*Pool]uint32{}}
 	if err := srv.loadKernel(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -88,8 +88,9 @@ func (e *diffEnv) reset(t *testing.T) {
 	if err := e.srv.loadBindings(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range e.srv.h.Pools() {
+	for i, p := range e.srv.h.Pools() {
 		e.srv.queued[p] = &atomic.Int64{}
+		e.srv.poolID[p] = uint32(i + 1) // as loadKernel numbers them
 		if err := e.srv.refill(p); err != nil {
 			t.Fatal(err)
 		}

@@ -757,16 +757,22 @@ func (t *txn) owned(ip netip.Addr) (Outcome, bool) {
 	return Outcome{}, true
 }
 
+// givingBack checks a DECLINE or RELEASE of ip: an address given, sent to
+// this server (if it names one), by the client holding it on this port.
+func (t *txn) givingBack(ip netip.Addr) (Outcome, bool) {
+	if !ip.IsValid() {
+		return drop(ReasonRFCViolation), false
+	}
+	if t.m.serverID.IsValid() && t.m.serverID != t.p.serverIP {
+		return drop(ReasonNotOurServer), false
+	}
+	return t.owned(ip)
+}
+
 func (t *txn) decline() (Reply, Outcome) {
 	h, p := t.h, t.p
 	ip := t.m.requestedIP
-	if !ip.IsValid() {
-		return Reply{}, drop(ReasonRFCViolation)
-	}
-	if t.m.serverID.IsValid() && t.m.serverID != p.serverIP {
-		return Reply{}, drop(ReasonNotOurServer)
-	}
-	if o, ok := t.owned(ip); !ok {
+	if o, ok := t.givingBack(ip); !ok {
 		return Reply{}, o
 	}
 	if h.cfg.MaxDeclinesPerPort > 0 && h.ports.declines(t.req.Port, t.now) >= h.cfg.MaxDeclinesPerPort {
@@ -789,13 +795,7 @@ func (t *txn) decline() (Reply, Outcome) {
 func (t *txn) release() (Reply, Outcome) {
 	h, p := t.h, t.p
 	ip := t.m.ciaddr
-	if !ip.IsValid() {
-		return Reply{}, drop(ReasonRFCViolation)
-	}
-	if t.m.serverID.IsValid() && t.m.serverID != p.serverIP {
-		return Reply{}, drop(ReasonNotOurServer)
-	}
-	if o, ok := t.owned(ip); !ok {
+	if o, ok := t.givingBack(ip); !ok {
 		return Reply{}, o
 	}
 	err := h.store.Release(t.ctx, ip, t.mac())

@@ -54,6 +54,7 @@ type Server struct {
 
 	events *fastpath.DHCPEvents
 	queued map[*Pool]*atomic.Int64 // addresses in each pool's kernel queue
+	poolID map[*Pool]uint32        // the pool's ID in the kernel's tables
 
 	kernelDrops atomic.Uint64
 }
@@ -75,7 +76,7 @@ func NewServer(h *Handler, cfg ServerConfig, log *slog.Logger) (_ *Server, err e
 	if cfg.ReclaimEvery <= 0 {
 		cfg.ReclaimEvery = 10 * time.Second
 	}
-	s := &Server{h: h, cfg: cfg, log: log, byIdx: map[int]*phonePort{}, queued: map[*Pool]*atomic.Int64{}}
+	s := &Server{h: h, cfg: cfg, log: log, byIdx: map[int]*phonePort{}, queued: map[*Pool]*atomic.Int64{}, poolID: map[*Pool]uint32{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -170,6 +171,7 @@ func (s *Server) loadKernel(ctx context.Context) error {
 			return fmt.Errorf("pool %s: %w", p.Name(), err)
 		}
 		s.queued[p] = &atomic.Int64{}
+		s.poolID[p] = id
 	}
 	for vlan := uint16(0); vlan <= 4095; vlan++ {
 		if !inUse[vlan] {
@@ -268,13 +270,7 @@ func (s *Server) refill(p *Pool) error {
 	if len(ips) == 0 {
 		return nil
 	}
-	id := uint32(0)
-	for i, pp := range s.h.Pools() {
-		if pp == p {
-			id = uint32(i + 1)
-		}
-	}
-	n, err := s.cfg.FastPath.PushFree(id, ips)
+	n, err := s.cfg.FastPath.PushFree(s.poolID[p], ips)
 	q.Add(int64(n))
 	if n < len(ips) {
 		s.h.ReturnFromKernel(p, ips[n:])
