@@ -92,6 +92,9 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 			return nil, fmt.Errorf("fastpath: %w", err)
 		}
 		a.add("fastpath", idleService{close: a.fastpath.Close})
+		if err := applyVLANs(cfg, a.fastpath); err != nil {
+			return nil, fmt.Errorf("fastpath: %w", err)
+		}
 	}
 
 	if cfg.Power.Backend != "none" {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -104,8 +105,18 @@ func runDir(t *testing.T) string {
 func sendDHCPFrame(ifname string) error { return sendDHCPPayload(ifname, make([]byte, 240)) }
 
 // sendDHCPPayload sends payload as a client's broadcast to UDP port 67.
-// The IPv4 header checksum is filled in: the server checks it.
 func sendDHCPPayload(ifname string, payload []byte) error {
+	return sendFrame(ifname, dhcpClientFrame(payload))
+}
+
+// sendTaggedDHCP sends an empty DHCP payload tagged with vlan.
+func sendTaggedDHCP(ifname string, vlan uint16) error {
+	f := dhcpClientFrame(make([]byte, 240))
+	tagged := append(append(append([]byte(nil), f[:12]...), 0x81, 0x00, byte(vlan>>8), byte(vlan)), f[12:]...)
+	return sendFrame(ifname, tagged)
+}
+
+func sendFrame(ifname string, frame []byte) error {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return err
@@ -115,6 +126,12 @@ func sendDHCPPayload(ifname string, payload []byte) error {
 		return err
 	}
 	defer unix.Close(fd)
+	return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}})
+}
+
+// dhcpClientFrame is payload as a client's broadcast to UDP port 67. The
+// IPv4 header checksum is filled in: the server checks it.
+func dhcpClientFrame(payload []byte) []byte {
 	frame := make([]byte, 14+20+8+len(payload))
 	copy(frame[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	copy(frame[6:12], []byte{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x01})
@@ -137,7 +154,7 @@ func sendDHCPPayload(ifname string, payload []byte) error {
 		sum = sum&0xffff + sum>>16
 	}
 	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}})
+	return frame
 }
 
 func counter(st control.Status, name string) uint64 {
@@ -246,6 +263,68 @@ ports: [{name: swp1}]
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {
 		t.Errorf("control socket left behind: %v", err)
 	}
+}
+
+// TestAgentAppliesVLANs starts the agent with a voice VLAN on its port, then
+// again without: the first run's policy drops a foreign tag, and the second
+// run removes the policy the pinned maps kept.
+func TestAgentAppliesVLANs(t *testing.T) {
+	n := newAgentNet(t)
+	bpffs := privtest.TempBPFFS(t)
+	socket := filepath.Join(runDir(t), "control.sock")
+	run := func(ports string, send func() error, wantDrops uint64) {
+		t.Helper()
+		cfg, err := ParseConfig("test.yaml", []byte(`
+control: {socket: `+socket+`}
+metrics: {listen: ""}
+fastpath: {xdp_mode: native, pin_dir: `+bpffs+`/phoneboot}
+ports: [`+ports+`]
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a *Agent
+		if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			if err := a.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		}()
+		client := control.NewClient(socket)
+		read := func() uint64 {
+			st, err := client.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return counter(st, "vlan_hop_drop")
+		}
+		before := read()
+		if err := n.phone.Do(send); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for read()-before != wantDrops && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if got := read() - before; got != wantDrops {
+			t.Errorf("ports [%s]: vlan_hop_drop moved by %d, want %d", ports, got, wantDrops)
+		}
+	}
+	twice := func() error {
+		return errors.Join(sendTaggedDHCP("eth0", 300), sendTaggedDHCP("eth0", 100))
+	}
+	run("{name: swp1, voice_vlan: 100}", twice, 1)
+	run("{name: swp1}", twice, 0)
 }
 
 func TestAgentRefusesSocketInUse(t *testing.T) {

@@ -294,3 +294,6 @@ func (t *VLANTables) Stations() ([]Station, error) {
 	}
 	return out, nil
 }
+
+// VLAN returns the VLAN tables of the attached program.
+func (f *FastPath) VLAN() *VLANTables { return f.objs.VLAN() }
