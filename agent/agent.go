@@ -92,7 +92,7 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 			return nil, fmt.Errorf("fastpath: %w", err)
 		}
 		a.add("fastpath", idleService{close: a.fastpath.Close})
-		if err := applyVLANs(cfg, a.fastpath); err != nil {
+		if err := applyVLANs(cfg, a.fastpath, log.With("service", "fastpath")); err != nil {
 			return nil, fmt.Errorf("fastpath: %w", err)
 		}
 	}

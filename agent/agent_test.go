@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/phoneboot/phoneboot/userspace/control"
+	"github.com/phoneboot/phoneboot/userspace/offload"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -323,7 +324,20 @@ ports: [`+ports+`]
 	twice := func() error {
 		return errors.Join(sendTaggedDHCP("eth0", 300), sendTaggedDHCP("eth0", 100))
 	}
+	var rx, tx bool
+	offloadOf := func() {
+		t.Helper()
+		if err := n.app.Do(func() (err error) { rx, tx, err = offload.VLAN("swp1"); return err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if offloadOf(); !rx || !tx {
+		t.Fatalf("veth VLAN offload rx=%v tx=%v before the test, want on (the kernel default)", rx, tx)
+	}
 	run("{name: swp1, voice_vlan: 100}", twice, 1)
+	if offloadOf(); rx || tx {
+		t.Errorf("VLAN offload rx=%v tx=%v on a port with VLANs, want off", rx, tx)
+	}
 	run("{name: swp1}", twice, 0)
 }
 

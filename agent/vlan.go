@@ -2,16 +2,35 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
+	"github.com/phoneboot/phoneboot/userspace/offload"
 )
+
+// vlanOffloadOff turns a port's VLAN offload off, so XDP sees the tags in
+// the frames; the policy cannot work with it on.
+func vlanOffloadOff(port string, log *slog.Logger) error {
+	rx, tx, err := offload.VLAN(port)
+	if err != nil {
+		return err
+	}
+	if !rx && !tx {
+		return nil
+	}
+	if err := offload.SetVLAN(port, false); err != nil {
+		return fmt.Errorf("the port has VLANs, so XDP must see tags: %w", err)
+	}
+	log.Info("VLAN offload turned off, so XDP sees the tags", "port", port, "rxvlanWas", rx, "txvlanWas", tx)
+	return nil
+}
 
 // applyVLANs writes the ports' VLAN policy into the data path, replacing
 // whatever pinned maps kept from an earlier run: ports without VLANs get
 // none, the voice subnets come from the DHCP pools, and the phone OUIs
 // from the vlan section.
-func applyVLANs(cfg Config, fp *fastpath.FastPath) error {
+func applyVLANs(cfg Config, fp *fastpath.FastPath, log *slog.Logger) error {
 	vt := fp.VLAN()
 	ifindex := map[string]int{}
 	for _, a := range fp.Attachments() {
@@ -25,7 +44,10 @@ func applyVLANs(cfg Config, fp *fastpath.FastPath) error {
 		v, ok := p.VLANs()
 		var err error
 		if ok {
-			err = vt.SetPort(idx, v)
+			err = vlanOffloadOff(p.Name, log)
+			if err == nil {
+				err = vt.SetPort(idx, v)
+			}
 		} else {
 			err = vt.DeletePort(idx)
 		}

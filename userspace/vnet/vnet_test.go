@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/phoneboot/phoneboot/userspace/offload"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -570,6 +571,13 @@ func TestSetVLANOffload(t *testing.T) {
 		}
 		if got := read(); got != want {
 			t.Errorf("after SetVLANOffload(%v): rx,tx = %s, want %s", on, got, want)
+		}
+		var rx, tx bool
+		if err := a.Do(func() (err error) { rx, tx, err = offload.VLAN("pbva"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if rx != on || tx != on {
+			t.Errorf("offload.VLAN after SetVLANOffload(%v) = %v, %v", on, rx, tx)
 		}
 	}
 	if err := a.SetVLANOffload("nosuchdev", false); err == nil {
