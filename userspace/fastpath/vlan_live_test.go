@@ -27,8 +27,15 @@ import (
 // appliance's real UDP and TCP stack answering. It checks, on the wire:
 // replies go back tagged with each phone's VLAN at priority 5 (a, d), a
 // foreign VLAN and a double tag are dropped (b), and an untagged phone is
-// put in the voice VLAN and answered priority-tagged (c).
+// put in the voice VLAN and answered priority-tagged (c). In native and
+// generic XDP mode (a whitebox's front-panel ports often offer only generic).
 func TestVLANLive(t *testing.T) {
+	for _, mode := range []Mode{ModeNative, ModeGeneric} {
+		t.Run(string(mode), func(t *testing.T) { testVLANLive(t, mode) })
+	}
+}
+
+func testVLANLive(t *testing.T, mode Mode) {
 	n := newTestNet(t, 1)
 	port, peer := portName(0), peerName(0)
 	for _, s := range []struct {
@@ -39,7 +46,7 @@ func TestVLANLive(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f := n.mustStart(t, Config{Ports: []string{port}, Mode: ModeNative})
+	f := n.mustStart(t, Config{Ports: []string{port}, Mode: mode})
 	ifindex := f.attachments[0].Ifindex
 	vt := f.objs.VLAN()
 	must(t, vt.SetPort(ifindex, PortVLANs{
