@@ -95,4 +95,3 @@ func snapFrame(src [6]byte, pdu []byte) []byte {
 	f = append(f, snapHeader[:]...)
 	return append(f, pdu...)
 }
-
