@@ -140,9 +140,12 @@ func Verbose(tb testing.TB, frames [][]byte) string {
 	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "verbose.pcap")
 	WritePcap(tb, path, frames)
-	out, err := exec.Command("tshark", "-n", "-V", "-r", path).CombinedOutput()
+	cmd := exec.Command("tshark", "-n", "-V", "-r", path)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		tb.Fatalf("tshark -V: %v\n%s", err, out)
+		tb.Fatalf("tshark -V: %v\n%s", err, stderr.String())
 	}
 	return string(out)
 }
