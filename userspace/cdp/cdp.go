@@ -70,9 +70,9 @@ func (e *ChecksumError) Is(target error) bool { return target == ErrChecksum }
 // Type is a TLV type.
 type Type uint16
 
-// The TLV types Message covers: every one Wireshark, lldpd, scapy and
-// gopacket know of (0x000c, 0x000d, 0x001c and 0x001e have never been
-// seen described). Other types are skipped when decoding.
+// The TLV types Message covers: every Cisco type Wireshark, lldpd, scapy
+// and gopacket describe. Others (0x000c, 0x000d, 0x001c, 0x001e, and the
+// 0x1000-0x100d HP access points send) are skipped when decoding.
 const (
 	TypeDeviceID           Type = 0x0001
 	TypeAddresses          Type = 0x0002
