@@ -18,9 +18,11 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"golang.org/x/sys/unix"
 
+	"github.com/phoneboot/phoneboot/userspace/cdp"
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/offload"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/rawsock"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
@@ -216,7 +218,7 @@ ports: [{name: swp1}]
 	if len(status.Ports) != 1 || status.Ports[0].Name != "swp1" || status.Ports[0].XDPMode != "native" || status.Ports[0].Ifindex == 0 {
 		t.Errorf("ports = %+v, want swp1 attached natively (veth supports it)", status.Ports)
 	}
-	wantServices := []string{"fastpath", "control", "metrics"}
+	wantServices := []string{"fastpath", "discovery", "control", "metrics"}
 	if len(status.Services) != len(wantServices) {
 		t.Fatalf("services = %+v", status.Services)
 	}
@@ -472,4 +474,103 @@ func scrapeMetrics(t *testing.T, ns *vnet.NS, addr string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestAgentDiscovery: a phone on the port asks for its voice VLAN over CDP
+// and gets it, shows up in the neighbours, and from then on is known to the
+// data path as a phone (its untagged frames go into the voice VLAN).
+func TestAgentDiscovery(t *testing.T) {
+	n := newAgentNet(t)
+	bpffs := privtest.TempBPFFS(t)
+	socket := filepath.Join(runDir(t), "control.sock")
+	cfg, err := ParseConfig("test.yaml", []byte(`
+control: {socket: `+socket+`}
+metrics: {listen: ""}
+fastpath: {xdp_mode: native, pin_dir: `+bpffs+`/phoneboot}
+ports: [{name: swp1, voice_vlan: 100, auto_voice: true}]
+discovery: {device_id: testswitch}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a *Agent
+	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		a.Close()
+	}()
+
+	var conn *rawsock.Conn
+	if err := n.phone.Do(func() (err error) {
+		conn, err = rawsock.Listen("eth0", rawsock.Options{Filter: cdp.Filter()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	mac := net.HardwareAddr{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x01} // sendDHCPFrame's source
+	frame, err := cdp.PhoneAdvertisement(cdp.PhoneConfig{MAC: mac, DeviceID: "SEP001E7A000001", PortID: "Port 1", Platform: "Cisco IP Phone 8845"}).AppendFrame(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.phone.Do(func() error { return sendFrame("eth0", frame) }); err != nil {
+		t.Fatal(err)
+	}
+	// The start advertisement may come first; the reply follows at once.
+	buf := make([]byte, 2048)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var reply *cdp.Message
+	for reply == nil {
+		f, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no CDP from the switch: %v", err)
+		}
+		m, err := cdp.Decode(f.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.DeviceID != "testswitch" || m.VoIPVLANReply == nil || m.VoIPVLANReply.VLAN != 100 {
+			t.Fatalf("CDP from the switch: device %q voice %+v, want testswitch and VLAN 100", m.DeviceID, m.VoIPVLANReply)
+		}
+		if a.discovery.Stats().ImmediateReplies > 0 {
+			reply = m
+		}
+	}
+
+	client := control.NewClient(socket)
+	ns, err := client.Neighbors(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ns) != 1 || ns[0].DeviceID != "SEP001E7A000001" || ns[0].Port != "swp1" || ns[0].Protocol != "cdp" || !ns[0].VoiceVLANQuery {
+		t.Errorf("neighbours: %+v", ns)
+	}
+
+	// Untagged DHCP from the phone now goes into the voice VLAN.
+	st, err := client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := counter(st, "vlan_auto_voice")
+	if err := n.phone.Do(func() error { return sendDHCPFrame("eth0") }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for counter(st, "vlan_auto_voice") == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the phone's untagged frame was not put in the voice VLAN")
+		}
+		time.Sleep(20 * time.Millisecond)
+		if st, err = client.Status(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

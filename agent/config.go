@@ -21,15 +21,33 @@ import (
 // an empty file is a valid config that serves nothing; see
 // deploy/phoneboot.yaml for a documented example.
 type Config struct {
-	Log      LogConfig      `yaml:"log"`
-	Control  ControlConfig  `yaml:"control"`
-	Metrics  MetricsConfig  `yaml:"metrics"`
-	FastPath FastPathConfig `yaml:"fastpath"`
-	Ports    []PortConfig   `yaml:"ports"`
-	Power    PowerConfig    `yaml:"power"`
-	VLAN     VLANConfig     `yaml:"vlan"`
-	DHCP     DHCPConfig     `yaml:"dhcp"`
+	Log       LogConfig       `yaml:"log"`
+	Control   ControlConfig   `yaml:"control"`
+	Metrics   MetricsConfig   `yaml:"metrics"`
+	FastPath  FastPathConfig  `yaml:"fastpath"`
+	Ports     []PortConfig    `yaml:"ports"`
+	Power     PowerConfig     `yaml:"power"`
+	VLAN      VLANConfig      `yaml:"vlan"`
+	Discovery DiscoveryConfig `yaml:"discovery"`
+	DHCP      DHCPConfig      `yaml:"dhcp"`
 }
+
+// DiscoveryConfig controls CDP and LLDP-MED on the phone ports.
+type DiscoveryConfig struct {
+	// CDP and LLDP turn each protocol's advertisements on. Both are heard
+	// (for the neighbour table) while either is on.
+	CDP  bool `yaml:"cdp"`
+	LLDP bool `yaml:"lldp"`
+	// Interval between advertisements (the TTL is three times it).
+	Interval Duration `yaml:"interval"`
+	// DeviceID is the name phones show for the switch; empty: the host name.
+	DeviceID string `yaml:"device_id"`
+	// VoiceDSCP is the DSCP of the LLDP-MED voice policy.
+	VoiceDSCP int `yaml:"voice_dscp"`
+}
+
+// Enabled reports whether the discovery service runs.
+func (d DiscoveryConfig) Enabled() bool { return d.CDP || d.LLDP }
 
 // LogConfig selects the log level and format.
 type LogConfig struct {
@@ -167,7 +185,8 @@ func DefaultConfig() Config {
 			StaggerInterval: Duration(2 * time.Second),
 			DetectDelay:     Duration(300 * time.Millisecond),
 		},
-		DHCP: defaultDHCPConfig(),
+		Discovery: DiscoveryConfig{CDP: true, LLDP: true, Interval: Duration(60 * time.Second), VoiceDSCP: 46},
+		DHCP:      defaultDHCPConfig(),
 	}
 }
 
@@ -267,6 +286,16 @@ func (c *Config) validate(d *strictDecoder) error {
 		if err := p.validateVLANs(key, c.FastPath.Enabled, bad); err != nil {
 			return err
 		}
+	}
+	if d := time.Duration(c.Discovery.Interval); c.Discovery.Enabled() && (d < 5*time.Second || d > 85*time.Second) {
+		// The TTL is three intervals and must fit CDP's one-byte TTL.
+		return bad("discovery.interval", "%s is outside 5s to 85s", d)
+	}
+	if c.Discovery.VoiceDSCP < 0 || c.Discovery.VoiceDSCP > 63 {
+		return bad("discovery.voice_dscp", "%d is not a DSCP 0-63", c.Discovery.VoiceDSCP)
+	}
+	if len(c.Discovery.DeviceID) > 200 {
+		return bad("discovery.device_id", "is longer than 200 bytes")
 	}
 	for i, o := range c.VLAN.PhoneOUIs {
 		if _, err := ParseOUI(o); err != nil {

@@ -18,7 +18,7 @@ func TestParseConfigErrors(t *testing.T) {
 		want string // the whole error text
 	}{
 		{"unknown top-level key", "log:\n  level: info\nports_:\n  - name: a\n",
-			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, fastpath, log, metrics, ports, power, vlan)`},
+			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, discovery, fastpath, log, metrics, ports, power, vlan)`},
 		{"unknown nested key", "fastpath:\n  enabled: true\n  xdpmode: native\n",
 			`f.yaml:3: fastpath.xdpmode: unknown key (known keys here: detach_on_stop, enabled, pin_dir, xdp_mode)`},
 		{"unknown key in list item", "ports:\n  - name: a\n  - name: b\n    speed: 1000\n",
@@ -75,6 +75,10 @@ func TestParseConfigErrors(t *testing.T) {
 			`f.yaml:3: ports[0]: VLANs need fastpath.enabled: true (the XDP and TC programs do the tagging; there are no 8021q devices)`},
 		{"bad OUI", "vlan:\n  phone_ouis: [00:1b:54, 00:1b]\n",
 			`f.yaml:2: vlan.phone_ouis[1]: "00:1b" is not an OUI such as 00:1b:54`},
+		{"discovery interval too long for CDP's TTL", "discovery:\n  interval: 90s\n",
+			`f.yaml:2: discovery.interval: 1m30s is outside 5s to 85s`},
+		{"bad DSCP", "discovery:\n  voice_dscp: 64\n",
+			`f.yaml:2: discovery.voice_dscp: 64 is not a DSCP 0-63`},
 		{"zero stagger ports", "power:\n  stagger_ports: 0\n",
 			`f.yaml:2: power.stagger_ports: 0 must be at least 1`},
 		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n",

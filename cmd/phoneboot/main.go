@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -43,6 +44,7 @@ func newApp() *cli.App {
 			serveCommand(),
 			statusCommand(),
 			leasesCommand(),
+			neighborsCommand(),
 			doctorCommand(),
 			labCommand(),
 		},
@@ -126,6 +128,24 @@ func printLeases(w io.Writer, ls []control.Lease) error {
 	for _, l := range ls {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", l.IP, l.MAC, l.Pool, l.VLAN, l.State,
 			l.Expires.Local().Format(time.DateTime), l.Port, l.Hostname)
+	}
+	return tw.Flush()
+}
+
+func neighborsCommand() *cli.Command {
+	return controlCommand("neighbors", "list the CDP and LLDP neighbours the running daemon hears", (*control.Client).Neighbors, printNeighbors)
+}
+
+func printNeighbors(w io.Writer, ns []control.Neighbor) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PORT\tPROTO\tDEVICE ID\tPLATFORM\tMAC\tADDRESSES\tTHEIR PORT\tPOWER W\tEXPIRES")
+	for _, n := range ns {
+		power := "-"
+		if n.PowerRequestedMW > 0 {
+			power = fmt.Sprintf("%.1f", float64(n.PowerRequestedMW)/1000)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Port, n.Protocol, n.DeviceID, n.Platform, n.MAC,
+			strings.Join(n.Addresses, ","), n.PortID, power, n.Expires.Local().Format(time.TimeOnly))
 	}
 	return tw.Flush()
 }
