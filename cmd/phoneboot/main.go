@@ -12,8 +12,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"syscall"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -228,7 +228,8 @@ func labCommand() *cli.Command {
 			&cli.Float64Flag{Name: "time-scale", Value: 0.1, Usage: "multiplies every simulated delay (phone boot, PoE detection); 1 is real time"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "phones not done by then fail"},
 			&cli.StringFlag{Name: "json", Usage: "write the report as JSON to this file"},
-			&cli.BoolFlag{Name: "no-xdp", Usage: "run without the XDP fast path (userspace only)"},
+			&cli.BoolFlag{Name: "no-xdp", Usage: "run without the XDP fast path (userspace only; the phones then stay untagged)"},
+			&cli.IntFlag{Name: "voice-vlans", Value: 4, Usage: "spread the ports over this many voice VLANs (at most one per port), each with its own DHCP pool; 0: phones stay untagged"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's steps and show the agent's log"},
 		},
@@ -248,6 +249,10 @@ func labCommand() *cli.Command {
 			if err := rlimit.RemoveMemlock(); err != nil {
 				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
 			}
+			voiceVLANs := c.Int("voice-vlans")
+			if c.Bool("no-xdp") && !c.IsSet("voice-vlans") {
+				voiceVLANs = 0 // the tagging is XDP's and TC's
+			}
 			ctx, stop := signalContext()
 			defer stop()
 			rep, err := lab.Run(ctx, lab.Options{
@@ -259,6 +264,7 @@ func labCommand() *cli.Command {
 				TimeScale:    c.Float64("time-scale"),
 				Timeout:      c.Duration("timeout"),
 				NoXDP:        c.Bool("no-xdp"),
+				VoiceVLANs:   voiceVLANs,
 				Seed:         c.Uint64("seed"),
 				JSONPath:     c.String("json"),
 				Out:          c.App.Writer,

@@ -56,7 +56,7 @@ type Stats struct {
 	CDPMalformed     uint64 `json:"cdp_malformed"`
 	LLDPReceived     uint64 `json:"lldp_received"`
 	LLDPMalformed    uint64 `json:"lldp_malformed"`
-	Advertisements   uint64 `json:"advertisements"`   // frames sent, both protocols
+	Advertisements   uint64 `json:"advertisements"`    // frames sent, both protocols
 	ImmediateReplies uint64 `json:"immediate_replies"` // CDP answers to a query or power request
 	SendErrors       uint64 `json:"send_errors"`
 }
