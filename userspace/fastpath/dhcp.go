@@ -263,12 +263,7 @@ func bindingKey(vlan uint16, mac net.HardwareAddr) (phonePortPbDhcpBindingKey, e
 	return k, nil
 }
 
-// PutBinding installs or replaces a client's binding.
-func (t *DHCPTables) PutBinding(b DHCPBinding) error {
-	k, err := bindingKey(b.VLAN, b.MAC)
-	if err != nil {
-		return err
-	}
+func bindingValue(b *DHCPBinding) phonePortPbDhcpBinding {
 	v := phonePortPbDhcpBinding{
 		Ip:        ip4Native(b.IP),
 		State:     uint32(phonePortPbDhcpStatePB_DHCP_OFFERED),
@@ -278,7 +273,64 @@ func (t *DHCPTables) PutBinding(b DHCPBinding) error {
 	if b.Bound {
 		v.State = uint32(phonePortPbDhcpStatePB_DHCP_BOUND)
 	}
-	return t.objs.PbDhcpBindings.Put(k, v)
+	return v
+}
+
+// PutBinding installs or replaces a client's binding.
+func (t *DHCPTables) PutBinding(b DHCPBinding) error {
+	k, err := bindingKey(b.VLAN, b.MAC)
+	if err != nil {
+		return err
+	}
+	return t.objs.PbDhcpBindings.Put(k, bindingValue(&b))
+}
+
+// BindingBatch gathers bindings for PutBindings; its buffers are reused
+// from one batch to the next.
+type BindingBatch struct {
+	keys []phonePortPbDhcpBindingKey
+	vals []phonePortPbDhcpBinding
+}
+
+// Add appends a binding to the batch.
+func (bb *BindingBatch) Add(b DHCPBinding) error {
+	k, err := bindingKey(b.VLAN, b.MAC)
+	if err != nil {
+		return err
+	}
+	bb.keys = append(bb.keys, k)
+	bb.vals = append(bb.vals, bindingValue(&b))
+	return nil
+}
+
+// Len is the number of bindings in the batch.
+func (bb *BindingBatch) Len() int { return len(bb.keys) }
+
+// PutBindings installs or replaces every binding of the batch, in one
+// system call where the kernel has batch updates (5.6 and later), and
+// empties the batch. Loading a large lease store one binding at a time
+// spent a system call per lease.
+func (t *DHCPTables) PutBindings(bb *BindingBatch) error {
+	defer func() { bb.keys, bb.vals = bb.keys[:0], bb.vals[:0] }()
+	for done := 0; done < len(bb.keys); {
+		n, err := t.objs.PbDhcpBindings.BatchUpdate(bb.keys[done:], bb.vals[done:], nil)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			for i := done; i < len(bb.keys); i++ {
+				if err := t.objs.PbDhcpBindings.Put(bb.keys[i], bb.vals[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("dhcp fast path: binding %d of a batch of %d: %w", done+n+1, len(bb.keys), err)
+		}
+		if n == 0 {
+			return fmt.Errorf("dhcp fast path: batch update of %d bindings made no progress", len(bb.keys)-done)
+		}
+		done += n
+	}
+	return nil
 }
 
 // DeleteBinding removes a client's binding (its requests go to userspace).
@@ -315,20 +367,41 @@ func (t *DHCPTables) Binding(vlan uint16, mac net.HardwareAddr) (DHCPBinding, bo
 	}, true, nil
 }
 
-// Bindings lists every binding.
-func (t *DHCPTables) Bindings() ([]DHCPBinding, error) {
-	var out []DHCPBinding
+// PruneBindings deletes every binding for which keep returns false and
+// returns how many it deleted. It walks the map's keys only, so a map of
+// a hundred thousand bindings is never copied into memory.
+func (t *DHCPTables) PruneBindings(keep func(vlan uint16, mac [6]byte) bool) (int, error) {
+	m := t.objs.PbDhcpBindings
+	// Deleting while walking would restart the walk (the kernel's next
+	// key of a deleted key is the first key), so the walk comes first;
+	// the bindings to drop are the few the store no longer knows.
+	var drop []phonePortPbDhcpBindingKey
 	var k phonePortPbDhcpBindingKey
-	var v phonePortPbDhcpBinding
-	it := t.objs.PbDhcpBindings.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, DHCPBinding{
-			VLAN: k.Vlan, MAC: net.HardwareAddr(append([]byte(nil), k.Mac[:]...)), IP: nativeIP4(v.Ip),
-			Bound:   v.State == uint32(phonePortPbDhcpStatePB_DHCP_BOUND),
-			Expires: wallFromBoot(v.ExpiresNs), Ifindex: int(v.Ifindex),
-		})
+	var prev any // nil: the first key
+	for n := uint32(0); ; n++ {
+		if n > m.MaxEntries() {
+			// The XDP program adds bindings while this runs; a walk
+			// longer than the map can be is going round in circles.
+			return 0, errors.New("dhcp fast path: walking the bindings did not end")
+		}
+		err := m.NextKey(prev, &k)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("dhcp fast path: walking the bindings: %w", err)
+		}
+		prev = &k
+		if !keep(k.Vlan, k.Mac) {
+			drop = append(drop, k)
+		}
 	}
-	return out, it.Err()
+	for _, k := range drop {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, err
+		}
+	}
+	return len(drop), nil
 }
 
 // DHCPEvent is an address the kernel handed out.
