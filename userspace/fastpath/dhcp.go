@@ -263,11 +263,11 @@ func bindingKey(vlan uint16, mac net.HardwareAddr) (phonePortPbDhcpBindingKey, e
 	return k, nil
 }
 
-func bindingValue(b *DHCPBinding) phonePortPbDhcpBinding {
+func bindingValue(b *DHCPBinding, c clocks) phonePortPbDhcpBinding {
 	v := phonePortPbDhcpBinding{
 		Ip:        ip4Native(b.IP),
 		State:     uint32(phonePortPbDhcpStatePB_DHCP_OFFERED),
-		ExpiresNs: bootNanos(b.Expires),
+		ExpiresNs: c.bootNanos(b.Expires),
 		Ifindex:   uint32(b.Ifindex),
 	}
 	if b.Bound {
@@ -282,7 +282,7 @@ func (t *DHCPTables) PutBinding(b DHCPBinding) error {
 	if err != nil {
 		return err
 	}
-	return t.objs.PbDhcpBindings.Put(k, bindingValue(&b))
+	return t.objs.PbDhcpBindings.Put(k, bindingValue(&b, readClocks()))
 }
 
 // BindingBatch gathers bindings for PutBindings; its buffers are reused
@@ -290,6 +290,9 @@ func (t *DHCPTables) PutBinding(b DHCPBinding) error {
 type BindingBatch struct {
 	keys []phonePortPbDhcpBindingKey
 	vals []phonePortPbDhcpBinding
+	// The clocks are read once a batch: CLOCK_BOOTTIME costs a system
+	// call, as much as the batch update's share of each binding.
+	clocks clocks
 }
 
 // Add appends a binding to the batch.
@@ -298,37 +301,28 @@ func (bb *BindingBatch) Add(b DHCPBinding) error {
 	if err != nil {
 		return err
 	}
+	if len(bb.keys) == 0 {
+		bb.clocks = readClocks()
+	}
 	bb.keys = append(bb.keys, k)
-	bb.vals = append(bb.vals, bindingValue(&b))
+	bb.vals = append(bb.vals, bindingValue(&b, bb.clocks))
 	return nil
 }
 
 // Len is the number of bindings in the batch.
 func (bb *BindingBatch) Len() int { return len(bb.keys) }
 
-// PutBindings installs or replaces every binding of the batch, in one
-// system call where the kernel has batch updates (5.6 and later), and
-// empties the batch. Loading a large lease store one binding at a time
-// spent a system call per lease.
+// PutBindings installs or replaces every binding of the batch in one
+// system call and empties the batch. (Batch operations on hash maps came
+// with Linux 5.6; the program's ring buffer already needs 5.8.)
 func (t *DHCPTables) PutBindings(bb *BindingBatch) error {
 	defer func() { bb.keys, bb.vals = bb.keys[:0], bb.vals[:0] }()
-	for done := 0; done < len(bb.keys); {
-		n, err := t.objs.PbDhcpBindings.BatchUpdate(bb.keys[done:], bb.vals[done:], nil)
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			for i := done; i < len(bb.keys); i++ {
-				if err := t.objs.PbDhcpBindings.Put(bb.keys[i], bb.vals[i]); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("dhcp fast path: binding %d of a batch of %d: %w", done+n+1, len(bb.keys), err)
-		}
-		if n == 0 {
-			return fmt.Errorf("dhcp fast path: batch update of %d bindings made no progress", len(bb.keys)-done)
-		}
-		done += n
+	if len(bb.keys) == 0 {
+		return nil
+	}
+	n, err := t.objs.PbDhcpBindings.BatchUpdate(bb.keys, bb.vals, nil)
+	if err != nil {
+		return fmt.Errorf("dhcp fast path: binding %d of a batch of %d: %w", n+1, len(bb.keys), err)
 	}
 	return nil
 }
@@ -368,37 +362,36 @@ func (t *DHCPTables) Binding(vlan uint16, mac net.HardwareAddr) (DHCPBinding, bo
 }
 
 // PruneBindings deletes every binding for which keep returns false and
-// returns how many it deleted. It walks the map's keys only, so a map of
-// a hundred thousand bindings is never copied into memory.
+// returns how many it deleted. It reads the map a chunk at a time, so a
+// map of a hundred thousand bindings is never copied into memory, and in
+// a hundred system calls rather than one per binding.
 func (t *DHCPTables) PruneBindings(keep func(vlan uint16, mac [6]byte) bool) (int, error) {
 	m := t.objs.PbDhcpBindings
-	// Deleting while walking would restart the walk (the kernel's next
-	// key of a deleted key is the first key), so the walk comes first;
-	// the bindings to drop are the few the store no longer knows.
+	const chunk = 1024 // far more than a hash bucket holds, which batch lookups need
+	keys := make([]phonePortPbDhcpBindingKey, chunk)
+	vals := make([]phonePortPbDhcpBinding, chunk)
+	// Deleting while reading would disturb the kernel's walk of its
+	// buckets, so the walk comes first; the bindings to drop are the few
+	// the store no longer knows.
 	var drop []phonePortPbDhcpBindingKey
-	var k phonePortPbDhcpBindingKey
-	var prev any // nil: the first key
-	for n := uint32(0); ; n++ {
-		if n > m.MaxEntries() {
-			// The XDP program adds bindings while this runs; a walk
-			// longer than the map can be is going round in circles.
-			return 0, errors.New("dhcp fast path: walking the bindings did not end")
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for _, k := range keys[:n] {
+			if !keep(k.Vlan, k.Mac) {
+				drop = append(drop, k)
+			}
 		}
-		err := m.NextKey(prev, &k)
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
 		}
 		if err != nil {
-			return 0, fmt.Errorf("dhcp fast path: walking the bindings: %w", err)
-		}
-		prev = &k
-		if !keep(k.Vlan, k.Mac) {
-			drop = append(drop, k)
+			return 0, fmt.Errorf("dhcp fast path: reading the bindings: %w", err)
 		}
 	}
-	for _, k := range drop {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return 0, err
+	if len(drop) > 0 {
+		if _, err := m.BatchDelete(drop, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, fmt.Errorf("dhcp fast path: deleting %d bindings: %w", len(drop), err)
 		}
 	}
 	return len(drop), nil
@@ -469,8 +462,17 @@ func bootNow() time.Duration {
 	return time.Duration(ts.Nano())
 }
 
-func bootNanos(t time.Time) uint64 {
-	d := bootNow() + time.Until(t)
+// clocks is one reading of CLOCK_BOOTTIME and of the wall clock.
+type clocks struct {
+	boot time.Duration
+	wall time.Time
+}
+
+func readClocks() clocks { return clocks{bootNow(), time.Now()} }
+
+// bootNanos is t on CLOCK_BOOTTIME.
+func (c clocks) bootNanos(t time.Time) uint64 {
+	d := c.boot + t.Sub(c.wall)
 	if d < 0 {
 		return 0
 	}

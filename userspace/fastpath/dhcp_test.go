@@ -422,7 +422,7 @@ func TestDHCPBindingBatchAndPrune(t *testing.T) {
 	if err := bb.Add(DHCPBinding{MAC: net.HardwareAddr{1, 2, 3}}); err == nil {
 		t.Error("Add of a 3-byte MAC succeeded")
 	}
-	const n = 1000
+	const n = 2500 // more than PruneBindings reads at once
 	exp := time.Now().Add(time.Hour)
 	for i := range n {
 		b := DHCPBinding{VLAN: uint16(i % 2), MAC: macOf(i), IP: netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), Bound: i%3 == 0, Expires: exp, Ifindex: 1}
