@@ -30,6 +30,20 @@ const DHCPFreeQueueMax = 4096
 // DHCPPoolMax bounds pool IDs (1 to DHCPPoolMax-1).
 const DHCPPoolMax = 256
 
+// DHCPEventRingSize is the size in bytes of the ring buffer that carries
+// the kernel's OFFERs and ACKs to userspace; it replaces the C map's
+// size at load. An event takes 40 bytes (32 and the ring's 8-byte
+// header), so 1 MiB holds 26,214 of them: 260 ms of 100,000 events a
+// second while the reader waits on a lease store commit (an fdatasync:
+// milliseconds on an SSD, tens on eMMC), or everything three pools' free
+// queues (DHCPFreeQueueMax each, an OFFER and an ACK per address) hand
+// out while the daemon restarts. When it is full the kernel answers
+// nothing and passes the request to userspace, so the size bounds the
+// burst the kernel absorbs, not what is recorded. Its pages are mapped
+// twice in the reader (a ring that wraps reads as one run of bytes), so
+// 4 MiB cost 8 MiB of the daemon's RSS.
+const DHCPEventRingSize = 1 << 20
+
 // DHCPTables writes and reads the fast path's DHCP maps.
 type DHCPTables struct {
 	objs *phonePortObjects
