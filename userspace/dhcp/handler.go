@@ -242,19 +242,18 @@ func (h *Handler) load(ctx context.Context, now time.Time, only *Pool, withPorts
 // free set. It returns how many leases it reclaimed. Call it
 // periodically; Handle also calls it when a pool runs out.
 func (h *Handler) Reclaim(ctx context.Context, now time.Time) (int, error) {
-	ls, err := h.store.Reclaim(ctx, now)
-	for _, l := range ls {
+	n, err := h.store.Reclaim(ctx, now, func(l lease.Lease) {
 		if p := h.byName[l.Pool]; p != nil {
 			p.alloc.set(l.IP, stFreeUsed)
 		}
 		h.ports.remove(l.IP)
 		h.retryReservation(ctx, l.IP)
-	}
-	h.stats.reclaimed.Add(uint64(len(ls)))
+	})
+	h.stats.reclaimed.Add(uint64(n))
 	if err != nil {
-		return len(ls), fmt.Errorf("dhcp: reclaiming leases: %w", err)
+		return n, fmt.Errorf("dhcp: reclaiming leases: %w", err)
 	}
-	return len(ls), nil
+	return n, nil
 }
 
 // Handle answers one request. It never panics: a panic inside is
