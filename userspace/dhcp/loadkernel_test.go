@@ -2,9 +2,17 @@ package dhcp
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
 	"github.com/phoneboot/phoneboot/userspace/lease"
@@ -93,5 +101,80 @@ func TestLoadBindings(t *testing.T) {
 		if _, ok, err := tb.Binding(k.vlan, macN(k.mac)); err != nil || ok {
 			t.Errorf("binding of VLAN %d MAC %v the store does not know: still there (%v)", k.vlan, macN(k.mac), err)
 		}
+	}
+}
+
+// BenchmarkLoad measures what a daemon does with its leases at start:
+// open the bbolt store (which checks every page), build the allocators
+// (NewHandler) and write every binding to the fast path (loadBindings).
+// B/lease is what that allocates per lease; the Go heap's peak at start,
+// and so the daemon's RSS, follows it.
+//
+//	go test -run '^$' -bench BenchmarkLoad -benchtime 5x ./userspace/dhcp
+func BenchmarkLoad(b *testing.B) {
+	privtest.Require(b)
+	const n = 100000
+	cfg := smallPool(n)
+	cfg.Pools[0].Subnet = netip.MustParsePrefix("10.8.0.0/14")
+	log := slog.New(slog.DiscardHandler)
+	path := filepath.Join(b.TempDir(), "leases.db")
+	fillStore(b, path, n)
+	objs, err := fastpath.LoadObjects("", log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { objs.Close() })
+	ctx := context.Background()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for b.Loop() {
+		store, err := lease.OpenBolt(path, lease.BoltOptions{Log: log})
+		if err != nil {
+			b.Fatal(err)
+		}
+		h, err := NewHandler(cfg, store, log)
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv := &Server{h: h, cfg: ServerConfig{FastPath: objs.DHCP()}, log: log}
+		if err := srv.loadBindings(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := store.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/float64(b.N)/n, "B/lease")
+}
+
+// fillStore writes n bound leases of smallPool's pool to a new store at
+// path, from concurrent writers that share commits.
+func fillStore(b *testing.B, path string, n int) {
+	s, err := lease.OpenBolt(path, lease.BoltOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	now := time.Now()
+	var next atomic.Int64
+	var g errgroup.Group
+	for range 64 {
+		g.Go(func() error {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				l := lease.Lease{
+					IP: u32Addr(addrU32(ip("10.9.0.10")) + uint32(i)), MAC: macN(i), Pool: "small",
+					State: lease.StateBound, Expires: now.Add(time.Hour), Port: "p1",
+					ClientID: append([]byte{1}, macN(i)...), Hostname: fmt.Appendf(nil, "SEP%X", []byte(macN(i))),
+				}
+				if err := s.Allocate(ctx, l, now); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := errors.Join(g.Wait(), s.Close()); err != nil {
+		b.Fatal(err)
 	}
 }
