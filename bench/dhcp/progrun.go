@@ -44,9 +44,9 @@ type fastpathCost struct {
 
 const (
 	xdpTX = 3
-	// drainEvery bounds the events left in the ring buffer (4 MiB, about
-	// 100,000 events) between drains.
-	drainEvery = 50000
+	// drainEvery bounds the events left in the ring buffer between
+	// drains: half of what it holds (40 bytes an event).
+	drainEvery = fastpath.DHCPEventRingSize / 40 / 2
 )
 
 func timeStats(d []time.Duration) progStats {

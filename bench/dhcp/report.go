@@ -132,7 +132,7 @@ func (r *report) printKernel(w io.Writer) {
 			m.Leases, m.RSSMiB, m.RSSLater, m.HWMMiB)
 		fmt.Fprintf(w, "  of which RssAnon %.1f MiB (Go heap, stacks), RssShmem %.1f MiB (the lease file, mmapped by bbolt, on tmpfs),\n",
 			m.Anon, m.Shmem)
-		fmt.Fprintf(w, "  RssFile %.1f MiB (%.1f MiB the executable, %.1f MiB the mmapped BPF event ring buffer, 4 MiB mapped twice);\n",
+		fmt.Fprintf(w, "  RssFile %.1f MiB (%.1f MiB the executable, %.1f MiB the mmapped BPF event ring buffer, its data mapped twice);\n",
 			m.File, m.Binary, m.BPFMmap)
 		fmt.Fprintf(w, "  BPF maps it holds: %.1f MiB memlock (kernel memory, not in RSS); lease file %.1f MiB; filled in %.1f s; READY=1 after %.2f s.\n",
 			m.BPFMiB, m.DBFileMiB, m.FillSecs, m.ReadySecs)

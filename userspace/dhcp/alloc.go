@@ -209,18 +209,23 @@ func (a *allocator) setIndexLocked(i int, st addrState) {
 	}
 }
 
-// setFromLease records a lease read from the store at time now.
-func (a *allocator) setFromLeaseLocked(l lease.Lease, now time.Time) {
-	st := stFreeUsed
+// leaseState is what a lease read from the store at time now makes of its
+// address.
+func leaseState(l *lease.Lease, now time.Time) addrState {
 	if !l.Free(now) {
 		switch l.State {
 		case lease.StateOffered, lease.StateBound:
-			st = stAssigned
+			return stAssigned
 		case lease.StateDeclined:
-			st = stDeclined
+			return stDeclined
 		}
 	}
-	a.setLocked(l.IP, st)
+	return stFreeUsed
+}
+
+// setFromLease records a lease read from the store at time now.
+func (a *allocator) setFromLeaseLocked(l lease.Lease, now time.Time) {
+	a.setLocked(l.IP, leaseState(&l, now))
 }
 
 // take picks a free address, fresh ones first, and marks it pending.

@@ -195,9 +195,12 @@ func (h *Handler) retryReservation(ctx context.Context, ip netip.Addr) {
 // load rebuilds the allocator of pool only (or every pool, only == nil)
 // from the store at time now; withPorts also rebuilds the port index.
 func (h *Handler) load(ctx context.Context, now time.Time, only *Pool, withPorts bool) error {
+	// What the store says is gathered first and applied under the
+	// allocator's lock at once. Eight bytes a lease: with 100,000 leases
+	// a copy of each lease here made this the daemon's peak memory.
 	type entry struct {
-		ip netip.Addr
-		l  lease.Lease // only the fields setFromLease reads
+		ip uint32
+		st addrState
 	}
 	got := map[*Pool][]entry{}
 	err := h.store.Iterate(ctx, func(l lease.Lease) error {
@@ -205,7 +208,7 @@ func (h *Handler) load(ctx context.Context, now time.Time, only *Pool, withPorts
 		if p == nil || (only != nil && p != only) || !p.subnet.Contains(l.IP) {
 			return nil
 		}
-		got[p] = append(got[p], entry{l.IP, lease.Lease{IP: l.IP, State: l.State, Expires: l.Expires}})
+		got[p] = append(got[p], entry{addrU32(l.IP), leaseState(&l, now)})
 		if withPorts && l.Port != "" && !l.Free(now) {
 			switch l.State {
 			case lease.StateOffered, lease.StateBound:
@@ -227,7 +230,7 @@ func (h *Handler) load(ctx context.Context, now time.Time, only *Pool, withPorts
 		a.mu.Lock()
 		a.resetLocked()
 		for _, e := range got[p] {
-			a.setFromLeaseLocked(e.l, now)
+			a.setLocked(u32Addr(e.ip), e.st)
 		}
 		a.mu.Unlock()
 	}
@@ -239,19 +242,18 @@ func (h *Handler) load(ctx context.Context, now time.Time, only *Pool, withPorts
 // free set. It returns how many leases it reclaimed. Call it
 // periodically; Handle also calls it when a pool runs out.
 func (h *Handler) Reclaim(ctx context.Context, now time.Time) (int, error) {
-	ls, err := h.store.Reclaim(ctx, now)
-	for _, l := range ls {
+	n, err := h.store.Reclaim(ctx, now, func(l lease.Lease) {
 		if p := h.byName[l.Pool]; p != nil {
 			p.alloc.set(l.IP, stFreeUsed)
 		}
 		h.ports.remove(l.IP)
 		h.retryReservation(ctx, l.IP)
-	}
-	h.stats.reclaimed.Add(uint64(len(ls)))
+	})
+	h.stats.reclaimed.Add(uint64(n))
 	if err != nil {
-		return len(ls), fmt.Errorf("dhcp: reclaiming leases: %w", err)
+		return n, fmt.Errorf("dhcp: reclaiming leases: %w", err)
 	}
-	return len(ls), nil
+	return n, nil
 }
 
 // Handle answers one request. It never panics: a panic inside is

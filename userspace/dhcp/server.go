@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -194,13 +195,12 @@ func (s *Server) loadKernel(ctx context.Context) error {
 // loadBindings writes every lease the store holds into the kernel, live or
 // not (a lapsed one still sends its client's DISCOVER to userspace, for
 // its previous address), and removes bindings the store does not know.
+// It streams: bindings go to the kernel in batches as the store is read,
+// and what it remembers of each client is one uint64 (bindingKey).
 func (s *Server) loadBindings(ctx context.Context) error {
 	t := s.cfg.FastPath
-	type key struct {
-		vlan uint16
-		mac  string
-	}
-	want := map[key]bool{}
+	var want []uint64
+	var batch fastpath.BindingBatch
 	err := s.h.store.Iterate(ctx, func(l lease.Lease) error {
 		p := s.h.byName[l.Pool]
 		if p == nil || len(l.MAC) != 6 {
@@ -217,38 +217,58 @@ func (s *Server) loadBindings(ctx context.Context) error {
 		if idx, ok := s.portIndex(l.Port); ok {
 			b.Ifindex = idx
 		}
-		want[key{b.VLAN, string(b.MAC)}] = true
-		return t.PutBinding(b)
+		want = append(want, bindingKey(b.VLAN, [6]byte(b.MAC)))
+		if err := batch.Add(b); err != nil {
+			return err
+		}
+		if batch.Len() < bindingBatch {
+			return nil
+		}
+		return t.PutBindings(&batch)
 	})
+	if err == nil {
+		err = t.PutBindings(&batch)
+	}
 	if err != nil {
 		return err
 	}
+	slices.Sort(want)
+	known := func(k uint64) bool { _, ok := slices.BinarySearch(want, k); return ok }
 	resv, err := s.h.store.Reservations(ctx)
 	if err != nil {
 		return err
 	}
+	// A (pool, MAC) has at most one reservation and a pool one VLAN, so
+	// reservations do not repeat each other's keys.
+	n := len(want)
 	for _, r := range resv {
 		p := s.h.byName[r.Pool]
-		if p == nil || len(r.MAC) != 6 || want[key{p.VLAN(), string(r.MAC)}] {
+		if p == nil || len(r.MAC) != 6 {
 			continue
 		}
-		want[key{p.VLAN(), string(r.MAC)}] = true
+		k := bindingKey(p.VLAN(), [6]byte(r.MAC))
+		if known(k) {
+			continue
+		}
+		want = append(want, k)
 		if err := t.PutBinding(fastpath.DHCPBinding{VLAN: p.VLAN(), MAC: r.MAC, IP: r.IP}); err != nil {
 			return err
 		}
 	}
-	all, err := t.Bindings()
-	if err != nil {
-		return err
+	if len(want) > n {
+		slices.Sort(want)
 	}
-	for _, b := range all {
-		if !want[key{b.VLAN, string(b.MAC)}] {
-			if err := t.DeleteBinding(b.VLAN, b.MAC); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	_, err = t.PruneBindings(func(vlan uint16, mac [6]byte) bool { return known(bindingKey(vlan, mac)) })
+	return err
+}
+
+// bindingBatch is how many bindings loadBindings hands the kernel at once.
+const bindingBatch = 256
+
+// bindingKey packs a binding's VLAN and MAC into one comparable word.
+func bindingKey(vlan uint16, mac [6]byte) uint64 {
+	return uint64(vlan)<<48 | uint64(mac[0])<<40 | uint64(mac[1])<<32 |
+		uint64(mac[2])<<24 | uint64(mac[3])<<16 | uint64(mac[4])<<8 | uint64(mac[5])
 }
 
 func (s *Server) portIndex(name string) (int, bool) {

@@ -722,6 +722,47 @@ func TestLoadObjectsReplacesIncompatiblePins(t *testing.T) {
 	checkDelta(t, r.delta, counts("dhcp"), len(dhcpFrame(67).bytes()))
 }
 
+// The event ring is DHCPEventRingSize, except that one an earlier run
+// pinned is kept with the size it has, and the events in it.
+func TestEventRingSize(t *testing.T) {
+	fresh := loadTestObjects(t)
+	if got := fresh.objs.PbDhcpEvents.MaxEntries(); got != DHCPEventRingSize {
+		t.Errorf("event ring of %d bytes, want %d", got, DHCPEventRingSize)
+	}
+
+	pinDir := filepath.Join(privtest.TempBPFFS(t), "phoneboot")
+	if err := os.Mkdir(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const oldSize = 4 * DHCPEventRingSize
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "pb_dhcp_events", Type: ebpf.RingBuf, MaxEntries: oldSize})
+	if err != nil {
+		t.Fatalf("create old ring: %v", err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(pinDir, "pb_dhcp_events")); err != nil {
+		t.Fatalf("pin old ring: %v", err)
+	}
+	oldInfo, err := old.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldID, _ := oldInfo.ID()
+
+	o, err := LoadObjects(pinDir, testLogger(t))
+	if err != nil {
+		t.Fatalf("LoadObjects over a pinned ring of %d bytes: %v", oldSize, err)
+	}
+	defer o.Close()
+	info, err := o.objs.PbDhcpEvents.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := info.ID(); id != oldID || o.objs.PbDhcpEvents.MaxEntries() != oldSize {
+		t.Errorf("event ring: map %d of %d bytes, want the pinned map %d of %d bytes", id, o.objs.PbDhcpEvents.MaxEntries(), oldID, oldSize)
+	}
+}
+
 // addBridge adds a bridge to the ports namespace: a netdev without native
 // XDP, where only generic mode works.
 func (n *testNet) addBridge(t *testing.T, name string) {

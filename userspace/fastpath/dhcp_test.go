@@ -414,3 +414,55 @@ func TestDHCPTablesValidate(t *testing.T) {
 		t.Errorf("DrainFree: %d addresses (first %v), %v", len(got), got[0], err)
 	}
 }
+
+func TestDHCPBindingBatchAndPrune(t *testing.T) {
+	f := newDHCPFixture(t)
+	macOf := func(i int) net.HardwareAddr { return net.HardwareAddr{0x02, 0, 0, 0, byte(i >> 8), byte(i)} }
+	var bb BindingBatch
+	if err := bb.Add(DHCPBinding{MAC: net.HardwareAddr{1, 2, 3}}); err == nil {
+		t.Error("Add of a 3-byte MAC succeeded")
+	}
+	const n = 2500 // more than PruneBindings reads at once
+	exp := time.Now().Add(time.Hour)
+	for i := range n {
+		b := DHCPBinding{VLAN: uint16(i % 2), MAC: macOf(i), IP: netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), Bound: i%3 == 0, Expires: exp, Ifindex: 1}
+		if err := bb.Add(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A client twice in one batch: the later binding wins, as with Put.
+	if err := bb.Add(DHCPBinding{VLAN: 0, MAC: macOf(0), IP: netip.MustParseAddr("10.9.9.9"), Expires: exp}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.t.PutBindings(&bb); err != nil {
+		t.Fatal(err)
+	}
+	if bb.Len() != 0 {
+		t.Errorf("batch holds %d bindings after PutBindings, want 0", bb.Len())
+	}
+	for i := 1; i < n; i++ {
+		b, ok, err := f.t.Binding(uint16(i%2), macOf(i))
+		if err != nil || !ok || b.IP != netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}) || b.Bound != (i%3 == 0) || b.Ifindex != 1 {
+			t.Fatalf("binding %d: %+v, %v, %v", i, b, ok, err)
+		}
+	}
+	if b, _, _ := f.t.Binding(0, macOf(0)); b.IP != netip.MustParseAddr("10.9.9.9") || b.Bound {
+		t.Errorf("client added twice: binding %+v, want the later one", b)
+	}
+
+	// Keep the VLAN 0 bindings: the 500 on VLAN 1 go.
+	var seen int
+	deleted, err := f.t.PruneBindings(func(vlan uint16, mac [6]byte) bool {
+		seen++
+		return vlan == 0
+	})
+	if err != nil || deleted != n/2 || seen != n {
+		t.Fatalf("PruneBindings: %d deleted, %d seen, %v; want %d, %d", deleted, seen, err, n/2, n)
+	}
+	for i := range n {
+		_, ok, err := f.t.Binding(uint16(i%2), macOf(i))
+		if err != nil || ok != (i%2 == 0) {
+			t.Fatalf("binding %d on VLAN %d after pruning: present %v (%v)", i, i%2, ok, err)
+		}
+	}
+}

@@ -109,11 +109,13 @@ func LoadObjects(pinDir string, log *slog.Logger) (*Objects, error) {
 		return nil, fmt.Errorf("read embedded BPF object: %w", err)
 	}
 	opts := &ebpf.CollectionOptions{}
+	spec.Maps[phonePortMapPbDhcpEvents].MaxEntries = DHCPEventRingSize
 	if pinDir != "" {
 		if err := ensurePinDir(pinDir); err != nil {
 			return nil, err
 		}
 		opts.Maps.PinPath = pinDir
+		keepPinnedRingSize(spec, pinDir)
 	} else {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
@@ -151,6 +153,22 @@ func LoadObjects(pinDir string, log *slog.Logger) (*Objects, error) {
 		return nil, fmt.Errorf("write BPF config map: %w", err)
 	}
 	return o, nil
+}
+
+// keepPinnedRingSize gives the event ring a pinned earlier run left the
+// size it has: a ring of another size would count as an incompatible map,
+// and replacing it would lose the events in it, leases the kernel handed
+// out while no daemon ran. The size changes when the pins go (detach on
+// stop, a reboot).
+func keepPinnedRingSize(spec *ebpf.CollectionSpec, pinDir string) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, phonePortMapPbDhcpEvents), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return // none, or unusable: loading reports what is wrong with it
+	}
+	defer m.Close()
+	if m.Type() == ebpf.RingBuf {
+		spec.Maps[phonePortMapPbDhcpEvents].MaxEntries = m.MaxEntries()
+	}
 }
 
 // Program is the XDP entry program.

@@ -484,11 +484,51 @@ func do(f *fixture, op string, ip netip.Addr, mac net.HardwareAddr, when time.Ti
 
 func mustReclaim(f *fixture, now time.Time) []Lease {
 	f.t.Helper()
-	ls, err := f.s.Reclaim(f.ctx, now)
+	var ls []Lease
+	n, err := f.s.Reclaim(f.ctx, now, func(l Lease) { ls = append(ls, l) })
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	if n != len(ls) {
+		f.t.Fatalf("Reclaim returned %d, reported %d leases", n, len(ls))
+	}
 	return ls
+}
+
+// Reclaim over more leases than one transaction takes: every expired
+// lease is reported once, in address order, after its transaction
+// committed, and the others are left alone.
+func TestReclaimManyLeases(t *testing.T) {
+	for _, n := range []int{reclaimChunk, 3*reclaimChunk + 100} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			f := newFixture(t)
+			all := bulkLeases(n + 500)
+			bulkLoad(t, f.s, all)
+			// bulkLease i expires i seconds after t0: n of them by now.
+			now := t0.Add(time.Duration(n)*time.Second - time.Nanosecond)
+			var got []netip.Addr
+			count, err := f.s.Reclaim(f.ctx, now, func(l Lease) {
+				// Outside the transaction and after its commit: the
+				// store answers, with the lease expired.
+				if cur := f.byIP(l.IP); cur.State != StateExpired {
+					t.Errorf("%s reported while the store has it %s", l.IP, cur.State)
+				}
+				got = append(got, l.IP)
+			})
+			if err != nil || count != n || len(got) != n {
+				t.Fatalf("Reclaim: %d (%d reported), %v; want %d", count, len(got), err, n)
+			}
+			for i, ip := range got {
+				if ip != all[i].IP {
+					t.Fatalf("lease %d reported is %s, want %s", i, ip, all[i].IP)
+				}
+			}
+			f.wantState(all[n].IP, all[n].MAC, all[n].State)
+			if again := mustReclaim(f, now); len(again) != 0 {
+				t.Fatalf("second Reclaim changed %d leases", len(again))
+			}
+		})
+	}
 }
 
 func TestReclaim(t *testing.T) {
@@ -668,7 +708,7 @@ func TestContextCancelled(t *testing.T) {
 		"Release": func() error { return f.s.Release(ctx, ipOne, macA) },
 		"Decline": func() error { return f.s.Decline(ctx, ipOne, macA, t0) },
 		"Reclaim": func() error {
-			_, err := f.s.Reclaim(ctx, t0.Add(10*time.Hour))
+			_, err := f.s.Reclaim(ctx, t0.Add(10*time.Hour), nil)
 			return err
 		},
 		"ByMAC": func() error {
@@ -726,7 +766,7 @@ func TestCloseAndReopen(t *testing.T) {
 	if err := s.Allocate(ctx, bound(ipTwo, macB), t0); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Allocate after Close = %v", err)
 	}
-	if _, err := s.Reclaim(ctx, t0); !errors.Is(err, ErrClosed) {
+	if _, err := s.Reclaim(ctx, t0, nil); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Reclaim after Close = %v", err)
 	}
 	s2 := openTest(t, path, BoltOptions{})
@@ -867,13 +907,9 @@ func TestDifferential(t *testing.T) {
 					got, want = s.Decline(ctx, ip, mac, until), m.decline(ip, mac, until)
 				case x < 80:
 					op = "reclaim"
-					ls, err := s.Reclaim(ctx, clock)
-					got = err
-					wantIPs := m.reclaim(clock)
 					var gotIPs []netip.Addr
-					for _, l := range ls {
-						gotIPs = append(gotIPs, l.IP)
-					}
+					_, got = s.Reclaim(ctx, clock, func(l Lease) { gotIPs = append(gotIPs, l.IP) })
+					wantIPs := m.reclaim(clock)
 					if !slices.Equal(gotIPs, wantIPs) {
 						t.Fatalf("step %d reclaim: got %v, want %v", i, gotIPs, wantIPs)
 					}

@@ -143,7 +143,7 @@ func exercise(s *Bolt, ls []Lease) (errs int) {
 	count(s.Allocate(ctx, bound(ip4("10.250.0.1"), macA), t0))
 	count(s.Allocate(ctx, bound(ls[1].IP, ls[1].MAC), t0))
 	count(s.Release(ctx, ls[2].IP, ls[2].MAC))
-	_, err = s.Reclaim(ctx, t0.Add(24*time.Hour))
+	_, err = s.Reclaim(ctx, t0.Add(24*time.Hour), nil)
 	count(err)
 	count(s.Reserve(ctx, Reservation{Pool: "voice", MAC: macB, IP: ip4("10.250.0.2")}))
 	return errs

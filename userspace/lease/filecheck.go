@@ -32,8 +32,9 @@ import (
 //   - every page below the high-water mark is either reachable or free,
 //     never both.
 //
-// It reads one page at a time, so it needs no more memory than the largest
-// page plus two bitmaps of one bit per page. It follows bbolt's on-disk
+// It reads one page at a time into a buffer per tree depth, so it needs no
+// more memory than a few of the largest pages plus two bitmaps of one bit
+// per page. It follows bbolt's on-disk
 // format version 2 (unchanged since boltdb) in native byte order, which
 // is what bbolt writes.
 func checkFile(f *os.File) error {
@@ -104,6 +105,7 @@ type fileChecker struct {
 	hwm       uint64
 	reachable bitmap
 	freed     bitmap
+	bufs      [][]byte // page buffers by tree depth (readPage)
 }
 
 type bitmap []uint64
@@ -221,12 +223,20 @@ func (c *fileChecker) run() error {
 	return nil
 }
 
-// readPage reads page id and its overflow pages and marks them reachable.
-func (c *fileChecker) readPage(id uint64) ([]byte, error) {
+// readPage reads page id and its overflow pages into the buffer of a
+// tree depth and marks them reachable. The page stays valid until the
+// next read at that depth: a branch page's keys outlive the reads of its
+// children, one level down, and a child's largest key is compared before
+// its next sibling is read. (A buffer per page made as much garbage as
+// the file is large.)
+func (c *fileChecker) readPage(id uint64, depth int) ([]byte, error) {
 	if id < 2 || id >= c.hwm {
 		return nil, c.corrupt("page id %d out of range [2, %d)", id, c.hwm)
 	}
-	first := make([]byte, c.pageSize)
+	for len(c.bufs) <= depth {
+		c.bufs = append(c.bufs, make([]byte, c.pageSize))
+	}
+	first := c.bufs[depth][:c.pageSize]
 	if err := c.readAt(first, int64(id*c.pageSize)); err != nil {
 		return nil, err
 	}
@@ -246,8 +256,10 @@ func (c *fileChecker) readPage(id uint64) ([]byte, error) {
 	if overflow == 0 {
 		return first, nil
 	}
-	all := make([]byte, (overflow+1)*c.pageSize)
-	copy(all, first)
+	if n := (overflow + 1) * c.pageSize; uint64(cap(c.bufs[depth])) < n {
+		c.bufs[depth] = append(make([]byte, 0, n), first...)
+	}
+	all := c.bufs[depth][:(overflow+1)*c.pageSize]
 	if err := c.readAt(all[c.pageSize:], int64((id+1)*c.pageSize)); err != nil {
 		return nil, err
 	}
@@ -255,7 +267,7 @@ func (c *fileChecker) readPage(id uint64) ([]byte, error) {
 }
 
 func (c *fileChecker) checkFreelist(id uint64) error {
-	p, err := c.readPage(id)
+	p, err := c.readPage(id, 0) // read before the tree, which reuses the buffer
 	if err != nil {
 		return err
 	}
@@ -313,7 +325,7 @@ func (c *fileChecker) checkTree(id uint64, lo, hi []byte, depth int) ([]byte, er
 	if depth > maxTreeDepth {
 		return nil, c.corrupt("tree deeper than %d at page %d", maxTreeDepth, id)
 	}
-	p, err := c.readPage(id)
+	p, err := c.readPage(id, depth)
 	if err != nil {
 		return nil, err
 	}

@@ -106,9 +106,11 @@ type Store interface {
 	// Decline puts ip on probation until the given time, if mac holds it.
 	Decline(ctx context.Context, ip netip.Addr, mac net.HardwareAddr, until time.Time) error
 	// Reclaim marks offered and bound leases whose Expires is not after now
-	// as expired, and declined ones past probation as expired. It returns
-	// the leases it changed.
-	Reclaim(ctx context.Context, now time.Time) ([]Lease, error)
+	// as expired, and declined ones past probation as expired. It calls
+	// fn, if not nil, with each lease it changed once the change is
+	// durable, outside any transaction (fn may call the store), and
+	// returns how many it changed.
+	Reclaim(ctx context.Context, now time.Time, fn func(Lease)) (int, error)
 	// ByMAC returns the MAC's lease in the pool (in any state).
 	ByMAC(ctx context.Context, pool string, mac net.HardwareAddr) (Lease, error)
 	// ByIP returns the lease on the address (in any state).

@@ -161,12 +161,11 @@ func (m *Memory) setState(ctx context.Context, ip netip.Addr, mac net.HardwareAd
 }
 
 // Reclaim implements Store.
-func (m *Memory) Reclaim(ctx context.Context, now time.Time) ([]Lease, error) {
+func (m *Memory) Reclaim(ctx context.Context, now time.Time, fn func(Lease)) (int, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return 0, err
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	var out []Lease
 	for ip, l := range m.byIP {
 		switch l.State {
@@ -178,8 +177,14 @@ func (m *Memory) Reclaim(ctx context.Context, now time.Time) ([]Lease, error) {
 			}
 		}
 	}
+	m.mu.Unlock()
 	slices.SortFunc(out, func(a, b Lease) int { return a.IP.Compare(b.IP) })
-	return out, nil
+	if fn != nil {
+		for _, l := range out {
+			fn(l)
+		}
+	}
+	return len(out), nil
 }
 
 // ByMAC implements Store.
