@@ -18,8 +18,10 @@ import (
 
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/dhcp"
+	"github.com/phoneboot/phoneboot/userspace/discovery"
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
 	"github.com/phoneboot/phoneboot/userspace/lease"
+	"github.com/phoneboot/phoneboot/userspace/neighbor"
 	"github.com/phoneboot/phoneboot/userspace/poe"
 )
 
@@ -61,6 +63,9 @@ type Agent struct {
 	dhcp     *dhcp.Server
 	leases   lease.Store
 
+	discovery *discovery.Service
+	neighbors *neighbor.Table
+
 	services []serviceEntry
 
 	mu     sync.Mutex
@@ -92,6 +97,9 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 			return nil, fmt.Errorf("fastpath: %w", err)
 		}
 		a.add("fastpath", idleService{close: a.fastpath.Close})
+		if err := applyVLANs(cfg, a.fastpath, log.With("service", "fastpath")); err != nil {
+			return nil, fmt.Errorf("fastpath: %w", err)
+		}
 	}
 
 	if cfg.Power.Backend != "none" {
@@ -100,6 +108,12 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 			return nil, fmt.Errorf("power: %w", err)
 		}
 		a.add("power", a.power)
+	}
+
+	if cfg.Discovery.Enabled() && len(cfg.Ports) > 0 {
+		if err := a.newDiscovery(cfg, log.With("service", "discovery")); err != nil {
+			return nil, fmt.Errorf("discovery: %w", err)
+		}
 	}
 
 	if cfg.DHCP.Enabled {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -17,8 +18,11 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"golang.org/x/sys/unix"
 
+	"github.com/phoneboot/phoneboot/userspace/cdp"
 	"github.com/phoneboot/phoneboot/userspace/control"
+	"github.com/phoneboot/phoneboot/userspace/offload"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/rawsock"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
@@ -104,8 +108,18 @@ func runDir(t *testing.T) string {
 func sendDHCPFrame(ifname string) error { return sendDHCPPayload(ifname, make([]byte, 240)) }
 
 // sendDHCPPayload sends payload as a client's broadcast to UDP port 67.
-// The IPv4 header checksum is filled in: the server checks it.
 func sendDHCPPayload(ifname string, payload []byte) error {
+	return sendFrame(ifname, dhcpClientFrame(payload))
+}
+
+// sendTaggedDHCP sends an empty DHCP payload tagged with vlan.
+func sendTaggedDHCP(ifname string, vlan uint16) error {
+	f := dhcpClientFrame(make([]byte, 240))
+	tagged := append(append(append([]byte(nil), f[:12]...), 0x81, 0x00, byte(vlan>>8), byte(vlan)), f[12:]...)
+	return sendFrame(ifname, tagged)
+}
+
+func sendFrame(ifname string, frame []byte) error {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return err
@@ -115,6 +129,12 @@ func sendDHCPPayload(ifname string, payload []byte) error {
 		return err
 	}
 	defer unix.Close(fd)
+	return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}})
+}
+
+// dhcpClientFrame is payload as a client's broadcast to UDP port 67. The
+// IPv4 header checksum is filled in: the server checks it.
+func dhcpClientFrame(payload []byte) []byte {
 	frame := make([]byte, 14+20+8+len(payload))
 	copy(frame[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	copy(frame[6:12], []byte{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x01})
@@ -137,7 +157,7 @@ func sendDHCPPayload(ifname string, payload []byte) error {
 		sum = sum&0xffff + sum>>16
 	}
 	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}})
+	return frame
 }
 
 func counter(st control.Status, name string) uint64 {
@@ -198,7 +218,7 @@ ports: [{name: swp1}]
 	if len(status.Ports) != 1 || status.Ports[0].Name != "swp1" || status.Ports[0].XDPMode != "native" || status.Ports[0].Ifindex == 0 {
 		t.Errorf("ports = %+v, want swp1 attached natively (veth supports it)", status.Ports)
 	}
-	wantServices := []string{"fastpath", "control", "metrics"}
+	wantServices := []string{"fastpath", "discovery", "control", "metrics"}
 	if len(status.Services) != len(wantServices) {
 		t.Fatalf("services = %+v", status.Services)
 	}
@@ -246,6 +266,81 @@ ports: [{name: swp1}]
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {
 		t.Errorf("control socket left behind: %v", err)
 	}
+}
+
+// TestAgentAppliesVLANs starts the agent with a voice VLAN on its port, then
+// again without: the first run's policy drops a foreign tag, and the second
+// run removes the policy the pinned maps kept.
+func TestAgentAppliesVLANs(t *testing.T) {
+	n := newAgentNet(t)
+	bpffs := privtest.TempBPFFS(t)
+	socket := filepath.Join(runDir(t), "control.sock")
+	run := func(ports string, send func() error, wantDrops uint64) {
+		t.Helper()
+		cfg, err := ParseConfig("test.yaml", []byte(`
+control: {socket: `+socket+`}
+metrics: {listen: ""}
+fastpath: {xdp_mode: native, pin_dir: `+bpffs+`/phoneboot}
+ports: [`+ports+`]
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a *Agent
+		if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			if err := a.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+		}()
+		client := control.NewClient(socket)
+		read := func() uint64 {
+			st, err := client.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return counter(st, "vlan_hop_drop")
+		}
+		before := read()
+		if err := n.phone.Do(send); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for read()-before != wantDrops && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if got := read() - before; got != wantDrops {
+			t.Errorf("ports [%s]: vlan_hop_drop moved by %d, want %d", ports, got, wantDrops)
+		}
+	}
+	twice := func() error {
+		return errors.Join(sendTaggedDHCP("eth0", 300), sendTaggedDHCP("eth0", 100))
+	}
+	var rx, tx bool
+	offloadOf := func() {
+		t.Helper()
+		if err := n.app.Do(func() (err error) { rx, tx, err = offload.VLAN("swp1"); return err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if offloadOf(); !rx || !tx {
+		t.Fatalf("veth VLAN offload rx=%v tx=%v before the test, want on (the kernel default)", rx, tx)
+	}
+	run("{name: swp1, voice_vlan: 100}", twice, 1)
+	if offloadOf(); rx || tx {
+		t.Errorf("VLAN offload rx=%v tx=%v on a port with VLANs, want off", rx, tx)
+	}
+	run("{name: swp1}", twice, 0)
 }
 
 func TestAgentRefusesSocketInUse(t *testing.T) {
@@ -379,4 +474,103 @@ func scrapeMetrics(t *testing.T, ns *vnet.NS, addr string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestAgentDiscovery: a phone on the port asks for its voice VLAN over CDP
+// and gets it, shows up in the neighbours, and from then on is known to the
+// data path as a phone (its untagged frames go into the voice VLAN).
+func TestAgentDiscovery(t *testing.T) {
+	n := newAgentNet(t)
+	bpffs := privtest.TempBPFFS(t)
+	socket := filepath.Join(runDir(t), "control.sock")
+	cfg, err := ParseConfig("test.yaml", []byte(`
+control: {socket: `+socket+`}
+metrics: {listen: ""}
+fastpath: {xdp_mode: native, pin_dir: `+bpffs+`/phoneboot}
+ports: [{name: swp1, voice_vlan: 100, auto_voice: true}]
+discovery: {device_id: testswitch}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a *Agent
+	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		a.Close()
+	}()
+
+	var conn *rawsock.Conn
+	if err := n.phone.Do(func() (err error) {
+		conn, err = rawsock.Listen("eth0", rawsock.Options{Filter: cdp.Filter()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	mac := net.HardwareAddr{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x01} // sendDHCPFrame's source
+	frame, err := cdp.PhoneAdvertisement(cdp.PhoneConfig{MAC: mac, DeviceID: "SEP001E7A000001", PortID: "Port 1", Platform: "Cisco IP Phone 8845"}).AppendFrame(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.phone.Do(func() error { return sendFrame("eth0", frame) }); err != nil {
+		t.Fatal(err)
+	}
+	// The start advertisement may come first; the reply follows at once.
+	buf := make([]byte, 2048)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var reply *cdp.Message
+	for reply == nil {
+		f, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no CDP from the switch: %v", err)
+		}
+		m, err := cdp.Decode(f.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.DeviceID != "testswitch" || m.VoIPVLANReply == nil || m.VoIPVLANReply.VLAN != 100 {
+			t.Fatalf("CDP from the switch: device %q voice %+v, want testswitch and VLAN 100", m.DeviceID, m.VoIPVLANReply)
+		}
+		if a.discovery.Stats().ImmediateReplies > 0 {
+			reply = m
+		}
+	}
+
+	client := control.NewClient(socket)
+	ns, err := client.Neighbors(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ns) != 1 || ns[0].DeviceID != "SEP001E7A000001" || ns[0].Port != "swp1" || ns[0].Protocol != "cdp" || !ns[0].VoiceVLANQuery {
+		t.Errorf("neighbours: %+v", ns)
+	}
+
+	// Untagged DHCP from the phone now goes into the voice VLAN.
+	st, err := client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := counter(st, "vlan_auto_voice")
+	if err := n.phone.Do(func() error { return sendDHCPFrame("eth0") }); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for counter(st, "vlan_auto_voice") == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the phone's untagged frame was not put in the voice VLAN")
+		}
+		time.Sleep(20 * time.Millisecond)
+		if st, err = client.Status(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,20 +13,41 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/phoneboot/phoneboot/userspace/fastpath"
 )
 
 // Config is the daemon's configuration file. Every field has a default, so
 // an empty file is a valid config that serves nothing; see
 // deploy/phoneboot.yaml for a documented example.
 type Config struct {
-	Log      LogConfig      `yaml:"log"`
-	Control  ControlConfig  `yaml:"control"`
-	Metrics  MetricsConfig  `yaml:"metrics"`
-	FastPath FastPathConfig `yaml:"fastpath"`
-	Ports    []PortConfig   `yaml:"ports"`
-	Power    PowerConfig    `yaml:"power"`
-	DHCP     DHCPConfig     `yaml:"dhcp"`
+	Log       LogConfig       `yaml:"log"`
+	Control   ControlConfig   `yaml:"control"`
+	Metrics   MetricsConfig   `yaml:"metrics"`
+	FastPath  FastPathConfig  `yaml:"fastpath"`
+	Ports     []PortConfig    `yaml:"ports"`
+	Power     PowerConfig     `yaml:"power"`
+	VLAN      VLANConfig      `yaml:"vlan"`
+	Discovery DiscoveryConfig `yaml:"discovery"`
+	DHCP      DHCPConfig      `yaml:"dhcp"`
 }
+
+// DiscoveryConfig controls CDP and LLDP-MED on the phone ports.
+type DiscoveryConfig struct {
+	// CDP and LLDP turn each protocol's advertisements on. Both are heard
+	// (for the neighbour table) while either is on.
+	CDP  bool `yaml:"cdp"`
+	LLDP bool `yaml:"lldp"`
+	// Interval between advertisements (the TTL is three times it).
+	Interval Duration `yaml:"interval"`
+	// DeviceID is the name phones show for the switch; empty: the host name.
+	DeviceID string `yaml:"device_id"`
+	// VoiceDSCP is the DSCP of the LLDP-MED voice policy.
+	VoiceDSCP int `yaml:"voice_dscp"`
+}
+
+// Enabled reports whether the discovery service runs.
+func (d DiscoveryConfig) Enabled() bool { return d.CDP || d.LLDP }
 
 // LogConfig selects the log level and format.
 type LogConfig struct {
@@ -59,6 +81,42 @@ type PortConfig struct {
 	PoE *bool `yaml:"poe"`
 	// Lab wires the port to the lab's simulated PSE; only with power.backend lab.
 	Lab *LabPortConfig `yaml:"lab"`
+	// VoiceVLAN is the VLAN phones on this port tag with (and are told by
+	// CDP and LLDP-MED); 0: none.
+	VoiceVLAN uint16 `yaml:"voice_vlan"`
+	// TrunkVLANs are further voice VLANs the port carries tagged: an
+	// appliance's trunk towards access switches.
+	TrunkVLANs []uint16 `yaml:"trunk_vlans"`
+	// NativeVLAN is the VLAN of the port's untagged frames; 0: none.
+	NativeVLAN uint16 `yaml:"native_vlan"`
+	// VoicePriority is the 802.1p priority (CoS) of the frames the
+	// appliance tags; default 5.
+	VoicePriority *int `yaml:"voice_priority"`
+	// AutoVoice puts untagged frames from known phones into VoiceVLAN.
+	AutoVoice bool `yaml:"auto_voice"`
+}
+
+// VLANs is the port's VLAN policy for the data path; ok is false when the
+// port has none (no voice or trunk VLAN), so its frames pass as they come.
+func (p PortConfig) VLANs() (v fastpath.PortVLANs, ok bool) {
+	if p.VoiceVLAN == 0 && len(p.TrunkVLANs) == 0 {
+		return v, false
+	}
+	prio := uint8(fastpath.DefaultVoicePriority)
+	if p.VoicePriority != nil {
+		prio = uint8(*p.VoicePriority)
+	}
+	v.Native = p.NativeVLAN
+	if p.VoiceVLAN != 0 {
+		v.Tagged = append(v.Tagged, fastpath.TaggedVLAN{ID: p.VoiceVLAN, Priority: prio})
+		if p.AutoVoice {
+			v.AutoVoice = p.VoiceVLAN
+		}
+	}
+	for _, id := range p.TrunkVLANs {
+		v.Tagged = append(v.Tagged, fastpath.TaggedVLAN{ID: id, Priority: prio})
+	}
+	return v, true
 }
 
 // LabPortConfig is the phone side of a lab port: powering the port brings
@@ -127,7 +185,8 @@ func DefaultConfig() Config {
 			StaggerInterval: Duration(2 * time.Second),
 			DetectDelay:     Duration(300 * time.Millisecond),
 		},
-		DHCP: defaultDHCPConfig(),
+		Discovery: DiscoveryConfig{CDP: true, LLDP: true, Interval: Duration(60 * time.Second), VoiceDSCP: 46},
+		DHCP:      defaultDHCPConfig(),
 	}
 }
 
@@ -224,6 +283,24 @@ func (c *Config) validate(d *strictDecoder) error {
 		} else if c.Power.Backend == "lab" && p.PoEEnabled() {
 			return bad(key, "power.backend lab needs a lab section (netns, link) for every PoE port")
 		}
+		if err := p.validateVLANs(key, c.FastPath.Enabled, bad); err != nil {
+			return err
+		}
+	}
+	if d := time.Duration(c.Discovery.Interval); c.Discovery.Enabled() && (d < 5*time.Second || d > 85*time.Second) {
+		// The TTL is three intervals and must fit CDP's one-byte TTL.
+		return bad("discovery.interval", "%s is outside 5s to 85s", d)
+	}
+	if c.Discovery.VoiceDSCP < 0 || c.Discovery.VoiceDSCP > 63 {
+		return bad("discovery.voice_dscp", "%d is not a DSCP 0-63", c.Discovery.VoiceDSCP)
+	}
+	if len(c.Discovery.DeviceID) > 200 {
+		return bad("discovery.device_id", "is longer than 200 bytes")
+	}
+	for i, o := range c.VLAN.PhoneOUIs {
+		if _, err := ParseOUI(o); err != nil {
+			return bad(fmt.Sprintf("vlan.phone_ouis[%d]", i), "%v", err)
+		}
 	}
 	switch c.Power.Backend {
 	case "none", "lab":
@@ -245,6 +322,53 @@ func (c *Config) validate(d *strictDecoder) error {
 		return bad("power.detect_delay", "%s is outside 0 to 1m", time.Duration(c.Power.DetectDelay))
 	}
 	return c.DHCP.validate(bad)
+}
+
+func (p PortConfig) validateVLANs(key string, fastPath bool, bad func(string, string, ...any) error) error {
+	if p.VoicePriority != nil && (*p.VoicePriority < 0 || *p.VoicePriority > 7) {
+		return bad(key+".voice_priority", "%d is not an 802.1p priority 0-7", *p.VoicePriority)
+	}
+	if p.AutoVoice && p.VoiceVLAN == 0 {
+		return bad(key+".auto_voice", "needs a voice_vlan to put phones in")
+	}
+	v, ok := p.VLANs()
+	if !ok {
+		if p.NativeVLAN != 0 || p.VoicePriority != nil {
+			return bad(key, "native_vlan and voice_priority need a voice_vlan or trunk_vlans")
+		}
+		return nil
+	}
+	if err := v.Validate(); err != nil {
+		return bad(key, "%v", err)
+	}
+	if !fastPath {
+		return bad(key, "VLANs need fastpath.enabled: true (the XDP and TC programs do the tagging; there are no 8021q devices)")
+	}
+	return nil
+}
+
+// VLANConfig holds what the VLAN policy needs beyond the ports.
+type VLANConfig struct {
+	// PhoneOUIs are MAC prefixes (aa:bb:cc) taken for phones by auto_voice
+	// ports, beside the phones CDP and LLDP find.
+	PhoneOUIs []string `yaml:"phone_ouis"`
+}
+
+// ParseOUI reads an OUI written aa:bb:cc or aa-bb-cc.
+func ParseOUI(s string) ([3]byte, error) {
+	var o [3]byte
+	parts := strings.FieldsFunc(s, func(r rune) bool { return r == ':' || r == '-' })
+	if len(parts) != 3 || len(s) != 8 {
+		return o, fmt.Errorf("%q is not an OUI such as 00:1b:54", s)
+	}
+	for i, p := range parts {
+		b, err := hex.DecodeString(p)
+		if err != nil || len(b) != 1 {
+			return o, fmt.Errorf("%q is not an OUI such as 00:1b:54", s)
+		}
+		o[i] = b[0]
+	}
+	return o, nil
 }
 
 // PoEEnabled reports whether the power manager should power this port.

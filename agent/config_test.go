@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/phoneboot/phoneboot/userspace/fastpath"
 )
 
 func TestParseConfigErrors(t *testing.T) {
@@ -16,11 +18,11 @@ func TestParseConfigErrors(t *testing.T) {
 		want string // the whole error text
 	}{
 		{"unknown top-level key", "log:\n  level: info\nports_:\n  - name: a\n",
-			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, fastpath, log, metrics, ports, power)`},
+			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, discovery, fastpath, log, metrics, ports, power, vlan)`},
 		{"unknown nested key", "fastpath:\n  enabled: true\n  xdpmode: native\n",
 			`f.yaml:3: fastpath.xdpmode: unknown key (known keys here: detach_on_stop, enabled, pin_dir, xdp_mode)`},
 		{"unknown key in list item", "ports:\n  - name: a\n  - name: b\n    speed: 1000\n",
-			`f.yaml:4: ports[1].speed: unknown key (known keys here: lab, name, poe)`},
+			`f.yaml:4: ports[1].speed: unknown key (known keys here: auto_voice, lab, name, native_vlan, poe, trunk_vlans, voice_priority, voice_vlan)`},
 		{"bad enum", "fastpath:\n  xdp_mode: fast\n",
 			`f.yaml:2: fastpath.xdp_mode: "fast" is not one of native, generic, auto`},
 		{"bad type", "fastpath:\n  enabled: maybe\n",
@@ -57,6 +59,26 @@ func TestParseConfigErrors(t *testing.T) {
 			`f.yaml:4: ports[0]: power.backend lab needs a lab section (netns, link) for every PoE port`},
 		{"bad class", "power:\n  backend: lab\nports:\n  - name: p1\n    lab: {netns: x, link: eth0, class: 7}\n",
 			`f.yaml:5: ports[0].lab.class: 7 is not a power class 0-4`},
+		{"voice VLAN out of range", "ports:\n  - name: p1\n    voice_vlan: 4095\n",
+			`f.yaml:2: ports[0]: tagged VLAN 4095 is not 1-4094`},
+		{"voice VLAN also native", "ports:\n  - name: p1\n    voice_vlan: 10\n    native_vlan: 10\n",
+			`f.yaml:2: ports[0]: VLAN 10 is listed twice`},
+		{"trunk repeats voice", "ports:\n  - name: p1\n    voice_vlan: 10\n    trunk_vlans: [11, 10]\n",
+			`f.yaml:2: ports[0]: VLAN 10 is listed twice`},
+		{"bad priority", "ports:\n  - name: p1\n    voice_vlan: 10\n    voice_priority: 8\n",
+			`f.yaml:4: ports[0].voice_priority: 8 is not an 802.1p priority 0-7`},
+		{"auto voice without voice VLAN", "ports:\n  - name: p1\n    auto_voice: true\n",
+			`f.yaml:3: ports[0].auto_voice: needs a voice_vlan to put phones in`},
+		{"native without voice", "ports:\n  - name: p1\n    native_vlan: 1\n",
+			`f.yaml:2: ports[0]: native_vlan and voice_priority need a voice_vlan or trunk_vlans`},
+		{"VLANs without the fast path", "fastpath: {enabled: false}\nports:\n  - name: p1\n    voice_vlan: 10\n",
+			`f.yaml:3: ports[0]: VLANs need fastpath.enabled: true (the XDP and TC programs do the tagging; there are no 8021q devices)`},
+		{"bad OUI", "vlan:\n  phone_ouis: [00:1b:54, 00:1b]\n",
+			`f.yaml:2: vlan.phone_ouis[1]: "00:1b" is not an OUI such as 00:1b:54`},
+		{"discovery interval too long for CDP's TTL", "discovery:\n  interval: 90s\n",
+			`f.yaml:2: discovery.interval: 1m30s is outside 5s to 85s`},
+		{"bad DSCP", "discovery:\n  voice_dscp: 64\n",
+			`f.yaml:2: discovery.voice_dscp: 64 is not a DSCP 0-63`},
 		{"zero stagger ports", "power:\n  stagger_ports: 0\n",
 			`f.yaml:2: power.stagger_ports: 0 must be at least 1`},
 		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n",
@@ -138,6 +160,48 @@ power:
 	}
 }
 
+func TestParseConfigVLANs(t *testing.T) {
+	cfg, err := ParseConfig("f.yaml", []byte(`
+ports:
+  - name: swp1
+    voice_vlan: 100
+    native_vlan: 1
+    auto_voice: true
+  - name: trunk0
+    voice_vlan: 100
+    trunk_vlans: [101, 102]
+    voice_priority: 6
+  - name: swp2
+vlan:
+  phone_ouis: [00:1b:54, 00-1E-7A]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		v  fastpath.PortVLANs
+		ok bool
+	}{
+		{fastpath.PortVLANs{Native: 1, Tagged: []fastpath.TaggedVLAN{{ID: 100, Priority: 5}}, AutoVoice: 100}, true},
+		{fastpath.PortVLANs{Tagged: []fastpath.TaggedVLAN{{ID: 100, Priority: 6}, {ID: 101, Priority: 6}, {ID: 102, Priority: 6}}}, true},
+		{fastpath.PortVLANs{}, false},
+	}
+	for i, w := range want {
+		got, ok := cfg.Ports[i].VLANs()
+		if ok != w.ok || !reflect.DeepEqual(got, w.v) {
+			t.Errorf("ports[%d].VLANs() = %+v %v, want %+v %v", i, got, ok, w.v, w.ok)
+		}
+	}
+	for _, s := range cfg.VLAN.PhoneOUIs {
+		if _, err := ParseOUI(s); err != nil {
+			t.Error(err)
+		}
+	}
+	if o, _ := ParseOUI("00-1E-7A"); o != [3]byte{0x00, 0x1e, 0x7a} {
+		t.Errorf("ParseOUI(00-1E-7A) = %x", o)
+	}
+}
+
 // The example config documents the defaults: it must parse, and apart from
 // the keys it marks as examples it must say what DefaultConfig says.
 func TestExampleConfigShowsDefaults(t *testing.T) {
@@ -153,6 +217,10 @@ func TestExampleConfigShowsDefaults(t *testing.T) {
 		t.Fatal("the example has no DHCP pool")
 	}
 	cfg.DHCP.Pools = nil // marked "example"
+	if len(cfg.VLAN.PhoneOUIs) == 0 {
+		t.Fatal("the example has no phone OUIs")
+	}
+	cfg.VLAN.PhoneOUIs = nil // marked "example"
 	if want := DefaultConfig(); !reflect.DeepEqual(cfg, want) {
 		t.Errorf("example config differs from the defaults:\n got: %+v\nwant: %+v", cfg, want)
 	}

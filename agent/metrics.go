@@ -27,6 +27,7 @@ func newMetricsServer(listen string, a *Agent) (*metricsServer, error) {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&agentCollector{a: a},
+		discoveryCollector{a: a},
 	)
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {

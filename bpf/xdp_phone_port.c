@@ -3,15 +3,17 @@
 
 /* The XDP entry program for phone-facing ports.
  *
- * It classifies every frame (CDP, LLDP, DHCP, other) and counts it. DHCP
- * requests to the server go through the DHCP fast path (lib/dhcp.h), which
- * may answer them with XDP_TX; everything else passes on. */
+ * It classifies every frame (CDP, LLDP, DHCP, other) and counts it, applies
+ * the port's VLAN policy (lib/vlan.h), and sends DHCP requests to the
+ * server through the DHCP fast path (lib/dhcp.h), which may answer them
+ * with XDP_TX; everything else passes on. */
 
 #include "lib/common.h"
 #include "lib/parse.h"
 #include "lib/counters.h"
 #include "lib/config.h"
 #include "lib/dhcp.h"
+#include "lib/vlan.h"
 
 /* CDP frames go to this multicast address with an LLC/SNAP header
  * carrying Cisco's OUI and protocol ID 0x2000. */
@@ -99,7 +101,7 @@ static __always_inline enum pb_counter classify(struct cursor *c,
 		if (parse_vlan_tag(c, &tag))
 			return PB_CNT_TRUNCATED;
 		if (!fi->vlan_tags)
-			fi->vlan = bpf_ntohs(tag->tci) & 0x0fff;
+			fi->vlan = bpf_ntohs(tag->tci) & PB_VLAN_VID_MASK;
 		fi->vlan_tags++;
 		proto = tag->encapsulated_proto;
 	}
@@ -117,6 +119,95 @@ static __always_inline enum pb_counter classify(struct cursor *c,
 	return PB_CNT_OTHER;
 }
 
+/* Returned by vlan_ingress when the frame goes on to the DHCP stage. */
+#define PB_VLAN_CONTINUE -1
+
+/* vlan_ingress applies a port's VLAN policy to a frame. It returns an XDP
+ * verdict, or PB_VLAN_CONTINUE with *dhcp_vlan set when a DHCP request may
+ * go on to the fast path. DHCP, CDP and LLDP frames keep their tag: the
+ * Go server and the neighbour listeners read it from their raw sockets.
+ * Other frames lose it, so the appliance's untagged stack delivers them. */
+static __always_inline int vlan_ingress(struct xdp_md *ctx, const struct pb_vlan_port *vp,
+					const struct frame_info *fi, enum pb_counter class,
+					const __u8 *src, __u64 bytes, __u16 *dhcp_vlan)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	int keep_tag = class == PB_CNT_DHCP || class == PB_CNT_CDP || class == PB_CNT_LLDP;
+	int fast = class == PB_CNT_DHCP && fi->dhcp_to_server;
+	struct pb_vlan_member *m;
+
+	/* A second tag from a phone port is the double-tagging VLAN-hopping
+	 * attack, or a misconfiguration: either way nothing here serves it. */
+	if (fi->vlan_tags >= 2 || fi->vlan_too_deep) {
+		count(PB_CNT_VLAN_HOP_DROP, bytes);
+		return XDP_DROP;
+	}
+	if (fi->vlan_tags == 1 && fi->vlan) {
+		m = vlan_member(ifindex, fi->vlan);
+		if (!m) {
+			count(PB_CNT_VLAN_HOP_DROP, bytes);
+			return XDP_DROP;
+		}
+		vlan_learn(ifindex, src, fi->vlan, PB_STATION_TAGGED);
+		if (fast) {
+			/* The fast path's reply copies this tag: give it the
+			 * VLAN's priority, as the egress side gives Go's replies. */
+			void *data = (void *)(long)ctx->data;
+			void *data_end = (void *)(long)ctx->data_end;
+			__be16 tci = bpf_htons(vlan_tci(fi->vlan, m->pcp));
+
+			if (data + 18 > data_end)
+				return XDP_PASS;
+			*(__be16 *)(data + 14) = tci;
+			*dhcp_vlan = fi->vlan;
+			return PB_VLAN_CONTINUE;
+		}
+		if (keep_tag)
+			return XDP_PASS;
+		if (xdp_vlan_pop(ctx))
+			return XDP_PASS;
+		count(PB_CNT_VLAN_UNTAGGED, bytes);
+		return XDP_PASS;
+	}
+
+	/* Untagged, or priority-tagged (VID 0), which 802.1Q treats alike. */
+	if (vp->auto_voice_vlan && vlan_is_phone(src)) {
+		m = vlan_member(ifindex, vp->auto_voice_vlan);
+		if (!m)
+			return XDP_PASS;
+		vlan_learn(ifindex, src, vp->auto_voice_vlan, PB_STATION_PRIORITY);
+		count(PB_CNT_VLAN_AUTO_VOICE, bytes);
+		if (class == PB_CNT_DHCP) {
+			/* Tagged with the voice VLAN, Go serves it from the voice
+			 * pool; its reply leaves priority-tagged (the egress side).
+			 * Not the fast path: its reply would carry the voice tag. */
+			void *data = (void *)(long)ctx->data;
+			void *data_end = (void *)(long)ctx->data_end;
+
+			if (fi->vlan_tags) {
+				if (data + 18 > data_end)
+					return XDP_PASS;
+				*(__be16 *)(data + 14) = bpf_htons(vlan_tci(vp->auto_voice_vlan, m->pcp));
+				return XDP_PASS;
+			}
+			xdp_vlan_push(ctx, vlan_tci(vp->auto_voice_vlan, m->pcp));
+			return XDP_PASS;
+		}
+	} else {
+		vlan_learn(ifindex, src, 0, PB_STATION_UNTAGGED);
+	}
+	if (fi->vlan_tags && !keep_tag) {
+		if (!xdp_vlan_pop(ctx))
+			count(PB_CNT_VLAN_UNTAGGED, bytes);
+		return XDP_PASS;
+	}
+	if (fast) {
+		*dhcp_vlan = 0;
+		return PB_VLAN_CONTINUE;
+	}
+	return XDP_PASS;
+}
+
 SEC("xdp")
 int xdp_phone_port(struct xdp_md *ctx)
 {
@@ -125,8 +216,12 @@ int xdp_phone_port(struct xdp_md *ctx)
 	__u64 bytes = data_end - data;
 	struct cursor c = { .pos = data, .end = data_end };
 	struct frame_info fi = {};
+	struct pb_vlan_port *vp;
 	enum pb_counter class;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u16 dhcp_vlan;
 	__u8 src_mac[6];
+	int verdict;
 
 	if (!config_get()) {
 		count(PB_CNT_UNCONFIGURED, bytes);
@@ -141,12 +236,19 @@ int xdp_phone_port(struct xdp_md *ctx)
 		count(PB_CNT_VLAN_DOUBLE_TAGGED, bytes);
 	if (fi.vlan_too_deep)
 		count(PB_CNT_VLAN_TOO_DEEP, bytes);
-	if (class == PB_CNT_DHCP && fi.dhcp_to_server && fi.vlan_tags <= 1) {
-		if (data + 14 > data_end)
-			return XDP_PASS;
-		__builtin_memcpy(src_mac, ((struct ethhdr *)data)->h_source, 6);
-		return dhcp_fast(ctx, fi.l4_off, fi.vlan_tags ? fi.vlan : 0, fi.ip_dst, src_mac);
+	if (data + 14 > data_end)
+		return XDP_PASS;
+	__builtin_memcpy(src_mac, ((struct ethhdr *)data)->h_source, 6);
+
+	vp = bpf_map_lookup_elem(&pb_vlan_ports, &ifindex);
+	if (vp) {
+		verdict = vlan_ingress(ctx, vp, &fi, class, src_mac, bytes, &dhcp_vlan);
+		if (verdict != PB_VLAN_CONTINUE)
+			return verdict;
+		return dhcp_fast(ctx, fi.l4_off, dhcp_vlan, fi.ip_dst, src_mac);
 	}
+	if (class == PB_CNT_DHCP && fi.dhcp_to_server && fi.vlan_tags <= 1)
+		return dhcp_fast(ctx, fi.l4_off, fi.vlan_tags ? fi.vlan : 0, fi.ip_dst, src_mac);
 	return XDP_PASS;
 }
 

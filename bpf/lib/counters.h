@@ -24,6 +24,12 @@ enum pb_counter {
 	PB_CNT_DHCP_FAST_OFFER,    /* OFFERs sent by the fast path */
 	PB_CNT_DHCP_FAST_ACK,      /* ACKs sent by the fast path */
 	PB_CNT_DHCP_FAST_NO_FREE,  /* new client, but no queued free address */
+	PB_CNT_VLAN_HOP_DROP,      /* dropped: a tag the port does not carry, or two */
+	PB_CNT_VLAN_UNTAGGED,      /* ingress tag stripped for the appliance's stack */
+	PB_CNT_VLAN_AUTO_VOICE,    /* untagged frame of a known phone put in the voice VLAN */
+	PB_CNT_VLAN_EGRESS_TAGGED, /* egress: tag pushed for the station or subnet */
+	PB_CNT_VLAN_EGRESS_PRIORITY, /* egress: priority-tagged (VID 0) for an auto-voice phone */
+	PB_CNT_VLAN_EGRESS_DROP,   /* egress: to a VLAN the port does not carry */
 	PB_CNT__MAX,
 };
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -43,6 +44,7 @@ func newApp() *cli.App {
 			serveCommand(),
 			statusCommand(),
 			leasesCommand(),
+			neighborsCommand(),
 			doctorCommand(),
 			labCommand(),
 		},
@@ -130,6 +132,24 @@ func printLeases(w io.Writer, ls []control.Lease) error {
 	return tw.Flush()
 }
 
+func neighborsCommand() *cli.Command {
+	return controlCommand("neighbors", "list the CDP and LLDP neighbours the running daemon hears", (*control.Client).Neighbors, printNeighbors)
+}
+
+func printNeighbors(w io.Writer, ns []control.Neighbor) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PORT\tPROTO\tDEVICE ID\tPLATFORM\tMAC\tADDRESSES\tTHEIR PORT\tPOWER W\tEXPIRES")
+	for _, n := range ns {
+		power := "-"
+		if n.PowerRequestedMW > 0 {
+			power = fmt.Sprintf("%.1f", float64(n.PowerRequestedMW)/1000)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Port, n.Protocol, n.DeviceID, n.Platform, n.MAC,
+			strings.Join(n.Addresses, ","), n.PortID, power, n.Expires.Local().Format(time.TimeOnly))
+	}
+	return tw.Flush()
+}
+
 func printStatus(w io.Writer, st control.Status) error {
 	fmt.Fprintf(w, "phoneboot %s, pid %d, up %s\n\n", st.Version, st.PID, (time.Duration(st.Uptime) * time.Second).Round(time.Second))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -208,7 +228,8 @@ func labCommand() *cli.Command {
 			&cli.Float64Flag{Name: "time-scale", Value: 0.1, Usage: "multiplies every simulated delay (phone boot, PoE detection); 1 is real time"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "phones not done by then fail"},
 			&cli.StringFlag{Name: "json", Usage: "write the report as JSON to this file"},
-			&cli.BoolFlag{Name: "no-xdp", Usage: "run without the XDP fast path (userspace only)"},
+			&cli.BoolFlag{Name: "no-xdp", Usage: "run without the XDP fast path (userspace only; the phones then stay untagged)"},
+			&cli.IntFlag{Name: "voice-vlans", Value: 4, Usage: "spread the ports over this many voice VLANs (at most one per port), each with its own DHCP pool; 0: phones stay untagged"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's steps and show the agent's log"},
 		},
@@ -228,6 +249,10 @@ func labCommand() *cli.Command {
 			if err := rlimit.RemoveMemlock(); err != nil {
 				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
 			}
+			voiceVLANs := c.Int("voice-vlans")
+			if c.Bool("no-xdp") && !c.IsSet("voice-vlans") {
+				voiceVLANs = 0 // the tagging is XDP's and TC's
+			}
 			ctx, stop := signalContext()
 			defer stop()
 			rep, err := lab.Run(ctx, lab.Options{
@@ -239,6 +264,7 @@ func labCommand() *cli.Command {
 				TimeScale:    c.Float64("time-scale"),
 				Timeout:      c.Duration("timeout"),
 				NoXDP:        c.Bool("no-xdp"),
+				VoiceVLANs:   voiceVLANs,
 				Seed:         c.Uint64("seed"),
 				JSONPath:     c.String("json"),
 				Out:          c.App.Writer,

@@ -147,10 +147,12 @@ func (p *Port) Withdrawal() *Message {
 
 // Receive takes a message heard on the port and reports whether the port
 // should advertise now rather than at the next Interval: the device asked
-// for its voice VLAN (VoIP VLAN Query) and the port has one, or it made a
-// new power request that Power Available must acknowledge.
+// for its voice VLAN (VoIP VLAN Query), or it made a new power request
+// that Power Available must acknowledge. A query is answered even on a
+// port without a voice VLAN: the answer, without a VoIP VLAN Reply, lets
+// the phone go on untagged instead of waiting out the interval.
 func (p *Port) Receive(m *Message) (advertiseNow bool) {
-	if m.VoIPVLANQuery != nil && p.cfg.VoiceVLAN != 0 {
+	if m.VoIPVLANQuery != nil {
 		advertiseNow = true
 	}
 	if r := m.PowerRequested; r != nil && p.cfg.PoE && r.RequestID != p.requestID {

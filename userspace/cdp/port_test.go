@@ -170,15 +170,25 @@ func TestBootExchange(t *testing.T) {
 	}
 }
 
-func TestPortIgnoresWhatItCannotAnswer(t *testing.T) {
+// TestPortWithoutVoiceVLAN: a query is answered at once, without a VoIP
+// VLAN Reply, so the phone goes on untagged; a plain advertisement is not.
+func TestPortWithoutVoiceVLAN(t *testing.T) {
 	cfg := testPortConfig()
 	cfg.VoiceVLAN, cfg.PoE = 0, false
 	p, err := NewPort(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Receive(PhoneAdvertisement(testPhone())) {
-		t.Error("a port without voice VLAN or PoE answers a phone at once")
+	phone := PhoneAdvertisement(testPhone())
+	if !p.Receive(phone) {
+		t.Error("a port without voice VLAN leaves a phone's query unanswered")
+	}
+	if r := overWire(t, p.Advertisement()); r.VoIPVLANReply != nil {
+		t.Errorf("a port without voice VLAN hands out %+v", r.VoIPVLANReply)
+	}
+	phone.VoIPVLANQuery = nil
+	if p.Receive(phone) {
+		t.Error("a port without PoE answers a plain advertisement at once")
 	}
 }
 

@@ -66,11 +66,29 @@ type Lease struct {
 	Hostname string    `json:"hostname,omitempty"` // as the client sent it, quoted if not printable
 }
 
+// Neighbor is one device heard over CDP or LLDP, as `phoneboot neighbors`
+// lists it.
+type Neighbor struct {
+	Port             string    `json:"port"`
+	Protocol         string    `json:"protocol"` // cdp or lldp
+	MAC              string    `json:"mac"`
+	DeviceID         string    `json:"device_id"` // quoted if not printable
+	Platform         string    `json:"platform,omitempty"`
+	PortID           string    `json:"port_id,omitempty"`
+	Addresses        []string  `json:"addresses,omitempty"`
+	SoftwareVersion  string    `json:"software_version,omitempty"`
+	PowerRequestedMW uint32    `json:"power_requested_mw,omitempty"`
+	VoiceVLANQuery   bool      `json:"voice_vlan_query,omitempty"`
+	Expires          time.Time `json:"expires"`
+}
+
 // Provider answers the API's questions.
 type Provider interface {
 	Status(ctx context.Context) Status
 	// Leases lists the DHCP leases; an error if DHCP is off.
 	Leases(ctx context.Context) ([]Lease, error)
+	// Neighbors lists the CDP and LLDP neighbours; an error if discovery is off.
+	Neighbors(ctx context.Context) ([]Neighbor, error)
 }
 
 // Server serves the control API on a unix socket.
@@ -117,6 +135,17 @@ func NewServer(path string, p Provider, log *slog.Logger) (*Server, error) {
 			ls = []Lease{}
 		}
 		writeJSON(w, ls)
+	})
+	mux.HandleFunc("GET /v1/neighbors", func(w http.ResponseWriter, r *http.Request) {
+		ns, err := p.Neighbors(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if ns == nil {
+			ns = []Neighbor{}
+		}
+		writeJSON(w, ns)
 	})
 	s := &Server{
 		path: path,
@@ -214,6 +243,12 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 func (c *Client) Leases(ctx context.Context) ([]Lease, error) {
 	var ls []Lease
 	return ls, c.get(ctx, "/v1/leases", &ls)
+}
+
+// Neighbors fetches the CDP and LLDP neighbours.
+func (c *Client) Neighbors(ctx context.Context) ([]Neighbor, error) {
+	var ns []Neighbor
+	return ns, c.get(ctx, "/v1/neighbors", &ns)
 }
 
 func (c *Client) get(ctx context.Context, path string, out any) error {

@@ -20,14 +20,17 @@ import (
 // umask around its Listen, which would race with files other tests create.
 
 type fakeProvider struct {
-	st     Status
-	leases []Lease
-	err    error
+	st        Status
+	leases    []Lease
+	neighbors []Neighbor
+	err       error
 }
 
 func (p fakeProvider) Status(context.Context) Status { return p.st }
 
 func (p fakeProvider) Leases(context.Context) ([]Lease, error) { return p.leases, p.err }
+
+func (p fakeProvider) Neighbors(context.Context) ([]Neighbor, error) { return p.neighbors, p.err }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
@@ -546,6 +549,48 @@ func TestLeases(t *testing.T) {
 			defer s.Close()
 			go s.Run(t.Context())
 			got, err := NewClient(path).Leases(t.Context())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNeighbors(t *testing.T) {
+	exp := time.Unix(1_800_000_000, 0).UTC()
+	want := []Neighbor{{
+		Port: "swp1", Protocol: "cdp", MAC: "00:1e:7a:00:00:01", DeviceID: "SEP001E7A000001",
+		Platform: "Cisco IP Phone 8845", PortID: "Port 1", Addresses: []string{"10.100.0.50"},
+		SoftwareVersion: "sip88xx.14-2-1", PowerRequestedMW: 12900, VoiceVLANQuery: true, Expires: exp,
+	}}
+	for _, tt := range []struct {
+		name    string
+		p       fakeProvider
+		want    []Neighbor
+		wantErr string
+	}{
+		{"some", fakeProvider{neighbors: want}, want, ""},
+		{"none", fakeProvider{}, []Neighbor{}, ""},
+		{"discovery off", fakeProvider{err: errors.New("discovery is not enabled")}, nil, "discovery is not enabled"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "c.sock")
+			s, err := NewServer(path, tt.p, discard())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			go s.Run(t.Context())
+			got, err := NewClient(path).Neighbors(t.Context())
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error %v, want %q", err, tt.wantErr)

@@ -71,19 +71,25 @@ type Counter struct {
 // length is tied to PB_CNT__MAX at compile time and TestCounterNamesMatchBTF
 // checks every name against the enum in the object's BTF.
 var counterNames = [phonePortPbCounterPB_CNT__MAX]string{
-	phonePortPbCounterPB_CNT_CDP:                "cdp",
-	phonePortPbCounterPB_CNT_LLDP:               "lldp",
-	phonePortPbCounterPB_CNT_DHCP:               "dhcp",
-	phonePortPbCounterPB_CNT_OTHER:              "other",
-	phonePortPbCounterPB_CNT_TRUNCATED:          "truncated",
-	phonePortPbCounterPB_CNT_MALFORMED:          "malformed",
-	phonePortPbCounterPB_CNT_UNCONFIGURED:       "unconfigured",
-	phonePortPbCounterPB_CNT_VLAN_TAGGED:        "vlan_tagged",
-	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED: "vlan_double_tagged",
-	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP:      "vlan_too_deep",
-	phonePortPbCounterPB_CNT_DHCP_FAST_OFFER:    "dhcp_fast_offer",
-	phonePortPbCounterPB_CNT_DHCP_FAST_ACK:      "dhcp_fast_ack",
-	phonePortPbCounterPB_CNT_DHCP_FAST_NO_FREE:  "dhcp_fast_no_free",
+	phonePortPbCounterPB_CNT_CDP:                  "cdp",
+	phonePortPbCounterPB_CNT_LLDP:                 "lldp",
+	phonePortPbCounterPB_CNT_DHCP:                 "dhcp",
+	phonePortPbCounterPB_CNT_OTHER:                "other",
+	phonePortPbCounterPB_CNT_TRUNCATED:            "truncated",
+	phonePortPbCounterPB_CNT_MALFORMED:            "malformed",
+	phonePortPbCounterPB_CNT_UNCONFIGURED:         "unconfigured",
+	phonePortPbCounterPB_CNT_VLAN_TAGGED:          "vlan_tagged",
+	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED:   "vlan_double_tagged",
+	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP:        "vlan_too_deep",
+	phonePortPbCounterPB_CNT_DHCP_FAST_OFFER:      "dhcp_fast_offer",
+	phonePortPbCounterPB_CNT_DHCP_FAST_ACK:        "dhcp_fast_ack",
+	phonePortPbCounterPB_CNT_DHCP_FAST_NO_FREE:    "dhcp_fast_no_free",
+	phonePortPbCounterPB_CNT_VLAN_HOP_DROP:        "vlan_hop_drop",
+	phonePortPbCounterPB_CNT_VLAN_UNTAGGED:        "vlan_untagged",
+	phonePortPbCounterPB_CNT_VLAN_AUTO_VOICE:      "vlan_auto_voice",
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_TAGGED:   "vlan_egress_tagged",
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_PRIORITY: "vlan_egress_priority",
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_DROP:     "vlan_egress_drop",
 }
 
 // CounterNames lists the counters in enum order.
@@ -91,7 +97,8 @@ func CounterNames() []string { return append([]string(nil), counterNames[:]...) 
 
 // Objects is the loaded program and its maps, not attached anywhere.
 type Objects struct {
-	objs phonePortObjects
+	objs   phonePortObjects
+	egress phoneEgressObjects
 }
 
 // LoadObjects loads the program and its maps, reusing maps pinned in pinDir
@@ -136,9 +143,13 @@ func LoadObjects(pinDir string, log *slog.Logger) (*Objects, error) {
 		}
 		return nil, fmt.Errorf("load BPF objects: %w", err)
 	}
+	if err := o.loadEgress(); err != nil {
+		o.objs.Close()
+		return nil, err
+	}
 	cfg := phonePortPbConfig{Version: uint32(phonePortPbConfigVersionPB_CONFIG_VERSION)}
 	if err := o.objs.PbConfigMap.Put(uint32(0), cfg); err != nil {
-		o.objs.Close()
+		o.Close()
 		return nil, fmt.Errorf("write BPF config map: %w", err)
 	}
 	return o, nil
@@ -181,7 +192,7 @@ func (o *Objects) ReadCounters() ([]Counter, error) {
 }
 
 // Close releases the file descriptors; pinned maps stay.
-func (o *Objects) Close() error { return o.objs.Close() }
+func (o *Objects) Close() error { return errors.Join(o.egress.Close(), o.objs.Close()) }
 
 // FastPath is the program attached to the configured ports.
 type FastPath struct {
@@ -234,6 +245,14 @@ func New(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 			created = append(created, l)
 		}
 		f.attachments = append(f.attachments, a)
+		el, fresh, err := f.attachEgress(port, a.Ifindex)
+		if err != nil {
+			return nil, fmt.Errorf("port %s: %w", port, err)
+		}
+		f.links = append(f.links, el)
+		if fresh {
+			created = append(created, el)
+		}
 		log.Info("xdp attached", "port", port, "ifindex", a.Ifindex, "mode", string(a.Mode), "requested", string(cfg.Mode))
 	}
 	return f, nil
@@ -396,13 +415,15 @@ func (f *FastPath) removeStaleLinks() error {
 	want := map[string]bool{}
 	for _, p := range f.cfg.Ports {
 		want["link_"+p] = true
+		want["tcx_"+p] = true
 	}
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), "link_") || want[e.Name()] {
+		isLink := strings.HasPrefix(e.Name(), "link_") || strings.HasPrefix(e.Name(), "tcx_")
+		if !isLink || want[e.Name()] {
 			continue
 		}
 		path := filepath.Join(f.cfg.PinDir, e.Name())
-		f.log.Info("detaching xdp from a port no longer configured", "pin", path)
+		f.log.Info("detaching from a port no longer configured", "pin", path)
 		if err := os.Remove(path); err != nil {
 			return fmt.Errorf("remove stale link pin: %w", err)
 		}

@@ -27,20 +27,26 @@ const (
 type phonePortPbCounter uint32
 
 const (
-	phonePortPbCounterPB_CNT_CDP                phonePortPbCounter = 0
-	phonePortPbCounterPB_CNT_LLDP               phonePortPbCounter = 1
-	phonePortPbCounterPB_CNT_DHCP               phonePortPbCounter = 2
-	phonePortPbCounterPB_CNT_OTHER              phonePortPbCounter = 3
-	phonePortPbCounterPB_CNT_TRUNCATED          phonePortPbCounter = 4
-	phonePortPbCounterPB_CNT_MALFORMED          phonePortPbCounter = 5
-	phonePortPbCounterPB_CNT_UNCONFIGURED       phonePortPbCounter = 6
-	phonePortPbCounterPB_CNT_VLAN_TAGGED        phonePortPbCounter = 7
-	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED phonePortPbCounter = 8
-	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP      phonePortPbCounter = 9
-	phonePortPbCounterPB_CNT_DHCP_FAST_OFFER    phonePortPbCounter = 10
-	phonePortPbCounterPB_CNT_DHCP_FAST_ACK      phonePortPbCounter = 11
-	phonePortPbCounterPB_CNT_DHCP_FAST_NO_FREE  phonePortPbCounter = 12
-	phonePortPbCounterPB_CNT__MAX               phonePortPbCounter = 13
+	phonePortPbCounterPB_CNT_CDP                  phonePortPbCounter = 0
+	phonePortPbCounterPB_CNT_LLDP                 phonePortPbCounter = 1
+	phonePortPbCounterPB_CNT_DHCP                 phonePortPbCounter = 2
+	phonePortPbCounterPB_CNT_OTHER                phonePortPbCounter = 3
+	phonePortPbCounterPB_CNT_TRUNCATED            phonePortPbCounter = 4
+	phonePortPbCounterPB_CNT_MALFORMED            phonePortPbCounter = 5
+	phonePortPbCounterPB_CNT_UNCONFIGURED         phonePortPbCounter = 6
+	phonePortPbCounterPB_CNT_VLAN_TAGGED          phonePortPbCounter = 7
+	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED   phonePortPbCounter = 8
+	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP        phonePortPbCounter = 9
+	phonePortPbCounterPB_CNT_DHCP_FAST_OFFER      phonePortPbCounter = 10
+	phonePortPbCounterPB_CNT_DHCP_FAST_ACK        phonePortPbCounter = 11
+	phonePortPbCounterPB_CNT_DHCP_FAST_NO_FREE    phonePortPbCounter = 12
+	phonePortPbCounterPB_CNT_VLAN_HOP_DROP        phonePortPbCounter = 13
+	phonePortPbCounterPB_CNT_VLAN_UNTAGGED        phonePortPbCounter = 14
+	phonePortPbCounterPB_CNT_VLAN_AUTO_VOICE      phonePortPbCounter = 15
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_TAGGED   phonePortPbCounter = 16
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_PRIORITY phonePortPbCounter = 17
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_DROP     phonePortPbCounter = 18
+	phonePortPbCounterPB_CNT__MAX                 phonePortPbCounter = 19
 )
 
 type phonePortPbCounterValue struct {
@@ -155,27 +161,94 @@ const (
 	phonePortPbDhcpStatePB_DHCP_BOUND   phonePortPbDhcpState = 2
 )
 
+type phonePortPbPhoneMacKey struct {
+	_   structs.HostLayout
+	Mac [6]uint8
+	Pad uint16
+}
+
+type phonePortPbVlanMember struct {
+	_        structs.HostLayout
+	Pcp      uint8
+	Untagged uint8
+	Pad      [2]uint8
+}
+
+type phonePortPbVlanMemberKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Vlan    uint16
+	Pad     uint16
+}
+
+type phonePortPbVlanPort struct {
+	_             structs.HostLayout
+	AutoVoiceVlan uint16
+	Pad           [2]uint8
+}
+
+type phonePortPbVlanStation struct {
+	_    structs.HostLayout
+	Vlan uint16
+	Mode uint8
+	Pad  uint8
+}
+
+type phonePortPbVlanStationKey struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Mac     [6]uint8
+	Pad     uint16
+}
+
+type phonePortPbVlanStationMode uint32
+
+const (
+	phonePortPbVlanStationModePB_STATION_UNTAGGED phonePortPbVlanStationMode = 1
+	phonePortPbVlanStationModePB_STATION_TAGGED   phonePortPbVlanStationMode = 2
+	phonePortPbVlanStationModePB_STATION_PRIORITY phonePortPbVlanStationMode = 3
+)
+
+type phonePortPbVlanSubnet struct {
+	_    structs.HostLayout
+	Vlan uint16
+	Pad  uint16
+}
+
+type phonePortPbVlanSubnetKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	phonePortMapPbConfigMap           = "pb_config_map"
-	phonePortMapPbCounters            = "pb_counters"
-	phonePortMapPbDhcpBindings        = "pb_dhcp_bindings"
-	phonePortMapPbDhcpBlocks          = "pb_dhcp_blocks"
-	phonePortMapPbDhcpClasses         = "pb_dhcp_classes"
-	phonePortMapPbDhcpEvents          = "pb_dhcp_events"
-	phonePortMapPbDhcpFree            = "pb_dhcp_free"
-	phonePortMapPbDhcpPools           = "pb_dhcp_pools"
-	phonePortMapPbDhcpPorts           = "pb_dhcp_ports"
-	phonePortMapPbDhcpScratchMap      = "pb_dhcp_scratch_map"
-	phonePortProgXdpPhonePort         = "xdp_phone_port"
-	phonePortVarUnusedPbConfigVersion = "unused_pb_config_version"
-	phonePortVarUnusedPbCounter       = "unused_pb_counter"
-	phonePortVarUnusedPbDhcpEvent     = "unused_pb_dhcp_event"
-	phonePortVarUnusedPbDhcpEventType = "unused_pb_dhcp_event_type"
-	phonePortVarUnusedPbDhcpPoolFlags = "unused_pb_dhcp_pool_flags"
-	phonePortVarUnusedPbDhcpState     = "unused_pb_dhcp_state"
+	phonePortMapPbConfigMap             = "pb_config_map"
+	phonePortMapPbCounters              = "pb_counters"
+	phonePortMapPbDhcpBindings          = "pb_dhcp_bindings"
+	phonePortMapPbDhcpBlocks            = "pb_dhcp_blocks"
+	phonePortMapPbDhcpClasses           = "pb_dhcp_classes"
+	phonePortMapPbDhcpEvents            = "pb_dhcp_events"
+	phonePortMapPbDhcpFree              = "pb_dhcp_free"
+	phonePortMapPbDhcpPools             = "pb_dhcp_pools"
+	phonePortMapPbDhcpPorts             = "pb_dhcp_ports"
+	phonePortMapPbDhcpScratchMap        = "pb_dhcp_scratch_map"
+	phonePortMapPbPhoneMacs             = "pb_phone_macs"
+	phonePortMapPbPhoneOuis             = "pb_phone_ouis"
+	phonePortMapPbVlanMembers           = "pb_vlan_members"
+	phonePortMapPbVlanPorts             = "pb_vlan_ports"
+	phonePortMapPbVlanStations          = "pb_vlan_stations"
+	phonePortMapPbVlanSubnets           = "pb_vlan_subnets"
+	phonePortProgXdpPhonePort           = "xdp_phone_port"
+	phonePortVarUnusedPbConfigVersion   = "unused_pb_config_version"
+	phonePortVarUnusedPbCounter         = "unused_pb_counter"
+	phonePortVarUnusedPbDhcpEvent       = "unused_pb_dhcp_event"
+	phonePortVarUnusedPbDhcpEventType   = "unused_pb_dhcp_event_type"
+	phonePortVarUnusedPbDhcpPoolFlags   = "unused_pb_dhcp_pool_flags"
+	phonePortVarUnusedPbDhcpState       = "unused_pb_dhcp_state"
+	phonePortVarUnusedPbVlanStationMode = "unused_pb_vlan_station_mode"
 )
 
 // loadPhonePort returns the embedded CollectionSpec for phonePort.
@@ -237,18 +310,25 @@ type phonePortMapSpecs struct {
 	PbDhcpPools      *ebpf.MapSpec `ebpf:"pb_dhcp_pools"`
 	PbDhcpPorts      *ebpf.MapSpec `ebpf:"pb_dhcp_ports"`
 	PbDhcpScratchMap *ebpf.MapSpec `ebpf:"pb_dhcp_scratch_map"`
+	PbPhoneMacs      *ebpf.MapSpec `ebpf:"pb_phone_macs"`
+	PbPhoneOuis      *ebpf.MapSpec `ebpf:"pb_phone_ouis"`
+	PbVlanMembers    *ebpf.MapSpec `ebpf:"pb_vlan_members"`
+	PbVlanPorts      *ebpf.MapSpec `ebpf:"pb_vlan_ports"`
+	PbVlanStations   *ebpf.MapSpec `ebpf:"pb_vlan_stations"`
+	PbVlanSubnets    *ebpf.MapSpec `ebpf:"pb_vlan_subnets"`
 }
 
 // phonePortVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type phonePortVariableSpecs struct {
-	UnusedPbConfigVersion *ebpf.VariableSpec `ebpf:"unused_pb_config_version"`
-	UnusedPbCounter       *ebpf.VariableSpec `ebpf:"unused_pb_counter"`
-	UnusedPbDhcpEvent     *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_event"`
-	UnusedPbDhcpEventType *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_event_type"`
-	UnusedPbDhcpPoolFlags *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_pool_flags"`
-	UnusedPbDhcpState     *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_state"`
+	UnusedPbConfigVersion   *ebpf.VariableSpec `ebpf:"unused_pb_config_version"`
+	UnusedPbCounter         *ebpf.VariableSpec `ebpf:"unused_pb_counter"`
+	UnusedPbDhcpEvent       *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_event"`
+	UnusedPbDhcpEventType   *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_event_type"`
+	UnusedPbDhcpPoolFlags   *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_pool_flags"`
+	UnusedPbDhcpState       *ebpf.VariableSpec `ebpf:"unused_pb_dhcp_state"`
+	UnusedPbVlanStationMode *ebpf.VariableSpec `ebpf:"unused_pb_vlan_station_mode"`
 }
 
 // phonePortObjects contains all objects after they have been loaded into the kernel.
@@ -281,6 +361,12 @@ type phonePortMaps struct {
 	PbDhcpPools      *ebpf.Map `ebpf:"pb_dhcp_pools"`
 	PbDhcpPorts      *ebpf.Map `ebpf:"pb_dhcp_ports"`
 	PbDhcpScratchMap *ebpf.Map `ebpf:"pb_dhcp_scratch_map"`
+	PbPhoneMacs      *ebpf.Map `ebpf:"pb_phone_macs"`
+	PbPhoneOuis      *ebpf.Map `ebpf:"pb_phone_ouis"`
+	PbVlanMembers    *ebpf.Map `ebpf:"pb_vlan_members"`
+	PbVlanPorts      *ebpf.Map `ebpf:"pb_vlan_ports"`
+	PbVlanStations   *ebpf.Map `ebpf:"pb_vlan_stations"`
+	PbVlanSubnets    *ebpf.Map `ebpf:"pb_vlan_subnets"`
 }
 
 func (m *phonePortMaps) Close() error {
@@ -295,6 +381,12 @@ func (m *phonePortMaps) Close() error {
 		m.PbDhcpPools,
 		m.PbDhcpPorts,
 		m.PbDhcpScratchMap,
+		m.PbPhoneMacs,
+		m.PbPhoneOuis,
+		m.PbVlanMembers,
+		m.PbVlanPorts,
+		m.PbVlanStations,
+		m.PbVlanSubnets,
 	)
 }
 
@@ -302,12 +394,13 @@ func (m *phonePortMaps) Close() error {
 //
 // It can be passed to loadPhonePortObjects or ebpf.CollectionSpec.LoadAndAssign.
 type phonePortVariables struct {
-	UnusedPbConfigVersion *ebpf.Variable `ebpf:"unused_pb_config_version"`
-	UnusedPbCounter       *ebpf.Variable `ebpf:"unused_pb_counter"`
-	UnusedPbDhcpEvent     *ebpf.Variable `ebpf:"unused_pb_dhcp_event"`
-	UnusedPbDhcpEventType *ebpf.Variable `ebpf:"unused_pb_dhcp_event_type"`
-	UnusedPbDhcpPoolFlags *ebpf.Variable `ebpf:"unused_pb_dhcp_pool_flags"`
-	UnusedPbDhcpState     *ebpf.Variable `ebpf:"unused_pb_dhcp_state"`
+	UnusedPbConfigVersion   *ebpf.Variable `ebpf:"unused_pb_config_version"`
+	UnusedPbCounter         *ebpf.Variable `ebpf:"unused_pb_counter"`
+	UnusedPbDhcpEvent       *ebpf.Variable `ebpf:"unused_pb_dhcp_event"`
+	UnusedPbDhcpEventType   *ebpf.Variable `ebpf:"unused_pb_dhcp_event_type"`
+	UnusedPbDhcpPoolFlags   *ebpf.Variable `ebpf:"unused_pb_dhcp_pool_flags"`
+	UnusedPbDhcpState       *ebpf.Variable `ebpf:"unused_pb_dhcp_state"`
+	UnusedPbVlanStationMode *ebpf.Variable `ebpf:"unused_pb_vlan_station_mode"`
 }
 
 // phonePortPrograms contains all programs after they have been loaded into the kernel.

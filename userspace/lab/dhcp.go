@@ -15,7 +15,13 @@ import (
 // with its vendor class (option 60) and a parameter list asking for option
 // 150, REQUEST for the offer, and RFC 2131 retransmission (4 s doubling to
 // 64 s, +-1 s, all scaled by --time-scale) until the storm's deadline.
-type dhcpPhase struct{ timeScale float64 }
+//
+// subnetOf, if set, checks the lab's wiring: the address must come from
+// the pool of the phone's voice VLAN.
+type dhcpPhase struct {
+	timeScale float64
+	subnetOf  func(vlan uint16) netip.Prefix
+}
 
 func (dhcpPhase) Name() string { return "dhcp" }
 
@@ -34,6 +40,9 @@ func (d dhcpPhase) Run(ctx context.Context, ph *Phone) error {
 		yi, ok := netip.AddrFromSlice(ack.YourIPAddr.To4())
 		if !ok || !yi.IsValid() || yi.IsUnspecified() {
 			return fmt.Errorf("ACK without an address")
+		}
+		if d.subnetOf != nil && !d.subnetOf(ph.VoiceVLAN).Contains(yi) {
+			return fmt.Errorf("ACK gave %s, outside %s, the subnet of voice VLAN %d", yi, d.subnetOf(ph.VoiceVLAN), ph.VoiceVLAN)
 		}
 		ph.IP = yi
 		ph.TFTPServers = nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/phoneboot/phoneboot/userspace/phonetag"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 )
 
@@ -71,13 +72,13 @@ func TestPhoneDHCPAgainstKea(t *testing.T) {
 		}
 	})
 
-	pass := &passObjects{}
-	if err := loadPassObjects(pass, nil); err != nil {
+	tagger, err := phonetag.Load()
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer pass.Close()
+	defer tagger.Close()
 	port := &Port{Name: "p1", NS: phones, Link: phoneLink, powered: make(chan struct{})}
-	io, err := openPortIO(port, pass)
+	io, err := openPortIO(port, tagger)
 	if err != nil {
 		t.Fatal(err)
 	}

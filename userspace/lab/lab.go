@@ -25,19 +25,25 @@ import (
 
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/phonetag"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
 // Options are the lab's knobs; the CLI flags map onto them.
 type Options struct {
-	Phones        int
-	Ports         int // 0: one per phone, at most 48
-	PowerPolicy   string
-	Stagger       time.Duration // interval between stagger steps
-	StaggerPorts  int           // ports powered per stagger step
-	TimeScale     float64       // multiplies every simulated delay
-	Timeout       time.Duration // the storm's limit; phones not done by then fail
-	NoXDP         bool
+	Phones       int
+	Ports        int // 0: one per phone, at most 48
+	PowerPolicy  string
+	Stagger      time.Duration // interval between stagger steps
+	StaggerPorts int           // ports powered per stagger step
+	TimeScale    float64       // multiplies every simulated delay
+	Timeout      time.Duration // the storm's limit; phones not done by then fail
+	NoXDP        bool
+	// VoiceVLANs is how many voice VLANs the ports are spread over (port i
+	// gets VLAN 100+i%VoiceVLANs, each with its own DHCP pool; at most one
+	// per port); 0 leaves the phones untagged. VLANs need the fast path:
+	// its XDP and TC programs do the tagging.
+	VoiceVLANs    int
 	Seed          uint64
 	ID            string // names the lab's namespaces and directories; default random
 	JSONPath      string
@@ -54,6 +60,8 @@ const (
 	maxPhones       = 100000
 	maxPorts        = 1024
 	defaultMaxPorts = 48
+	maxVoiceVLANs   = 8
+	firstVoiceVLAN  = 100
 )
 
 func (o *Options) normalize() error {
@@ -76,6 +84,13 @@ func (o *Options) normalize() error {
 	}
 	if o.Stagger < 0 || o.Stagger > time.Minute {
 		return fmt.Errorf("--stagger %s: must be 0 to 1m", o.Stagger)
+	}
+	if o.VoiceVLANs < 0 || o.VoiceVLANs > maxVoiceVLANs {
+		return fmt.Errorf("--voice-vlans %d: must be 0 to %d", o.VoiceVLANs, maxVoiceVLANs)
+	}
+	o.VoiceVLANs = min(o.VoiceVLANs, o.Ports) // a VLAN needs a port to be on
+	if o.VoiceVLANs > 0 && o.NoXDP {
+		return fmt.Errorf("--voice-vlans %d with --no-xdp: the VLAN tagging is done by the XDP and TC programs; use --voice-vlans 0", o.VoiceVLANs)
 	}
 	if o.StaggerPorts < 1 {
 		return fmt.Errorf("--stagger-ports %d: must be at least 1", o.StaggerPorts)
@@ -126,11 +141,34 @@ type Port struct {
 
 const phoneLink = "eth0"
 
-// The lab's phone subnet: room for every phone the lab allows.
-var (
-	labSubnet   = netip.MustParsePrefix("10.64.0.0/13")
-	labServerIP = netip.MustParseAddr("10.64.0.1")
-)
+// voiceNet is the phone subnet of the k-th voice VLAN (k = 0 untagged):
+// 10.(64+8k).0.0/13, room for every phone the lab allows, the appliance
+// at .0.1.
+func voiceNet(k int) (subnet netip.Prefix, server, first, last netip.Addr) {
+	b := byte(64 + 8*k)
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, b, 0, 0}), 13),
+		netip.AddrFrom4([4]byte{10, b, 0, 1}),
+		netip.AddrFrom4([4]byte{10, b, 0, 10}),
+		netip.AddrFrom4([4]byte{10, b + 7, 255, 250})
+}
+
+// subnetOf is the subnet whose pool serves a phone in vlan (0: untagged).
+func (o *Options) subnetOf(vlan uint16) netip.Prefix {
+	k := 0
+	if vlan != 0 {
+		k = int(vlan) - firstVoiceVLAN
+	}
+	subnet, _, _, _ := voiceNet(k)
+	return subnet
+}
+
+// voiceVLAN is the voice VLAN of port index i, 0 when the lab is untagged.
+func (o *Options) voiceVLAN(i int) uint16 {
+	if o.VoiceVLANs == 0 {
+		return 0
+	}
+	return uint16(firstVoiceVLAN + i%o.VoiceVLANs)
+}
 
 // ErrNotRoot is returned when the lab runs without root.
 var ErrNotRoot = errors.New("phoneboot lab needs root: it creates network namespaces and veth pairs and loads XDP programs; run it with sudo")
@@ -172,7 +210,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err := l.openPorts(watchCtx); err != nil {
 		return Report{}, err
 	}
-	phases := phasesFor(o)
+	phases := phasesFor(o, l.tagger)
 	names := make([]string, len(phases))
 	for i, p := range phases {
 		names[i] = p.Name()
@@ -234,25 +272,25 @@ type lab struct {
 	agent  *exec.Cmd
 	exited chan struct{}
 	logf   *os.File
-	pass   *passObjects
+	tagger *phonetag.Tagger
 	notify *net.UnixConn
 }
 
 // openPorts gives each port's phones their raw socket, and starts
 // delivering the replies that arrive on it.
 func (l *lab) openPorts(ctx context.Context) error {
-	l.pass = &passObjects{}
-	if err := loadPassObjects(l.pass, nil); err != nil {
-		l.pass = nil
-		return fmt.Errorf("load the lab's XDP_PASS program: %w", err)
+	var err error
+	if l.tagger, err = phonetag.Load(); err != nil {
+		return fmt.Errorf("the phones' VLAN tagger: %w", err)
 	}
 	for _, p := range l.ports {
-		io, err := openPortIO(p, l.pass)
+		io, err := openPortIO(p, l.tagger)
 		if err != nil {
 			return err
 		}
 		p.io = io
 		go io.run(ctx)
+		go io.runCDP(ctx)
 	}
 	return nil
 }
@@ -350,24 +388,33 @@ func (l *lab) agentConfig() agent.Config {
 	cfg.Power.StaggerInterval = agent.Duration(l.o.Stagger)
 	// A real PSE spends a few hundred ms detecting and classifying.
 	cfg.Power.DetectDelay = agent.Duration(time.Duration(float64(300*time.Millisecond) * l.o.TimeScale))
-	// One pool for the phones, untagged until the voice VLAN arrives with
-	// CDP; the appliance is .1 and the TFTP server phones are sent to.
+	// A pool per voice VLAN (one untagged pool without VLANs); in each the
+	// appliance is .1 and the TFTP server phones are sent to.
 	cfg.DHCP.Enabled = true
 	cfg.DHCP.LeaseDB = filepath.Join(l.runDir, "leases.db")
-	cfg.DHCP.Pools = []agent.DHCPPoolConfig{{
-		Name:        "lab",
-		Subnet:      labSubnet,
-		RangeStart:  netip.MustParseAddr("10.64.0.10"),
-		RangeEnd:    netip.MustParseAddr("10.71.255.250"),
-		ServerIP:    labServerIP,
-		Routers:     []netip.Addr{labServerIP},
-		TFTPServers: []netip.Addr{labServerIP},
-		LeaseTime:   agent.Duration(time.Hour),
-	}}
+	for k := range max(l.o.VoiceVLANs, 1) {
+		subnet, server, first, last := voiceNet(k)
+		pool := agent.DHCPPoolConfig{
+			Name:        "lab",
+			Subnet:      subnet,
+			RangeStart:  first,
+			RangeEnd:    last,
+			ServerIP:    server,
+			Routers:     []netip.Addr{server},
+			TFTPServers: []netip.Addr{server},
+			LeaseTime:   agent.Duration(time.Hour),
+		}
+		if l.o.VoiceVLANs > 0 {
+			pool.VLAN = l.o.voiceVLAN(k)
+			pool.Name = fmt.Sprintf("voice%d", pool.VLAN)
+		}
+		cfg.DHCP.Pools = append(cfg.DHCP.Pools, pool)
+	}
 	for _, p := range l.ports {
 		cfg.Ports = append(cfg.Ports, agent.PortConfig{
-			Name: p.Name,
-			Lab:  &agent.LabPortConfig{Netns: p.NS.Name, Link: p.Link, Class: p.Class},
+			Name:      p.Name,
+			Lab:       &agent.LabPortConfig{Netns: p.NS.Name, Link: p.Link, Class: p.Class},
+			VoiceVLAN: l.o.voiceVLAN(p.Index),
 		})
 	}
 	return cfg
@@ -508,8 +555,8 @@ func (l *lab) cleanup() error {
 		}
 		errs = append(errs, p.NS.Close())
 	}
-	if l.pass != nil {
-		l.pass.Close()
+	if l.tagger != nil {
+		l.tagger.Close()
 	}
 	if l.appNS != nil {
 		errs = append(errs, l.appNS.Close())

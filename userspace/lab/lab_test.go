@@ -90,6 +90,9 @@ func TestLabStorm(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			o := testOptions(t)
 			o.NoXDP = noXDP
+			if !noXDP {
+				o.VoiceVLANs = 3 // each phone's address is checked against its VLAN's pool
+			}
 			rep, err := Run(context.Background(), o)
 			assertCleanedUp(t, o.ID)
 			if err != nil {
@@ -108,7 +111,7 @@ func TestLabStorm(t *testing.T) {
 					t.Errorf("phase %s percentiles out of order: %+v", p.Name, p)
 				}
 			}
-			if !slices.Equal(names, []string{"power", "boot", "dhcp"}) {
+			if !slices.Equal(names, []string{"power", "boot", "cdp", "dhcp"}) {
 				t.Errorf("phases %v", names)
 			}
 			// The shortest model boots in 18 s; at time scale 0.01 with

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/phonetag"
 )
 
 // Cisco OUIs seen on IP phones; the lab spreads its phones across them.
@@ -29,9 +30,10 @@ type Phone struct {
 	Port  *Port  // the switch port it is plugged into
 
 	// Learned during the boot.
+	VoiceVLAN   uint16       // from CDP
 	IP          netip.Addr   // from DHCP
 	TFTPServers []netip.Addr // option 150
-	Retransmits int          // DHCP messages sent again for want of an answer
+	Retransmits int          // CDP and DHCP messages sent again for want of an answer
 
 	rng *rand.Rand
 }
@@ -93,8 +95,13 @@ func (b bootPhase) Run(ctx context.Context, ph *Phone) error {
 }
 
 // phasesFor lists the phases the lab runs, in order.
-func phasesFor(o Options) []Phase {
-	return []Phase{powerPhase{}, bootPhase{timeScale: o.TimeScale}, dhcpPhase{timeScale: o.TimeScale}}
+func phasesFor(o Options, tagger *phonetag.Tagger) []Phase {
+	return []Phase{
+		powerPhase{},
+		bootPhase{timeScale: o.TimeScale},
+		cdpPhase{timeScale: o.TimeScale, tagger: tagger},
+		dhcpPhase{timeScale: o.TimeScale, subnetOf: o.subnetOf},
+	}
 }
 
 // runPhone takes one phone through the phases. A phase's latency counts

@@ -10,22 +10,33 @@ import (
 	"os"
 	"sync"
 
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/net/bpf"
 
+	"github.com/phoneboot/phoneboot/userspace/cdp"
+	"github.com/phoneboot/phoneboot/userspace/offload"
+	"github.com/phoneboot/phoneboot/userspace/phonetag"
 	"github.com/phoneboot/phoneboot/userspace/rawsock"
 )
 
 // portIO is the phones' side of a lab port: one raw socket that every
 // phone behind the port sends through, and a demultiplexer that hands
-// each phone the DHCP replies for its transaction IDs.
+// each phone the DHCP replies for its transaction IDs; a second socket
+// hears the switch's CDP. The phones' VLAN-aware NIC is the phone tagger:
+// it removes the tag of what arrives (so the sockets see untagged frames)
+// and tags what a phone sends once it knows its voice VLAN. Being an XDP
+// program, it also lets the veth deliver the fast path's XDP_TX replies.
 type portIO struct {
-	port *Port
-	conn *rawsock.Conn
-	pass link.Link // XDP_PASS on the phones' end, so XDP_TX replies arrive
+	port   *Port
+	conn   *rawsock.Conn
+	cdp    *rawsock.Conn
+	tagger *phonetag.Attachment
 
 	mu      sync.Mutex
 	waiters map[uint32]chan []byte // DHCP xid -> the phone waiting for it
+	// voiceVLAN is the last VoIP VLAN Reply heard on the port (0: none
+	// yet); voiceHeard is closed and replaced each time one is heard.
+	voiceVLAN  uint16
+	voiceHeard chan struct{}
 }
 
 // udpDstPort68 keeps IPv4/UDP to port 68 (DHCP replies to clients).
@@ -43,18 +54,26 @@ var udpDstPort68 = []bpf.Instruction{
 	bpf.RetConstant{Val: 0},
 }
 
-func openPortIO(p *Port, pass *passObjects) (*portIO, error) {
-	io := &portIO{port: p, waiters: map[uint32]chan []byte{}}
+func openPortIO(p *Port, tagger *phonetag.Tagger) (*portIO, error) {
+	io := &portIO{port: p, waiters: map[uint32]chan []byte{}, voiceHeard: make(chan struct{})}
 	err := p.NS.Do(func() error {
 		ifi, err := net.InterfaceByName(p.Link)
 		if err != nil {
 			return err
 		}
-		io.pass, err = link.AttachXDP(link.XDPOptions{Program: pass.XdpPass, Interface: ifi.Index})
-		if err != nil {
-			return fmt.Errorf("attach XDP_PASS to the phones' side of %s: %w", p.Name, err)
+		// With transmit VLAN offload on, a veth hands the tag to its
+		// peer beside the frame, where the appliance's XDP cannot see it.
+		if err := offload.SetVLAN(p.Link, false); err != nil {
+			return fmt.Errorf("the phones' side of %s: %w", p.Name, err)
 		}
-		io.conn, err = rawsock.Listen(p.Link, rawsock.Options{Filter: udpDstPort68})
+		io.tagger, err = tagger.Attach(ifi.Index)
+		if err != nil {
+			return fmt.Errorf("the phones' side of %s: %w", p.Name, err)
+		}
+		if io.conn, err = rawsock.Listen(p.Link, rawsock.Options{Filter: udpDstPort68}); err != nil {
+			return err
+		}
+		io.cdp, err = rawsock.Listen(p.Link, rawsock.Options{Filter: cdp.Filter(), RecvBuffer: 256 << 10})
 		return err
 	})
 	if err != nil {
@@ -107,12 +126,54 @@ func (io *portIO) unregister(xid uint32) {
 	io.mu.Unlock()
 }
 
-func (io *portIO) close() {
-	if io.conn != nil {
-		io.conn.Close()
+// runCDP records the voice VLAN the switch announces until the socket closes.
+func (io *portIO) runCDP(ctx context.Context) {
+	buf := make([]byte, 9216)
+	for {
+		fr, err := io.cdp.Read(buf)
+		if errors.Is(err, os.ErrClosed) || ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			continue
+		}
+		m, err := cdp.Decode(fr.Data)
+		if err != nil && !errors.Is(err, cdp.ErrChecksum) {
+			continue
+		}
+		if m.TTL == 0 {
+			continue
+		}
+		// An announcement without a voice VLAN tells the phone to stay
+		// untagged, as a switch port without one does.
+		var vlan uint16
+		if m.VoIPVLANReply != nil {
+			vlan = m.VoIPVLANReply.VLAN
+		}
+		io.mu.Lock()
+		io.voiceVLAN = vlan
+		close(io.voiceHeard)
+		io.voiceHeard = make(chan struct{})
+		io.mu.Unlock()
 	}
-	if io.pass != nil {
-		io.pass.Close()
+}
+
+// voice returns the voice VLAN heard so far (0: none) and a channel
+// closed when the next announcement arrives.
+func (io *portIO) voice() (uint16, <-chan struct{}) {
+	io.mu.Lock()
+	defer io.mu.Unlock()
+	return io.voiceVLAN, io.voiceHeard
+}
+
+func (io *portIO) close() {
+	for _, c := range []*rawsock.Conn{io.conn, io.cdp} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	if io.tagger != nil {
+		io.tagger.Close()
 	}
 }
 

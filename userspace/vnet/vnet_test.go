@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/phoneboot/phoneboot/userspace/offload"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -532,5 +534,53 @@ func TestClose(t *testing.T) {
 	// Closing again is harmless.
 	if err := a.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestSetVLANOffload turns VLAN offload off and on, and reads it back with
+// ethtool(8), which parses the kernel's feature strings on its own.
+func TestSetVLANOffload(t *testing.T) {
+	a, b := create(t), create(t)
+	if err := vnet.Veth(a, "pbva", b, "pbvb"); err != nil {
+		t.Fatal(err)
+	}
+	ethtool, err := exec.LookPath("ethtool")
+	if err != nil {
+		t.Fatal("ethtool is needed to check the offload flags (apt install ethtool)")
+	}
+	read := func() string {
+		out, err := exec.Command("ip", "netns", "exec", a.Name, ethtool, "-k", "pbva").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ethtool -k: %v: %s", err, out)
+		}
+		var got []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "rx-vlan-offload:") || strings.HasPrefix(line, "tx-vlan-offload:") {
+				got = append(got, strings.Fields(line)[1])
+			}
+		}
+		return strings.Join(got, ",")
+	}
+	for _, on := range []bool{false, true, false} {
+		if err := a.SetVLANOffload("pbva", on); err != nil {
+			t.Fatal(err)
+		}
+		want := "off,off"
+		if on {
+			want = "on,on"
+		}
+		if got := read(); got != want {
+			t.Errorf("after SetVLANOffload(%v): rx,tx = %s, want %s", on, got, want)
+		}
+		var rx, tx bool
+		if err := a.Do(func() (err error) { rx, tx, err = offload.VLAN("pbva"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if rx != on || tx != on {
+			t.Errorf("offload.VLAN after SetVLANOffload(%v) = %v, %v", on, rx, tx)
+		}
+	}
+	if err := a.SetVLANOffload("nosuchdev", false); err == nil {
+		t.Error("no error for a missing interface")
 	}
 }
