@@ -126,7 +126,6 @@ int xdp_phone_port(struct xdp_md *ctx)
 	struct cursor c = { .pos = data, .end = data_end };
 	struct frame_info fi = {};
 	enum pb_counter class;
-	__u8 src_mac[6];
 
 	if (!config_get()) {
 		count(PB_CNT_UNCONFIGURED, bytes);
@@ -141,12 +140,8 @@ int xdp_phone_port(struct xdp_md *ctx)
 		count(PB_CNT_VLAN_DOUBLE_TAGGED, bytes);
 	if (fi.vlan_too_deep)
 		count(PB_CNT_VLAN_TOO_DEEP, bytes);
-	if (class == PB_CNT_DHCP && fi.dhcp_to_server && fi.vlan_tags <= 1) {
-		if (data + 14 > data_end)
-			return XDP_PASS;
-		__builtin_memcpy(src_mac, ((struct ethhdr *)data)->h_source, 6);
-		return dhcp_fast(ctx, fi.l4_off, fi.vlan_tags ? fi.vlan : 0, fi.ip_dst, src_mac);
-	}
+	if (class == PB_CNT_DHCP && fi.dhcp_to_server && fi.vlan_tags <= 1)
+		return dhcp_fast(ctx, fi.l4_off, fi.vlan_tags ? fi.vlan : 0, fi.ip_dst);
 	return XDP_PASS;
 }
 

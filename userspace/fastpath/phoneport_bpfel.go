@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type phonePortDhcpReq struct {
+	_        structs.HostLayout
+	Chaddr   [2]uint64
+	Xid      uint32
+	Ciaddr   uint32
+	ReqIp    uint32
+	ServerId uint32
+	VcOff    uint32
+	VcLen    uint32
+	Off      uint32
+	Flags    uint16
+	MsgType  uint8
+	Have     uint8
+}
+
 type phonePortPbConfig struct {
 	_       structs.HostLayout
 	Version uint32
@@ -119,33 +134,6 @@ type phonePortPbDhcpPort struct {
 	Mac          [6]uint8
 	Enabled      uint8
 	VerifyChaddr uint8
-}
-
-type phonePortPbDhcpScratch struct {
-	_   structs.HostLayout
-	Buf [576]uint8
-	R   struct {
-		_           structs.HostLayout
-		SrcMac      [6]uint8
-		Chaddr      [16]uint8
-		Xid         [4]uint8
-		Flags       [2]uint8
-		MsgType     uint8
-		HasReqIp    uint8
-		HasServerId uint8
-		HasVc       uint8
-		Vlan        uint16
-		_           [2]byte
-		Ciaddr      uint32
-		ReqIp       uint32
-		ServerId    uint32
-		IpDst       uint32
-		VcOff       uint32
-		VcLen       uint32
-	}
-	Off    uint32
-	EndOff uint32
-	State  uint32
 }
 
 type phonePortPbDhcpState uint32
