@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"net/netip"
 	"time"
@@ -205,11 +204,23 @@ func (t *DHCPTables) SetBlock(id uint32, options []byte, typeOff int) error {
 	return t.objs.PbDhcpBlocks.Put(id, v)
 }
 
-// VendorClassHash is the hash the kernel matches option 60 with (FNV-1a 64).
+// VendorClassHash is the hash the kernel matches option 60 with (vc_mix
+// in bpf/lib/dhcp.h): the value in little-endian 64-bit words, the last
+// one zero-padded, each mixed into a seed that starts with the length.
 func VendorClassHash(vc []byte) uint64 {
-	h := fnv.New64a()
-	h.Write(vc)
-	return h.Sum64()
+	const (
+		seed = 0x9e3779b97f4a7c15
+		mul  = 0xff51afd7ed558ccd
+	)
+	h := uint64(seed) ^ uint64(len(vc))
+	for len(vc) > 0 {
+		var w [8]byte
+		n := copy(w[:], vc)
+		vc = vc[n:]
+		h = (h ^ binary.LittleEndian.Uint64(w[:])) * mul
+		h ^= h >> 32
+	}
+	return h
 }
 
 // ClearClasses removes every class mapping.

@@ -508,3 +508,67 @@ func TestDHCPFastPathBlockSizes(t *testing.T) {
 		}
 	}
 }
+
+// TestDHCPFastPathVendorClassLengths matches option 60 of every length the
+// kernel hashes (it reads whole words, then the last partial one) against
+// a class set with VendorClassHash, and one byte off against none. The
+// class's block carries option 150 = 10.0.0.3, the default 10.0.0.2.
+func TestDHCPFastPathVendorClassLengths(t *testing.T) {
+	f := newDHCPFixture(t)
+	bcast := netip.MustParseAddr("255.255.255.255")
+	addr := netip.MustParseAddr("10.0.0.50")
+	if err := f.t.ClearClasses(); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= DHCPVendorClassMax+1; n++ {
+		vc := make([]byte, n)
+		for i := range vc {
+			vc[i] = byte('A' + (i*7+n)%26)
+		}
+		if n <= DHCPVendorClassMax {
+			if err := f.t.SetClass(1, string(vc), 3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		other := append([]byte(nil), vc...)
+		other[n-1]++
+		for _, c := range []struct {
+			vc   []byte
+			want string // option 150; "" for XDP_PASS
+		}{
+			{vc, "10.0.0.3"},
+			{other, "10.0.0.2"},
+		} {
+			if n > DHCPVendorClassMax {
+				c.want = "" // too long to hash: Go matches it
+			}
+			if err := f.t.DeleteBinding(0, testPhoneMAC); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.t.DrainFree(1); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.t.PushFree(1, []netip.Addr{addr}); err != nil {
+				t.Fatal(err)
+			}
+			disc := discover(t, dhcpv4.WithOption(dhcpv4.OptClassIdentifier(string(c.vc))))
+			ret, out := f.run(t, request(t, 0, bcast, disc))
+			if c.want == "" {
+				if ret != xdpPass {
+					t.Errorf("option 60 of %d bytes: verdict %d, want XDP_PASS", n, ret)
+				}
+				continue
+			}
+			if ret != 3 {
+				t.Fatalf("option 60 of %d bytes (%q): verdict %d, want XDP_TX", n, c.vc, ret)
+			}
+			_, _, offer := checkReply(t, out, 0)
+			if got := dhcpv4.GetIPs(dhcpv4.GenericOptionCode(150), offer.Options); len(got) != 1 || got[0].String() != c.want {
+				t.Errorf("option 60 of %d bytes (%q): option 150 = %v, want %s", n, c.vc, got, c.want)
+			}
+		}
+		if err := f.t.ClearClasses(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
