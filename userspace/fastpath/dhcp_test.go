@@ -572,3 +572,39 @@ func TestDHCPFastPathVendorClassLengths(t *testing.T) {
 		}
 	}
 }
+
+// TestDHCPClasslessHint follows the hint that lets the kernel skip the
+// class lookup: set for a pool without classes, cleared by a class (the
+// fixture adds CP-8845 to pool 1 after SetPool), set again by ClearClasses.
+// A hint wrongly set would answer a class's phones with the default block
+// (TestDHCPFastPathTaggedAndClass); one wrongly cleared only costs time,
+// which is why it is checked here.
+func TestDHCPClasslessHint(t *testing.T) {
+	f := newDHCPFixture(t)
+	hint := func(pool uint32) uint32 {
+		t.Helper()
+		var v uint32
+		if err := f.o.objs.PbDhcpClassless.Lookup(pool, &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if hint(1) != 0 || hint(2) != 1 {
+		t.Errorf("after setup: pool 1 (a class) hint %d, pool 2 (none) hint %d; want 0, 1", hint(1), hint(2))
+	}
+	if err := f.t.ClearClasses(); err != nil {
+		t.Fatal(err)
+	}
+	if hint(1) != 1 {
+		t.Errorf("after ClearClasses: pool 1 hint %d, want 1", hint(1))
+	}
+	if err := f.t.SetClass(2, "SEP", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.t.SetPool(DHCPPool{ID: 2, VLAN: 100, ServerIP: testServer100, DefaultBlock: 2, Allocate: true}); err != nil {
+		t.Fatal(err)
+	}
+	if hint(2) != 0 {
+		t.Errorf("pool 2 set again with a class: hint %d, want 0", hint(2))
+	}
+}

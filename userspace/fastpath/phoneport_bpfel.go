@@ -152,6 +152,7 @@ const (
 	phonePortMapPbDhcpBindings        = "pb_dhcp_bindings"
 	phonePortMapPbDhcpBlocks          = "pb_dhcp_blocks"
 	phonePortMapPbDhcpClasses         = "pb_dhcp_classes"
+	phonePortMapPbDhcpClassless       = "pb_dhcp_classless"
 	phonePortMapPbDhcpEvents          = "pb_dhcp_events"
 	phonePortMapPbDhcpFree            = "pb_dhcp_free"
 	phonePortMapPbDhcpPools           = "pb_dhcp_pools"
@@ -220,6 +221,7 @@ type phonePortMapSpecs struct {
 	PbDhcpBindings   *ebpf.MapSpec `ebpf:"pb_dhcp_bindings"`
 	PbDhcpBlocks     *ebpf.MapSpec `ebpf:"pb_dhcp_blocks"`
 	PbDhcpClasses    *ebpf.MapSpec `ebpf:"pb_dhcp_classes"`
+	PbDhcpClassless  *ebpf.MapSpec `ebpf:"pb_dhcp_classless"`
 	PbDhcpEvents     *ebpf.MapSpec `ebpf:"pb_dhcp_events"`
 	PbDhcpFree       *ebpf.MapSpec `ebpf:"pb_dhcp_free"`
 	PbDhcpPools      *ebpf.MapSpec `ebpf:"pb_dhcp_pools"`
@@ -264,6 +266,7 @@ type phonePortMaps struct {
 	PbDhcpBindings   *ebpf.Map `ebpf:"pb_dhcp_bindings"`
 	PbDhcpBlocks     *ebpf.Map `ebpf:"pb_dhcp_blocks"`
 	PbDhcpClasses    *ebpf.Map `ebpf:"pb_dhcp_classes"`
+	PbDhcpClassless  *ebpf.Map `ebpf:"pb_dhcp_classless"`
 	PbDhcpEvents     *ebpf.Map `ebpf:"pb_dhcp_events"`
 	PbDhcpFree       *ebpf.Map `ebpf:"pb_dhcp_free"`
 	PbDhcpPools      *ebpf.Map `ebpf:"pb_dhcp_pools"`
@@ -278,6 +281,7 @@ func (m *phonePortMaps) Close() error {
 		m.PbDhcpBindings,
 		m.PbDhcpBlocks,
 		m.PbDhcpClasses,
+		m.PbDhcpClassless,
 		m.PbDhcpEvents,
 		m.PbDhcpFree,
 		m.PbDhcpPools,
