@@ -245,10 +245,10 @@ int xdp_phone_port(struct xdp_md *ctx)
 		verdict = vlan_ingress(ctx, vp, &fi, class, src_mac, bytes, &dhcp_vlan);
 		if (verdict != PB_VLAN_CONTINUE)
 			return verdict;
-		return dhcp_fast(ctx, fi.l4_off, dhcp_vlan, fi.ip_dst, src_mac);
+		return dhcp_fast(ctx, fi.l4_off, dhcp_vlan, fi.ip_dst);
 	}
 	if (class == PB_CNT_DHCP && fi.dhcp_to_server && fi.vlan_tags <= 1)
-		return dhcp_fast(ctx, fi.l4_off, fi.vlan_tags ? fi.vlan : 0, fi.ip_dst, src_mac);
+		return dhcp_fast(ctx, fi.l4_off, fi.vlan_tags ? fi.vlan : 0, fi.ip_dst);
 	return XDP_PASS;
 }
 

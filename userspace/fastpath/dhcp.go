@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"net/netip"
 	"time"
@@ -127,7 +126,40 @@ func (t *DHCPTables) SetPool(p DHCPPool) error {
 	if err := t.ensureFreeQueue(p.ID); err != nil {
 		return err
 	}
+	classes, err := t.hasClasses(p.ID)
+	if err != nil {
+		return fmt.Errorf("dhcp fast path: pool %d: %w", p.ID, err)
+	}
+	if err := t.setClassless(p.ID, !classes); err != nil {
+		return err
+	}
 	return t.objs.PbDhcpPools.Put(uint32(p.VLAN), v)
+}
+
+// hasClasses reports whether the pool has an exact class.
+func (t *DHCPTables) hasClasses(poolID uint32) (bool, error) {
+	var k phonePortPbDhcpClassKey
+	var v uint32
+	it := t.objs.PbDhcpClasses.Iterate()
+	for it.Next(&k, &v) {
+		if k.PoolId == poolID {
+			return true, nil
+		}
+	}
+	return false, it.Err()
+}
+
+// setClassless tells the kernel whether it may skip the class lookup for
+// the pool's requests (pb_dhcp_classless).
+func (t *DHCPTables) setClassless(poolID uint32, classless bool) error {
+	var v uint32
+	if classless {
+		v = 1
+	}
+	if err := t.objs.PbDhcpClassless.Put(poolID, v); err != nil {
+		return fmt.Errorf("dhcp fast path: pool %d class hint: %w", poolID, err)
+	}
+	return nil
 }
 
 // ClearPool removes the pool from its VLAN: its requests go to userspace.
@@ -219,11 +251,23 @@ func (t *DHCPTables) SetBlock(id uint32, options []byte, typeOff int) error {
 	return t.objs.PbDhcpBlocks.Put(id, v)
 }
 
-// VendorClassHash is the hash the kernel matches option 60 with (FNV-1a 64).
+// VendorClassHash is the hash the kernel matches option 60 with (vc_mix
+// in bpf/lib/dhcp.h): the value in little-endian 64-bit words, the last
+// one zero-padded, each mixed into a seed that starts with the length.
 func VendorClassHash(vc []byte) uint64 {
-	h := fnv.New64a()
-	h.Write(vc)
-	return h.Sum64()
+	const (
+		seed = 0x9e3779b97f4a7c15
+		mul  = 0xff51afd7ed558ccd
+	)
+	h := uint64(seed) ^ uint64(len(vc))
+	for len(vc) > 0 {
+		var w [8]byte
+		n := copy(w[:], vc)
+		vc = vc[n:]
+		h = (h ^ binary.LittleEndian.Uint64(w[:])) * mul
+		h ^= h >> 32
+	}
+	return h
 }
 
 // ClearClasses removes every class mapping.
@@ -243,6 +287,11 @@ func (t *DHCPTables) ClearClasses() error {
 			return err
 		}
 	}
+	for id := uint32(1); id < DHCPPoolMax; id++ {
+		if err := t.setClassless(id, true); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -250,6 +299,13 @@ func (t *DHCPTables) ClearClasses() error {
 func (t *DHCPTables) SetClass(poolID uint32, vendorClass string, block uint32) error {
 	if len(vendorClass) == 0 || len(vendorClass) > DHCPVendorClassMax {
 		return fmt.Errorf("dhcp fast path: vendor class of %d bytes (1-%d)", len(vendorClass), DHCPVendorClassMax)
+	}
+	// The kernel must look classes up for this pool before the class
+	// exists, or a request in between would get the default block.
+	if poolID < DHCPPoolMax {
+		if err := t.setClassless(poolID, false); err != nil {
+			return err
+		}
 	}
 	k := phonePortPbDhcpClassKey{PoolId: poolID, VcHash: VendorClassHash([]byte(vendorClass))}
 	return t.objs.PbDhcpClasses.Put(k, block)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,7 +56,7 @@ type dhcpFixture struct {
 	t *DHCPTables
 }
 
-func newDHCPFixture(t *testing.T) *dhcpFixture {
+func newDHCPFixture(t testing.TB) *dhcpFixture {
 	o := loadTestObjects(t)
 	tb := o.DHCP()
 	must := func(err error) {
@@ -79,7 +80,7 @@ func newDHCPFixture(t *testing.T) *dhcpFixture {
 
 // request builds a client frame: Ethernet (optionally tagged), IPv4 from
 // 0.0.0.0 (or ciaddr) to dst, UDP 68 -> 67, and the DHCP message.
-func request(t *testing.T, vlan uint16, dst netip.Addr, m *dhcpv4.DHCPv4) []byte {
+func request(t testing.TB, vlan uint16, dst netip.Addr, m *dhcpv4.DHCPv4) []byte {
 	t.Helper()
 	src := net.IPv4zero
 	if !m.ClientIPAddr.IsUnspecified() && m.ClientIPAddr != nil {
@@ -102,7 +103,7 @@ func request(t *testing.T, vlan uint16, dst netip.Addr, m *dhcpv4.DHCPv4) []byte
 	return buf.Bytes()
 }
 
-func discover(t *testing.T, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+func discover(t testing.TB, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
 	t.Helper()
 	m, err := dhcpv4.NewDiscovery(testPhoneMAC, mods...)
 	if err != nil {
@@ -114,7 +115,7 @@ func discover(t *testing.T, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
 }
 
 // run passes frame through the program as if it arrived on ifindex 1.
-func (f *dhcpFixture) run(t *testing.T, frame []byte) (uint32, []byte) {
+func (f *dhcpFixture) run(t testing.TB, frame []byte) (uint32, []byte) {
 	t.Helper()
 	out := make([]byte, len(frame)+512)
 	ctx := xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: 1}
@@ -132,7 +133,7 @@ type xdpMD struct {
 }
 
 // reply decodes an answered frame and checks what every reply must carry.
-func checkReply(t *testing.T, frame []byte, wantVLAN uint16) (*layers.Ethernet, *layers.IPv4, *dhcpv4.DHCPv4) {
+func checkReply(t testing.TB, frame []byte, wantVLAN uint16) (*layers.Ethernet, *layers.IPv4, *dhcpv4.DHCPv4) {
 	t.Helper()
 	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
 	if el := pkt.ErrorLayer(); el != nil {
@@ -464,5 +465,197 @@ func TestDHCPBindingBatchAndPrune(t *testing.T) {
 		if err != nil || ok != (i%2 == 0) {
 			t.Fatalf("binding %d on VLAN %d after pruning: present %v (%v)", i, i%2, ok, err)
 		}
+	}
+}
+// sizedBlock renders an option block of exactly n bytes (3 to
+// DHCPBlockMax): option 53 after a short option whose length moves it to
+// either parity, then filler options of non-zero bytes (a pad byte where
+// one byte is left). It returns the block and option 53's value offset.
+func sizedBlock(n int) ([]byte, int) {
+	var b []byte
+	fill := func(code byte, l int) {
+		b = append(b, code, byte(l))
+		for i := range l {
+			b = append(b, byte(len(b)+i)*37|1)
+		}
+	}
+	if n >= 5 {
+		fill(224, min(n%4, n-5))
+	}
+	b = append(b, 53, 1, byte(dhcpv4.MessageTypeOffer))
+	off := len(b) - 1
+	for n-len(b) >= 2 {
+		fill(225, min(n-len(b)-2, 200))
+	}
+	if len(b) < n {
+		b = append(b, 0)
+	}
+	return b, off
+}
+
+// TestDHCPFastPathBlockSizes checks every block length the kernel takes,
+// in an OFFER and an ACK, tagged and not: the options, END, the padding to
+// the BOOTP minimum and both checksums. The kernel copies blocks in words
+// and sums them as it goes, so lengths around word and padding edges are
+// where it could go wrong.
+func TestDHCPFastPathBlockSizes(t *testing.T) {
+	f := newDHCPFixture(t)
+	bcast := netip.MustParseAddr("255.255.255.255")
+	addr := netip.MustParseAddr("10.0.0.50")
+	// A long host name keeps the request big enough for the largest
+	// reply to fit in the headroom bpf_xdp_adjust_head grows into.
+	host := dhcpv4.WithOption(dhcpv4.OptHostName(strings.Repeat("h", 200)))
+	for n := 3; n <= DHCPBlockMax; n++ {
+		blk, off := sizedBlock(n)
+		if len(blk) != n {
+			t.Fatalf("sizedBlock(%d) made %d bytes", n, len(blk))
+		}
+		// Odd lengths go to pool 2 on VLAN 100 (block 2), even ones to
+		// pool 1, untagged.
+		vlan, pool, l2 := uint16(0), uint32(1), 14
+		if n%2 == 1 {
+			vlan, pool, l2 = 100, 2, 18
+		}
+		if err := f.t.SetBlock(pool, blk, off); err != nil {
+			t.Fatal(err)
+		}
+		for _, ack := range []bool{false, true} {
+			var m *dhcpv4.DHCPv4
+			if ack {
+				if err := f.t.PutBinding(DHCPBinding{VLAN: vlan, MAC: testPhoneMAC, IP: addr, Expires: time.Now().Add(time.Minute), Ifindex: 1}); err != nil {
+					t.Fatal(err)
+				}
+				m, _ = dhcpv4.New(dhcpv4.WithHwAddr(testPhoneMAC), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+					dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IP(addr.AsSlice()))), host)
+			} else {
+				if err := f.t.DeleteBinding(vlan, testPhoneMAC); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := f.t.PushFree(pool, []netip.Addr{addr}); err != nil {
+					t.Fatal(err)
+				}
+				m = discover(t, host)
+			}
+			ret, out := f.run(t, request(t, vlan, bcast, m))
+			if ret != 3 {
+				t.Fatalf("block of %d, ACK %v: verdict %d, want XDP_TX", n, ack, ret)
+			}
+			_, _, reply := checkReply(t, out, vlan)
+			want := append([]byte(nil), blk...)
+			want[off] = byte(dhcpv4.MessageTypeOffer)
+			if ack {
+				want[off] = byte(dhcpv4.MessageTypeAck)
+			}
+			want = append(want, 255)
+			for len(want) < 60 {
+				want = append(want, 0)
+			}
+			if got := out[len(out)-len(want):]; !bytes.Equal(got, want) || len(out) != l2+28+240+len(want) {
+				t.Fatalf("block of %d, ACK %v: %d-byte frame ending in\n%x\nwant\n%x", n, ack, len(out), got, want)
+			}
+			if reply.TransactionID != m.TransactionID || !reply.YourIPAddr.Equal(net.IP(addr.AsSlice())) {
+				t.Fatalf("block of %d, ACK %v: reply %s", n, ack, reply.Summary())
+			}
+		}
+	}
+}
+
+// TestDHCPFastPathVendorClassLengths matches option 60 of every length the
+// kernel hashes (it reads whole words, then the last partial one) against
+// a class set with VendorClassHash, and one byte off against none. The
+// class's block carries option 150 = 10.0.0.3, the default 10.0.0.2.
+func TestDHCPFastPathVendorClassLengths(t *testing.T) {
+	f := newDHCPFixture(t)
+	bcast := netip.MustParseAddr("255.255.255.255")
+	addr := netip.MustParseAddr("10.0.0.50")
+	if err := f.t.ClearClasses(); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= DHCPVendorClassMax+1; n++ {
+		vc := make([]byte, n)
+		for i := range vc {
+			vc[i] = byte('A' + (i*7+n)%26)
+		}
+		if n <= DHCPVendorClassMax {
+			if err := f.t.SetClass(1, string(vc), 3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		other := append([]byte(nil), vc...)
+		other[n-1]++
+		for _, c := range []struct {
+			vc   []byte
+			want string // option 150; "" for XDP_PASS
+		}{
+			{vc, "10.0.0.3"},
+			{other, "10.0.0.2"},
+		} {
+			if n > DHCPVendorClassMax {
+				c.want = "" // too long to hash: Go matches it
+			}
+			if err := f.t.DeleteBinding(0, testPhoneMAC); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.t.DrainFree(1); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.t.PushFree(1, []netip.Addr{addr}); err != nil {
+				t.Fatal(err)
+			}
+			disc := discover(t, dhcpv4.WithOption(dhcpv4.OptClassIdentifier(string(c.vc))))
+			ret, out := f.run(t, request(t, 0, bcast, disc))
+			if c.want == "" {
+				if ret != xdpPass {
+					t.Errorf("option 60 of %d bytes: verdict %d, want XDP_PASS", n, ret)
+				}
+				continue
+			}
+			if ret != 3 {
+				t.Fatalf("option 60 of %d bytes (%q): verdict %d, want XDP_TX", n, c.vc, ret)
+			}
+			_, _, offer := checkReply(t, out, 0)
+			if got := dhcpv4.GetIPs(dhcpv4.GenericOptionCode(150), offer.Options); len(got) != 1 || got[0].String() != c.want {
+				t.Errorf("option 60 of %d bytes (%q): option 150 = %v, want %s", n, c.vc, got, c.want)
+			}
+		}
+		if err := f.t.ClearClasses(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestDHCPClasslessHint follows the hint that lets the kernel skip the
+// class lookup: set for a pool without classes, cleared by a class (the
+// fixture adds CP-8845 to pool 1 after SetPool), set again by ClearClasses.
+// A hint wrongly set would answer a class's phones with the default block
+// (TestDHCPFastPathTaggedAndClass); one wrongly cleared only costs time,
+// which is why it is checked here.
+func TestDHCPClasslessHint(t *testing.T) {
+	f := newDHCPFixture(t)
+	hint := func(pool uint32) uint32 {
+		t.Helper()
+		var v uint32
+		if err := f.o.objs.PbDhcpClassless.Lookup(pool, &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if hint(1) != 0 || hint(2) != 1 {
+		t.Errorf("after setup: pool 1 (a class) hint %d, pool 2 (none) hint %d; want 0, 1", hint(1), hint(2))
+	}
+	if err := f.t.ClearClasses(); err != nil {
+		t.Fatal(err)
+	}
+	if hint(1) != 1 {
+		t.Errorf("after ClearClasses: pool 1 hint %d, want 1", hint(1))
+	}
+	if err := f.t.SetClass(2, "SEP", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.t.SetPool(DHCPPool{ID: 2, VLAN: 100, ServerIP: testServer100, DefaultBlock: 2, Allocate: true}); err != nil {
+		t.Fatal(err)
+	}
+	if hint(2) != 0 {
+		t.Errorf("pool 2 set again with a class: hint %d, want 0", hint(2))
 	}
 }

@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type phonePortDhcpReq struct {
+	_        structs.HostLayout
+	Chaddr   [2]uint64
+	Xid      uint32
+	Ciaddr   uint32
+	ReqIp    uint32
+	ServerId uint32
+	VcOff    uint32
+	VcLen    uint32
+	Off      uint32
+	Flags    uint16
+	MsgType  uint8
+	Have     uint8
+}
+
 type phonePortPbConfig struct {
 	_       structs.HostLayout
 	Version uint32
@@ -127,33 +142,6 @@ type phonePortPbDhcpPort struct {
 	VerifyChaddr uint8
 }
 
-type phonePortPbDhcpScratch struct {
-	_   structs.HostLayout
-	Buf [576]uint8
-	R   struct {
-		_           structs.HostLayout
-		SrcMac      [6]uint8
-		Chaddr      [16]uint8
-		Xid         [4]uint8
-		Flags       [2]uint8
-		MsgType     uint8
-		HasReqIp    uint8
-		HasServerId uint8
-		HasVc       uint8
-		Vlan        uint16
-		_           [2]byte
-		Ciaddr      uint32
-		ReqIp       uint32
-		ServerId    uint32
-		IpDst       uint32
-		VcOff       uint32
-		VcLen       uint32
-	}
-	Off    uint32
-	EndOff uint32
-	State  uint32
-}
-
 type phonePortPbDhcpState uint32
 
 const (
@@ -230,6 +218,7 @@ const (
 	phonePortMapPbDhcpBindings          = "pb_dhcp_bindings"
 	phonePortMapPbDhcpBlocks            = "pb_dhcp_blocks"
 	phonePortMapPbDhcpClasses           = "pb_dhcp_classes"
+	phonePortMapPbDhcpClassless         = "pb_dhcp_classless"
 	phonePortMapPbDhcpEvents            = "pb_dhcp_events"
 	phonePortMapPbDhcpFree              = "pb_dhcp_free"
 	phonePortMapPbDhcpPools             = "pb_dhcp_pools"
@@ -305,6 +294,7 @@ type phonePortMapSpecs struct {
 	PbDhcpBindings   *ebpf.MapSpec `ebpf:"pb_dhcp_bindings"`
 	PbDhcpBlocks     *ebpf.MapSpec `ebpf:"pb_dhcp_blocks"`
 	PbDhcpClasses    *ebpf.MapSpec `ebpf:"pb_dhcp_classes"`
+	PbDhcpClassless  *ebpf.MapSpec `ebpf:"pb_dhcp_classless"`
 	PbDhcpEvents     *ebpf.MapSpec `ebpf:"pb_dhcp_events"`
 	PbDhcpFree       *ebpf.MapSpec `ebpf:"pb_dhcp_free"`
 	PbDhcpPools      *ebpf.MapSpec `ebpf:"pb_dhcp_pools"`
@@ -356,6 +346,7 @@ type phonePortMaps struct {
 	PbDhcpBindings   *ebpf.Map `ebpf:"pb_dhcp_bindings"`
 	PbDhcpBlocks     *ebpf.Map `ebpf:"pb_dhcp_blocks"`
 	PbDhcpClasses    *ebpf.Map `ebpf:"pb_dhcp_classes"`
+	PbDhcpClassless  *ebpf.Map `ebpf:"pb_dhcp_classless"`
 	PbDhcpEvents     *ebpf.Map `ebpf:"pb_dhcp_events"`
 	PbDhcpFree       *ebpf.Map `ebpf:"pb_dhcp_free"`
 	PbDhcpPools      *ebpf.Map `ebpf:"pb_dhcp_pools"`
@@ -376,6 +367,7 @@ func (m *phonePortMaps) Close() error {
 		m.PbDhcpBindings,
 		m.PbDhcpBlocks,
 		m.PbDhcpClasses,
+		m.PbDhcpClassless,
 		m.PbDhcpEvents,
 		m.PbDhcpFree,
 		m.PbDhcpPools,
