@@ -1,10 +1,15 @@
 package provision
 
 import (
+	"bytes"
 	"errors"
 	"net/netip"
+	"os"
+	"reflect"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // validConfig is a config that passes Validate, for tests to break.
@@ -137,4 +142,54 @@ func FuzzMAC(f *testing.F) {
 			t.Fatalf("device name %s: %v", m.DeviceName(), err)
 		}
 	})
+}
+
+// TestConfigYAML decodes the documented example with unknown keys refused,
+// as the daemon's strict decoder does, and validates it.
+func TestConfigYAML(t *testing.T) {
+	data, err := os.ReadFile("testdata/config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Phones[1].MAC != (MAC{0x58, 0x97, 0x1e, 0xcc, 0x97, 0xc1}) || c.Proxy.Subnets[1].Subnet != netip.MustParsePrefix("10.72.0.0/13") ||
+		c.Groups[0].Members[2].SIPPort != 5062 || c.DefaultLoads["CP-8851"] != "sip88xx.14-2-1-0001-14" || c.Phones[0].Lines[0].DisplayName != "Front Desk" {
+		t.Errorf("decoded %+v", c)
+	}
+	// Every text, list and map field of Config is set somewhere in the
+	// example, so that it documents them all.
+	set := map[string]bool{}
+	checkSet(reflect.ValueOf(c), "", set)
+	for path, ok := range set {
+		if !ok {
+			t.Errorf("testdata/config.yaml never sets %s", path)
+		}
+	}
+}
+
+func checkSet(v reflect.Value, path string, set map[string]bool) {
+	switch v.Kind() {
+	case reflect.Struct:
+		if v.Type() == reflect.TypeFor[netip.Prefix]() {
+			return
+		}
+		for i := range v.NumField() {
+			checkSet(v.Field(i), path+"."+v.Type().Field(i).Name, set)
+		}
+	case reflect.Slice:
+		set[path] = set[path] || v.Len() > 0
+		for i := range v.Len() {
+			checkSet(v.Index(i), path, set)
+		}
+	case reflect.Map, reflect.String:
+		set[path] = set[path] || v.Len() > 0
+	}
 }
