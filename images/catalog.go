@@ -89,11 +89,11 @@ func (c *Catalog) check() error {
 			return bad("id repeated")
 		}
 		ids[strings.ToLower(l.ID)] = true
-		if len(l.Models) == 0 {
-			return bad("no models")
+		if len(l.Models) == 0 || len(l.Models) > maxModelsPerLoads {
+			return bad("%d models; a load is for 1 to %d", len(l.Models), maxModelsPerLoads)
 		}
 		for _, m := range l.Models {
-			if m == "" || strings.ContainsAny(m, " \t,") {
+			if m == "" || strings.ContainsAny(m, " \t,") || !isPrintableASCII(m) {
 				return bad("model %q is not a model name such as CP-8851", m)
 			}
 		}

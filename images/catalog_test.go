@@ -137,7 +137,9 @@ func TestParseCatalogErrors(t *testing.T) {
 		{"same file in two loads", good + load("b", "b.loads", file("A.SBN", ""))[len("loads:\n"):], "also in load a"},
 		{"loads name", load("a", "b.loads", file("a.sbn", "")), "is not named a.loads"},
 		{"no files", load("a", "a.loads", ""), "0 files"},
-		{"no models", strings.Replace(good, "[CP-1]", "[]", 1), "no models"},
+		{"no models", strings.Replace(good, "[CP-1]", "[]", 1), "0 models"},
+		{"too many models", strings.Replace(good, "[CP-1]", "["+strings.Repeat("CP-1, ", 32)+"CP-1]", 1), "33 models"},
+		{"non-ASCII model", strings.Replace(good, "[CP-1]", "[CP-é]", 1), "not a model name"},
 		{"bad model", strings.Replace(good, "[CP-1]", "[\"CP 1\"]", 1), "not a model name"},
 		{"bad id", load("a/b", "a/b.loads", file("a.sbn", "")), "not a plain file name"},
 		{"bad name", load("a", "a.loads", file("x/../a.sbn", "")), "not a plain file name"},
@@ -338,4 +340,32 @@ func BenchmarkSynthesize(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func FuzzParseCatalog(f *testing.F) {
+	f.Add(SyntheticCatalogYAML())
+	f.Add([]byte("loads: []\n"))
+	f.Add([]byte("loads:\n  - id: a\n    models: [x]\n    loads_file: {name: a.loads, size: 1, sha256: " + strings.Repeat("0", 64) + "}\n    files:\n      - {name: b, size: 2, sha256: " + strings.Repeat("f", 64) + ", platform: 1, role: kern}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseCatalog(data)
+		if err != nil {
+			return
+		}
+		out, err := c.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := ParseCatalog(out)
+		if err != nil {
+			t.Fatalf("own output rejected: %v\n%s", err, out)
+		}
+		if out2, _ := again.Marshal(); !bytes.Equal(out, out2) {
+			t.Fatalf("round trip changed:\n%s\n%s", out, out2)
+		}
+		for _, l := range c.Loads {
+			if lf, err := ParseLoads(l.Manifest().Format()); err != nil || l.sameFiles(lf) != nil {
+				t.Fatalf("%s: manifest does not read back: %v", l.ID, err)
+			}
+		}
+	})
 }
