@@ -90,7 +90,8 @@ type proxySubnet struct {
 // New validates cfg, opens its root directory and, when cfg names one,
 // loads the firmware catalog and validates it against the root (see
 // images.Catalog.Validate): every load the inventory names must be in it.
-// nb may be nil (no discovery service).
+// nb may be nil when discovery is off (a nil interface: a nil
+// *neighbor.Table in it would be called).
 func New(ctx context.Context, cfg Config, nb Neighbors, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
