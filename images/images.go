@@ -1,5 +1,9 @@
-// Package images holds the phone model table, and later the firmware
-// catalog and config templates, embedded into the binary.
+// Package images holds what phoneboot knows about phones and their files,
+// embedded into the binary: the phone model table (models.yaml), the
+// templates of the configuration files provisioning generates
+// (templates/), the firmware catalog format with its validation against
+// the served directory, the .loads manifest format, and the lab's synthetic
+// loads (firmware.yaml, Synthesize).
 package images
 
 import (
@@ -15,7 +19,10 @@ var modelsYAML []byte
 
 // Model is one phone model.
 type Model struct {
-	Model       string  `yaml:"model"`
+	Model string `yaml:"model"`
+	// DeviceType is CallManager's number for the model (XMLDefault.cnf.xml
+	// names per-model loads by it).
+	DeviceType  int     `yaml:"device_type"`
 	BootSeconds float64 `yaml:"boot_seconds"`
 	PoEClass    int     `yaml:"poe_class"`
 	Load        string  `yaml:"load"`
@@ -42,6 +49,8 @@ func Models() ([]Model, error) {
 		switch {
 		case m.Model == "" || seen[m.Model]:
 			return nil, fmt.Errorf("images/models.yaml: model %q is empty or repeated", m.Model)
+		case m.DeviceType <= 0:
+			return nil, fmt.Errorf("images/models.yaml: %s: no device_type", m.Model)
 		case m.BootSeconds <= 0 || m.BootSeconds > 600:
 			return nil, fmt.Errorf("images/models.yaml: %s: boot_seconds %v outside (0, 600]", m.Model, m.BootSeconds)
 		case m.PoEClass < 0 || m.PoEClass > 4:

@@ -147,7 +147,9 @@ func (d *Dir) open(p string) (*os.File, error) {
 	if err == nil {
 		return f, nil
 	}
-	if errors.Is(err, fs.ErrNotExist) {
+	// A name too long to exist, or one that goes through a file as if it
+	// were a directory, names nothing: "not found", like any other.
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENAMETOOLONG) || errors.Is(err, syscall.ENOTDIR) {
 		return nil, fs.ErrNotExist
 	}
 	var pe *fs.PathError

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -64,6 +65,9 @@ func TestDirConfinesAndMatches(t *testing.T) {
 		{"empty.txt", ""},
 		{"CTLSEP001B54ABCDEF.tlv", ErrNotFound.Error()},
 		{"Desktops", ErrNotFound.Error()},
+		{strings.Repeat("0", 300), ErrNotFound.Error()},
+		{"Desktops/" + strings.Repeat("x", 5000), ErrNotFound.Error()},
+		{"SEP001B54ABCDEF.cnf.xml/x", ErrNotFound.Error()},
 		{"../outside/secret", ErrForbidden.Error()},
 		{"Desktops/../../outside/secret", ErrForbidden.Error()},
 		{"/../outside/secret", ErrForbidden.Error()},
