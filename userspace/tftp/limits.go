@@ -13,9 +13,9 @@ import (
 type limiter struct {
 	perRate, perBurst       float64
 	globalRate, globalBurst float64
-	maxPerClient      int
-	maxTransfers      int
-	maxTracked        int
+	maxPerClient            int
+	maxTransfers            int
+	maxTracked              int
 
 	mu       sync.Mutex
 	global   bucket

@@ -154,12 +154,12 @@ type Stats struct {
 
 type counters struct {
 	requests, malformed, notRequests, writeRefused, badMode, optionRefused atomic.Uint64
-	rateLimited, rateLimitedAll, busy, busyClient                         atomic.Uint64
-	notFound, forbidden, sourceErrors, netasciiTooLong, started           atomic.Uint64
-	completed, timedOut, clientAborted, faulted, failed, cancelled        atomic.Uint64
-	active                                                                atomic.Int64
-	oacks, blocks, retransmitted, bytes, sendCalls                        atomic.Uint64
-	duplicateAcks, strayPackets, gsoFallbacks                             atomic.Uint64
+	rateLimited, rateLimitedAll, busy, busyClient                          atomic.Uint64
+	notFound, forbidden, sourceErrors, netasciiTooLong, started            atomic.Uint64
+	completed, timedOut, clientAborted, faulted, failed, cancelled         atomic.Uint64
+	active                                                                 atomic.Int64
+	oacks, blocks, retransmitted, bytes, sendCalls                         atomic.Uint64
+	duplicateAcks, strayPackets, gsoFallbacks                              atomic.Uint64
 }
 
 // Server is the TFTP service.
