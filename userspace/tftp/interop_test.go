@@ -71,7 +71,7 @@ func TestInteropClients(t *testing.T) {
 		name string
 		file string
 		args func(out string) []string // the command, writing to out
-		want []byte                     // nil: files[file]
+		want []byte                    // nil: files[file]
 	}
 	var runs []run
 	for _, a := range []netip.AddrPort{v4, s.v6} {

@@ -167,11 +167,11 @@ func TestNegotiate(t *testing.T) {
 
 func TestNetascii(t *testing.T) {
 	for in, want := range map[string]string{
-		"":              "",
-		"a\nb\n":        "a\r\nb\r\n",
-		"a\r\nb":        "a\r\x00\r\nb",
-		"\r":            "\r\x00",
-		"plain":         "plain",
+		"":               "",
+		"a\nb\n":         "a\r\nb\r\n",
+		"a\r\nb":         "a\r\x00\r\nb",
+		"\r":             "\r\x00",
+		"plain":          "plain",
 		"<x/>\n\n\r\r\n": "<x/>\r\n\r\n\r\x00\r\x00\r\n",
 	} {
 		got, err := netascii([]byte(in))
