@@ -212,3 +212,35 @@ func startIn(ns *vnet.NS, cg *cgroup, stdout, stderr io.Writer, argv ...string) 
 	}
 	return cmd, nil
 }
+
+// udpErrors is the namespace's count of UDP datagrams dropped on receipt
+// (RcvbufErrors: a socket's buffer was full) from its /proc/net/snmp.
+func udpErrors(ns *vnet.NS) int64 {
+	var n int64
+	ns.Do(func() error {
+		// thread-self: the namespace of this (locked) thread, not the
+		// process's.
+		data, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != "Udp:" {
+				continue
+			}
+			if names == nil {
+				names = f
+				continue
+			}
+			for i, name := range names {
+				if name == "RcvbufErrors" && i < len(f) {
+					n, _ = strconv.ParseInt(f[i], 10, 64)
+				}
+			}
+		}
+		return nil
+	})
+	return n
+}

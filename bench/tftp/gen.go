@@ -83,7 +83,9 @@ func runGen(args []string) error {
 			_, err = io.CopyBuffer(w, resp.Body, make([]byte, 64<<10))
 			return 0, err
 		}
-		res, err := tftp.Fetch(ctx, addr, *name, tftp.FetchOptions{BlockSize: *blksize, WindowSize: *windowsize}, w)
+		// Retries like a phone's, which keeps asking for minutes: a
+		// server slow to answer is measured as slow, not as failed.
+		res, err := tftp.Fetch(ctx, addr, *name, tftp.FetchOptions{BlockSize: *blksize, WindowSize: *windowsize, Retries: 20}, w)
 		return res.Resent, err
 	}
 	if *probe {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"flag"
 	"log/slog"
 	"net/netip"
@@ -23,6 +25,7 @@ func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	root := fs.String("root", "", "directory served")
 	addr := fs.String("addr", serverIP, "address to listen on")
+	noGSO := fs.Bool("no-gso", false, "send with sendmmsg instead of GSO")
 	fs.Parse(args)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	src, err := bootfiles.OpenDir(*root)
@@ -41,6 +44,7 @@ func runServe(args []string) error {
 		MaxPerClient: 2048,
 		ClientRate:   1e6, ClientBurst: 1e6,
 		Rate: 1e6, Burst: 1e6,
+		NoGSO: *noGSO,
 	}, log)
 	if err != nil {
 		return err
@@ -56,5 +60,11 @@ func runServe(args []string) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return t.Run(ctx) })
 	g.Go(func() error { return h.Run(ctx) })
-	return g.Wait()
+	err = g.Wait()
+	// The counters go to the bench's log of this server, which it
+	// prints: retransmissions and timeouts explain a slow step.
+	ts, _ := json.Marshal(t.Stats())
+	hs, _ := json.Marshal(h.Stats())
+	fmt.Fprintf(os.Stderr, "tftp stats: %s\nhttp stats: %s\n", ts, hs)
+	return err
 }

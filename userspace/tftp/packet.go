@@ -8,7 +8,8 @@
 // DATA packets goes to the kernel in one sendmsg whose iovecs alternate
 // 4-byte headers and slices of the file's shared mapping, segmented into
 // datagrams by the kernel (UDP GSO), with sendmmsg as the fallback where
-// GSO is refused. README.md has the measurements behind that choice.
+// GSO is refused. bench/tftp/README.md has the measurements behind that
+// choice (BenchmarkSendPath, and the bench end to end).
 //
 // The package also has a client (Fetch), used by the tests and by
 // bench/tftp as its load generator.

@@ -19,7 +19,7 @@ import (
 // cut. Where the kernel refuses GSO for a socket (the packet exceeds the
 // path MTU, as a blksize above it must; no GSO for the route), it falls
 // back to sendmmsg, one message per packet, for the rest of the transfer.
-// README.md has the measurements that chose this order.
+// bench/tftp/README.md has the measurements that chose this order.
 type window struct {
 	rc     syscall.RawConn
 	hdrs   []byte

@@ -57,6 +57,10 @@ type Config struct {
 	// MaxBlockSize (65464) and 64.
 	MaxBlockSize  int
 	MaxWindowSize int
+	// NoGSO sends every DATA packet as a message of its own (sendmmsg)
+	// instead of a window as one GSO send: for a link that mishandles
+	// UDP GSO, and to measure the difference.
+	NoGSO bool
 	// MaxNetascii is the largest file served in netascii mode, which is
 	// converted in memory per transfer; default 1 MiB. Firmware goes in
 	// octet mode.

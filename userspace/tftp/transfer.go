@@ -96,6 +96,7 @@ func (t *transfer) loop() (end, error) {
 		oack = (&Packet{Op: OpOACK, Options: t.neg.Options}).Append(nil)
 	}
 	w := newWindow(rc, ws)
+	w.noGSO = cfg.NoGSO
 	buf := make([]byte, 1024)
 	acked, sent := 0, 0 // absolute blocks acknowledged and sent
 	retries := 0
