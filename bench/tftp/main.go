@@ -289,22 +289,25 @@ func benchServer(ctx context.Context, o *options, tp *topo, s server, genCG *cgr
 	if err != nil {
 		return nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
+	exited := make(chan struct{})
+	var exitErr error
+	go func() { exitErr = cmd.Wait(); close(exited) }()
+	stopServer := func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
 		case <-time.After(3 * time.Second):
 		}
 		cg.killAll()
-	}()
+	}
+	defer stopServer()
 	addr := fmt.Sprintf("%s:%d", serverIP, s.port)
 	if _, err := runGenStep(ctx, o, tp, genCG, "--proto", s.proto, "--server", addr, "--file", o.probeFile, "--want", o.probePath, "--probe", "--limit", "10s"); err != nil {
 		out, _ := os.ReadFile(logPath)
 		return nil, fmt.Errorf("not serving: %v\n%s", err, out)
 	}
 	var results []stepResult
+	crashed := false
 	for _, n := range o.clientCounts {
 		each := 1
 		if n == 1 && !o.quick {
@@ -319,21 +322,27 @@ func benchServer(ctx context.Context, o *options, tp *topo, s server, genCG *cgr
 			}
 			progress("%s: %d clients: %.1f MB/s, server %.2f CPU s/GiB, generator %.2f, p99 %.2f s, %d/%d done, %d resent by clients, %d UDP drops, machine busy elsewhere %.0f%%",
 				s.name, n, res.mbPerS, res.cpuSPerGiB, res.genSPerGiB, res.p99, res.completed, res.transfers, res.resent, res.drops, res.otherBusy)
+			select {
+			case <-exited:
+				crashed = true
+				out, _ := os.ReadFile(logPath)
+				res.limitedNote = fmt.Sprintf("the server died during this step (%v): %s", exitErr, lastLine(out))
+				progress("%s: %s", s.name, res.limitedNote)
+			default:
+			}
 			runs = append(runs, res)
+			if crashed {
+				break
+			}
 		}
 		results = append(results, median(runs))
+		if crashed {
+			// A server that died is not measured further (the steps
+			// left are missing from the report).
+			return results, nil
+		}
 	}
-	select {
-	case err := <-exited:
-		out, _ := os.ReadFile(logPath)
-		return nil, fmt.Errorf("server exited during the bench: %v\n%s", err, out)
-	default:
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(3 * time.Second):
-	}
+	stopServer()
 	if out, _ := os.ReadFile(logPath); len(out) > 0 {
 		progress("%s: server log:\n%s", s.name, strings.TrimSpace(string(out)))
 	}
@@ -380,11 +389,15 @@ func step(ctx context.Context, o *options, tp *topo, s server, cg, genCG *cgroup
 	if total := stat1.total - stat0.total; total > 0 {
 		res.otherBusy = max(0, 100*busy.Seconds()/total.Seconds())
 	}
-	if g.Completed == g.Transfers {
-		res.p99 = percentile(g.Durations, 0.99)
-		res.p50 = percentile(g.Durations, 0.50)
-	} else {
-		res.limitedNote = fmt.Sprintf("%d of %d transfers done in %s", g.Completed, g.Transfers, o.stepLimit)
+	// Transfers that did not finish count as infinitely long: a p99
+	// that falls on one is "not done" (NaN), not the p99 of the lucky.
+	durs := slices.Clone(g.Durations)
+	for range g.Transfers - g.Completed {
+		durs = append(durs, math.Inf(1))
+	}
+	res.p99, res.p50 = percentile(durs, 0.99), percentile(durs, 0.50)
+	if g.Completed < g.Transfers {
+		res.limitedNote = fmt.Sprintf("%d of %d transfers done (step limit %s)", g.Completed, g.Transfers, o.stepLimit)
 	}
 	res.repeats, res.cpuRepeats = []float64{res.mbPerS}, []float64{res.cpuSPerGiB}
 	return res, nil
@@ -434,7 +447,17 @@ func percentile(xs []float64, p float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	i := int(math.Ceil(p*float64(len(s)))) - 1 // nearest rank
-	return s[max(0, min(i, len(s)-1))]
+	v := s[max(0, min(i, len(s)-1))]
+	if math.IsInf(v, 0) {
+		return math.NaN()
+	}
+	return v
+}
+
+// lastLine is the last non-empty line of a log.
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
 }
 
 // median keeps the run with the median throughput, with every run's
