@@ -102,7 +102,7 @@ func Fetch(ctx context.Context, server netip.AddrPort, name string, o FetchOptio
 	first := make([]byte, 65536+4)
 	var n int
 	var tid netip.AddrPort
-	for tries := 0; ; tries++ {
+	for tries := 0; !tid.IsValid(); tries++ {
 		if tries > o.Retries {
 			return res, errors.New("tftp: no answer to the request")
 		}
@@ -113,15 +113,22 @@ func Fetch(ctx context.Context, server netip.AddrPort, name string, o FetchOptio
 			return res, err
 		}
 		conn.SetReadDeadline(time.Now().Add(o.Timeout))
-		n, tid, err = conn.ReadFromUDPAddrPort(first)
-		if err == nil && tid.Addr().Unmap() == server.Addr().Unmap() {
-			break
-		}
-		if ctx.Err() != nil {
-			return res, ctx.Err()
-		}
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			return res, err
+		for {
+			var from netip.AddrPort
+			n, from, err = conn.ReadFromUDPAddrPort(first)
+			if ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil {
+				return res, err
+			}
+			if from.Addr().Unmap() == server.Addr().Unmap() && answers(first[:n]) {
+				tid = from
+				break
+			}
 		}
 	}
 	var cerr error
@@ -273,6 +280,17 @@ func Fetch(ctx context.Context, server netip.AddrPort, name string, o FetchOptio
 			retries = 0
 		}
 	}
+}
+
+// answers reports whether b can answer a read request: OACK, ERROR or
+// DATA 1. Anything else comes from an older transfer to the same port (a
+// server still sending to a client that went away), not to this request.
+func answers(b []byte) bool {
+	p, err := Parse(b)
+	if err != nil {
+		return false
+	}
+	return p.Op == OpOACK || p.Op == OpError || p.Op == OpData && p.Block == 1
 }
 
 // netasciiDecoder turns netascii back into the file: CR LF is LF, CR NUL
