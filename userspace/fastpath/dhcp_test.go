@@ -467,6 +467,7 @@ func TestDHCPBindingBatchAndPrune(t *testing.T) {
 		}
 	}
 }
+
 // sizedBlock renders an option block of exactly n bytes (3 to
 // DHCPBlockMax): option 53 after a short option whose length moves it to
 // either parity, then filler options of non-zero bytes (a pad byte where
