@@ -67,7 +67,6 @@ const (
 	ErrFileExists     ErrorCode = 6
 	ErrNoSuchUser     ErrorCode = 7
 	ErrOptionRefused  ErrorCode = 8
-	maxDefinedErrCode           = ErrOptionRefused
 )
 
 // Option is one name/value pair of a request or an OACK, in the order
