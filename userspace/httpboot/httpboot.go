@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"path"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,9 +215,28 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if osf := f.OS(); osf != nil {
 		content = osf
 	} else {
-		content = bytes.NewReader(f.Bytes())
+		content = &guardedReader{bytes.NewReader(f.Bytes())}
 	}
 	http.ServeContent(cw, r, path.Base(r.URL.Path), f.ModTime(), content)
+}
+
+// guardedReader reads content that may be a file's mapping: if the file
+// shrank under it, the read faults, and SetPanicOnFault turns that into an
+// error for this response instead of a crash of the daemon.
+type guardedReader struct{ *bytes.Reader }
+
+func (r *guardedReader) Read(b []byte) (n int, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			if f, ok := p.(interface{ Addr() uintptr }); ok {
+				n, err = 0, fmt.Errorf("httpboot: memory fault at %#x reading the content", f.Addr())
+				return
+			}
+			panic(p)
+		}
+	}()
+	return r.Reader.Read(b)
 }
 
 // countingWriter counts status and body bytes, and passes ReadFrom
