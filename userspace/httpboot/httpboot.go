@@ -222,8 +222,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // guardedReader reads content that may be a file's mapping: if the file
 // shrank under it, the read faults, and SetPanicOnFault turns that into an
-// error for this response instead of a crash of the daemon.
-type guardedReader struct{ *bytes.Reader }
+// error for this response instead of a crash of the daemon. Only Read and
+// Seek: an io.WriterTo would let a copy read around the guard.
+type guardedReader struct{ r *bytes.Reader }
+
+func (r *guardedReader) Seek(off int64, whence int) (int64, error) { return r.r.Seek(off, whence) }
 
 func (r *guardedReader) Read(b []byte) (n int, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
@@ -236,7 +239,7 @@ func (r *guardedReader) Read(b []byte) (n int, err error) {
 			panic(p)
 		}
 	}()
-	return r.Reader.Read(b)
+	return r.r.Read(b)
 }
 
 // countingWriter counts status and body bytes, and passes ReadFrom
