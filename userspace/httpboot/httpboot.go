@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"os"
 	"path"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,8 +33,9 @@ type Config struct {
 	Source bootfiles.Source
 
 	// MaxConns open at once; default 1024. Past it a connection gets a
-	// 503 and is closed (CUCM's TFTP service answers 503 when full; the
-	// phone falls back to TFTP or retries).
+	// 503 to its request and is closed (CUCM's TFTP service answers 503
+	// when full; the phone falls back to TFTP or retries); past 64 such
+	// answers in progress, it is closed without one.
 	MaxConns int
 	// ReadHeaderTimeout for a request's headers; default 5 s (slow
 	// header writers hold no connection longer).
@@ -114,7 +116,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("httpboot: listen on %s: %w", cfg.Addr, err)
 	}
 	s := &Server{cfg: cfg, log: log}
-	s.ln = &limitListener{Listener: ln, s: s, slots: make(chan struct{}, cfg.MaxConns)}
+	s.ln = &limitListener{Listener: ln, s: s, slots: make(chan struct{}, cfg.MaxConns), rejecting: make(chan struct{}, 64)}
 	s.srv = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
@@ -213,9 +215,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if osf := f.OS(); osf != nil {
 		content = osf
 	} else {
-		content = bytes.NewReader(f.Bytes())
+		content = &guardedReader{bytes.NewReader(f.Bytes())}
 	}
 	http.ServeContent(cw, r, path.Base(r.URL.Path), f.ModTime(), content)
+}
+
+// guardedReader reads content that may be a file's mapping: if the file
+// shrank under it, the read faults, and SetPanicOnFault turns that into an
+// error for this response instead of a crash of the daemon. Only Read and
+// Seek: an io.WriterTo would let a copy read around the guard.
+type guardedReader struct{ r *bytes.Reader }
+
+func (r *guardedReader) Seek(off int64, whence int) (int64, error) { return r.r.Seek(off, whence) }
+
+func (r *guardedReader) Read(b []byte) (n int, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			if f, ok := p.(interface{ Addr() uintptr }); ok {
+				n, err = 0, fmt.Errorf("httpboot: memory fault at %#x reading the content", f.Addr())
+				return
+			}
+			panic(p)
+		}
+	}()
+	return r.r.Read(b)
 }
 
 // countingWriter counts status and body bytes, and passes ReadFrom
@@ -285,6 +309,8 @@ type limitListener struct {
 	net.Listener
 	s     *Server
 	slots chan struct{}
+	// rejecting bounds the connections being answered 503 at once.
+	rejecting chan struct{}
 }
 
 var busyResponse = []byte("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -301,11 +327,35 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return &limitedConn{Conn: c, l: l}, nil
 		default:
 			l.s.c.connsRejected.Add(1)
-			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-			c.Write(busyResponse)
-			c.Close()
+			select {
+			case l.rejecting <- struct{}{}:
+				go func() {
+					defer func() { <-l.rejecting }()
+					reject(c)
+				}()
+			default:
+				c.Close() // a flood of connections: no answer at all
+			}
 		}
 	}
+}
+
+// reject answers 503 to the request on c: after the request (a response
+// that comes before it confuses clients), and within 200 ms whatever the
+// client does.
+func reject(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	buf := make([]byte, 4096)
+	var got []byte
+	for len(got) < len(buf) && !bytes.Contains(got, []byte("\r\n\r\n")) {
+		n, err := c.Read(buf[len(got):])
+		got = buf[:len(got)+n]
+		if err != nil {
+			break
+		}
+	}
+	c.Write(busyResponse)
 }
 
 type limitedConn struct {

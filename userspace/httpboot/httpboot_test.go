@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/phoneboot/phoneboot/userspace/bootfiles"
 	"github.com/phoneboot/phoneboot/userspace/internal/wiretest"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
@@ -267,5 +269,53 @@ func TestCurl(t *testing.T) {
 	}
 	if st := s.Stats(); st.NotModified != 1 || st.Partial != 1 || st.OK != 2 {
 		t.Errorf("stats: %+v", st)
+	}
+}
+
+// mapped serves one file as a Source that hands out its mapping as Bytes
+// and no *os.File, as a generated or cached source might.
+type mapped struct{ data []byte }
+
+func (m mapped) Open(context.Context, bootfiles.Request) (bootfiles.File, error) {
+	return &bootfiles.Bytes{Data: m.data}, nil
+}
+
+// TestTruncatedMapping: content whose file shrank under its mapping ends
+// that response, not the server.
+func TestTruncatedMapping(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, 1<<20, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	s, err := New(Config{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Source: mapped{m}}, privtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	go s.Run(context.Background())
+	if err := os.Truncate(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + s.Addr().String() + "/f"
+	for range 2 { // the server is still there for the second
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && len(body) == 1<<20 {
+			t.Fatal("a whole body from a truncated mapping")
+		}
 	}
 }

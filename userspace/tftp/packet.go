@@ -58,16 +58,15 @@ type ErrorCode uint16
 
 // Error codes of RFC 1350 and RFC 2347.
 const (
-	ErrUndefined      ErrorCode = 0
-	ErrFileNotFound   ErrorCode = 1
-	ErrAccess         ErrorCode = 2
-	ErrDiskFull       ErrorCode = 3
-	ErrIllegalOp      ErrorCode = 4
-	ErrUnknownTID     ErrorCode = 5
-	ErrFileExists     ErrorCode = 6
-	ErrNoSuchUser     ErrorCode = 7
-	ErrOptionRefused  ErrorCode = 8
-	maxDefinedErrCode           = ErrOptionRefused
+	ErrUndefined     ErrorCode = 0
+	ErrFileNotFound  ErrorCode = 1
+	ErrAccess        ErrorCode = 2
+	ErrDiskFull      ErrorCode = 3
+	ErrIllegalOp     ErrorCode = 4
+	ErrUnknownTID    ErrorCode = 5
+	ErrFileExists    ErrorCode = 6
+	ErrNoSuchUser    ErrorCode = 7
+	ErrOptionRefused ErrorCode = 8
 )
 
 // Option is one name/value pair of a request or an OACK, in the order

@@ -133,7 +133,7 @@ type Stats struct {
 	BusyClient      uint64 `json:"busy_client"`       // MaxPerClient reached: ERROR 0
 	NotFound        uint64 `json:"not_found"`         // ERROR 1
 	Forbidden       uint64 `json:"forbidden"`         // ERROR 2
-	SourceErrors    uint64 `json:"source_errors"`     // the source failed otherwise: ERROR 0
+	SourceErrors    uint64 `json:"source_errors"`     // the source failed otherwise, or the file shrank before the transfer began: ERROR 0
 	NetasciiTooLong uint64 `json:"netascii_too_long"` // ERROR 0
 	Started         uint64 `json:"started"`           // transfers begun (socket open, OACK or DATA 1 sent)
 
@@ -496,7 +496,7 @@ func (s *Server) start(r request) {
 			return
 		}
 		if data, err = netascii(data); err != nil {
-			s.c.faulted.Add(1)
+			s.c.sourceErrors.Add(1)
 			s.log.Warn("tftp: file changed under a transfer", "file", r.pkt.Filename, "client", r.client, "error", err)
 			s.replyError(r.l, r.client, r.local, ErrUndefined, "file changed during the transfer")
 			return

@@ -158,6 +158,23 @@ func TestFetch(t *testing.T) {
 	}
 }
 
+// TestRollover: block numbers wrap from 65535 to 0 (RFC 1350 leaves it
+// open; tftp-hpa, curl and atftp expect 0), in windows that straddle the
+// wrap, and ACKs are matched to the right side of it.
+func TestRollover(t *testing.T) {
+	file := randomBytes(t, 8*(65536+100)+3)
+	s := startServer(t, map[string][]byte{"f": file}, nil)
+	for _, ws := range []int{1, 7, 64} {
+		got, res, err := fetch(t, s.v4, "f", FetchOptions{BlockSize: 8, WindowSize: ws})
+		if err != nil || !bytes.Equal(got, file) {
+			t.Fatalf("windowsize %d: %d bytes, %v", ws, len(got), err)
+		}
+		if res.Blocks != len(file)/8+1 {
+			t.Errorf("windowsize %d: %d blocks", ws, res.Blocks)
+		}
+	}
+}
+
 func TestErrors(t *testing.T) {
 	s := startServer(t, map[string][]byte{"a": []byte("x")}, nil)
 	for _, c := range []struct {
