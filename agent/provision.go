@@ -35,11 +35,18 @@ type HTTPConfig struct {
 	MaxConns int `yaml:"max_conns"`
 }
 
+// IPv4 only by default: phones boot on IPv4, and an IPv6 listener fails
+// to start on hosts with IPv6 turned off.
 func defaultTFTPConfig() TFTPConfig {
-	return TFTPConfig{Listen: []string{"0.0.0.0:69", "[::]:69"}, MaxTransfers: 1024, MaxPerClient: 4, ClientRate: 10}
+	return TFTPConfig{Listen: []string{"0.0.0.0:69"}, MaxTransfers: 1024, MaxPerClient: 4, ClientRate: 10}
 }
 
-func defaultHTTPConfig() HTTPConfig { return HTTPConfig{Listen: "[::]:6970", MaxConns: 1024} }
+func defaultHTTPConfig() HTTPConfig { return HTTPConfig{Listen: "0.0.0.0:6970", MaxConns: 1024} }
+
+// tftpMaxBlockSize keeps a block and its headers (IPv4 20, UDP 8, TFTP 4)
+// in one 1500-byte Ethernet frame: larger blocks would be fragmented, and
+// a lost fragment loses the whole block.
+const tftpMaxBlockSize = 1500 - 20 - 8 - 4
 
 func (c *Config) validateProvision(bad func(string, string, ...any) error) error {
 	if !c.Provision.Enabled {
@@ -99,6 +106,7 @@ func (a *Agent) newProvision(cfg Config, log *slog.Logger) error {
 		MaxPerClient: cfg.TFTP.MaxPerClient,
 		ClientRate:   cfg.TFTP.ClientRate,
 		ClientBurst:  max(1, int(2*cfg.TFTP.ClientRate)),
+		MaxBlockSize: tftpMaxBlockSize,
 	}
 	for _, l := range cfg.TFTP.Listen {
 		tc.Addrs = append(tc.Addrs, netip.MustParseAddrPort(l)) // validated
