@@ -20,9 +20,12 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/dhcp"
 	"github.com/phoneboot/phoneboot/userspace/discovery"
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
+	"github.com/phoneboot/phoneboot/userspace/httpboot"
 	"github.com/phoneboot/phoneboot/userspace/lease"
 	"github.com/phoneboot/phoneboot/userspace/neighbor"
 	"github.com/phoneboot/phoneboot/userspace/poe"
+	"github.com/phoneboot/phoneboot/userspace/provision"
+	"github.com/phoneboot/phoneboot/userspace/tftp"
 )
 
 // Version is set at build time with -ldflags -X.
@@ -65,6 +68,10 @@ type Agent struct {
 
 	discovery *discovery.Service
 	neighbors *neighbor.Table
+
+	provision *provision.Service
+	tftp      *tftp.Server
+	http      *httpboot.Server
 
 	services []serviceEntry
 
@@ -113,6 +120,12 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	if cfg.Discovery.Enabled() && len(cfg.Ports) > 0 {
 		if err := a.newDiscovery(cfg, log.With("service", "discovery")); err != nil {
 			return nil, fmt.Errorf("discovery: %w", err)
+		}
+	}
+
+	if cfg.Provision.Enabled {
+		if err := a.newProvision(cfg, log.With("service", "provision")); err != nil {
+			return nil, fmt.Errorf("provision: %w", err)
 		}
 	}
 

@@ -15,21 +15,25 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
+	"github.com/phoneboot/phoneboot/userspace/provision"
 )
 
 // Config is the daemon's configuration file. Every field has a default, so
 // an empty file is a valid config that serves nothing; see
 // deploy/phoneboot.yaml for a documented example.
 type Config struct {
-	Log       LogConfig       `yaml:"log"`
-	Control   ControlConfig   `yaml:"control"`
-	Metrics   MetricsConfig   `yaml:"metrics"`
-	FastPath  FastPathConfig  `yaml:"fastpath"`
-	Ports     []PortConfig    `yaml:"ports"`
-	Power     PowerConfig     `yaml:"power"`
-	VLAN      VLANConfig      `yaml:"vlan"`
-	Discovery DiscoveryConfig `yaml:"discovery"`
-	DHCP      DHCPConfig      `yaml:"dhcp"`
+	Log       LogConfig        `yaml:"log"`
+	Control   ControlConfig    `yaml:"control"`
+	Metrics   MetricsConfig    `yaml:"metrics"`
+	FastPath  FastPathConfig   `yaml:"fastpath"`
+	Ports     []PortConfig     `yaml:"ports"`
+	Power     PowerConfig      `yaml:"power"`
+	VLAN      VLANConfig       `yaml:"vlan"`
+	Discovery DiscoveryConfig  `yaml:"discovery"`
+	DHCP      DHCPConfig       `yaml:"dhcp"`
+	Provision provision.Config `yaml:"provision"`
+	TFTP      TFTPConfig       `yaml:"tftp"`
+	HTTP      HTTPConfig       `yaml:"http"`
 }
 
 // DiscoveryConfig controls CDP and LLDP-MED on the phone ports.
@@ -187,6 +191,9 @@ func DefaultConfig() Config {
 		},
 		Discovery: DiscoveryConfig{CDP: true, LLDP: true, Interval: Duration(60 * time.Second), VoiceDSCP: 46},
 		DHCP:      defaultDHCPConfig(),
+		Provision: provision.DefaultConfig(),
+		TFTP:      defaultTFTPConfig(),
+		HTTP:      defaultHTTPConfig(),
 	}
 }
 
@@ -321,7 +328,10 @@ func (c *Config) validate(d *strictDecoder) error {
 	if c.Power.DetectDelay < 0 || time.Duration(c.Power.DetectDelay) > time.Minute {
 		return bad("power.detect_delay", "%s is outside 0 to 1m", time.Duration(c.Power.DetectDelay))
 	}
-	return c.DHCP.validate(bad)
+	if err := c.DHCP.validate(bad); err != nil {
+		return err
+	}
+	return c.validateProvision(bad)
 }
 
 func (p PortConfig) validateVLANs(key string, fastPath bool, bad func(string, string, ...any) error) error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
+	"github.com/phoneboot/phoneboot/userspace/provision"
 )
 
 func TestParseConfigErrors(t *testing.T) {
@@ -18,7 +19,7 @@ func TestParseConfigErrors(t *testing.T) {
 		want string // the whole error text
 	}{
 		{"unknown top-level key", "log:\n  level: info\nports_:\n  - name: a\n",
-			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, discovery, fastpath, log, metrics, ports, power, vlan)`},
+			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, discovery, fastpath, http, log, metrics, ports, power, provision, tftp, vlan)`},
 		{"unknown nested key", "fastpath:\n  enabled: true\n  xdpmode: native\n",
 			`f.yaml:3: fastpath.xdpmode: unknown key (known keys here: detach_on_stop, enabled, pin_dir, xdp_mode)`},
 		{"unknown key in list item", "ports:\n  - name: a\n  - name: b\n    speed: 1000\n",
@@ -79,6 +80,10 @@ func TestParseConfigErrors(t *testing.T) {
 			`f.yaml:2: discovery.interval: 1m30s is outside 5s to 85s`},
 		{"bad DSCP", "discovery:\n  voice_dscp: 64\n",
 			`f.yaml:2: discovery.voice_dscp: 64 is not a DSCP 0-63`},
+		{"bad provisioning", "provision:\n  enabled: true\n  root: /srv/tftp\n  callmanager_groups: [{name: a, members: []}]\n",
+			`f.yaml:4: provision.callmanager_groups[0].members: 0 members; a group has 1 to 3`},
+		{"bad tftp listen", "provision: {enabled: true, root: /srv, callmanager_groups: [{name: a, members: [{host: h}]}]}\ntftp:\n  listen: [\":69\"]\n",
+			`f.yaml:3: tftp.listen[0]: ":69" is not address:port (no IP)`},
 		{"zero stagger ports", "power:\n  stagger_ports: 0\n",
 			`f.yaml:2: power.stagger_ports: 0 must be at least 1`},
 		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n",
@@ -221,6 +226,15 @@ func TestExampleConfigShowsDefaults(t *testing.T) {
 		t.Fatal("the example has no phone OUIs")
 	}
 	cfg.VLAN.PhoneOUIs = nil // marked "example"
+	if len(cfg.Provision.Phones) == 0 || cfg.Provision.Enabled {
+		t.Fatal("the example has no provisioning example, or turns it on")
+	}
+	ex := cfg
+	ex.Provision.Enabled = true
+	if err := ex.validate(&strictDecoder{file: "example", lines: map[string]int{}}); err != nil {
+		t.Errorf("the provisioning example is not valid once enabled: %v", err)
+	}
+	cfg.Provision = provision.DefaultConfig() // marked "example"
 	if want := DefaultConfig(); !reflect.DeepEqual(cfg, want) {
 		t.Errorf("example config differs from the defaults:\n got: %+v\nwant: %+v", cfg, want)
 	}

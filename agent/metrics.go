@@ -28,6 +28,7 @@ func newMetricsServer(listen string, a *Agent) (*metricsServer, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&agentCollector{a: a},
 		discoveryCollector{a: a},
+		provisionCollector{a: a},
 	)
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
@@ -104,6 +105,11 @@ type ioLab struct {
 type ioLabOptions struct {
 	xdp          bool
 	detachOnStop bool
+	// extra is appended to the config (more top-level sections).
+	extra string
+	// addresses puts ioServer/16 on swp1 and this client address on eth0,
+	// for services reached over IP (TFTP, HTTP).
+	clientAddr string
 }
 
 // newIOLab builds the namespaces, writes the config and starts the daemon.
@@ -160,11 +166,31 @@ dhcp:
       domain: %s
       lease_time: 1h
 `, l.socket, fastpath, l.leaseDB, ioPoolName, ioSubnet, ioRangeStart, ioRangeEnd, ioServer, ioServer, ioServer, ioDNS, ioDomain)
+	cfg += o.extra
+	if o.clientAddr != "" {
+		ioAddAddr(t, l.app, "swp1", ioServer+"/16")
+		ioAddAddr(t, l.client, "eth0", o.clientAddr+"/16")
+	}
 	if err := os.WriteFile(l.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	l.start(t)
 	return l
+}
+
+func ioAddAddr(t *testing.T, ns *vnet.NS, link, cidr string) {
+	t.Helper()
+	l, err := ns.Netlink().LinkByName(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.Netlink().AddrAdd(l, a); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // ioAttachPass attaches an XDP program that passes every frame to ifname

@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/phoneboot/phoneboot/userspace/httpboot"
+	"github.com/phoneboot/phoneboot/userspace/neighbor"
+	"github.com/phoneboot/phoneboot/userspace/provision"
+	"github.com/phoneboot/phoneboot/userspace/tftp"
+)
+
+// TFTPConfig places the TFTP server phones fetch their files from.
+type TFTPConfig struct {
+	// Listen addresses (host:port); each transfer answers from the address
+	// its request came to.
+	Listen []string `yaml:"listen"`
+	// MaxTransfers at once, and from one client address.
+	MaxTransfers int `yaml:"max_transfers"`
+	MaxPerClient int `yaml:"max_per_client"`
+	// ClientRate is read requests a second one client address may make.
+	ClientRate float64 `yaml:"client_rate"`
+}
+
+// HTTPConfig places the HTTP file server newer phones try first (6970).
+type HTTPConfig struct {
+	// Listen is host:port; empty turns HTTP off.
+	Listen string `yaml:"listen"`
+	// MaxConns open at once; past it a connection gets 503.
+	MaxConns int `yaml:"max_conns"`
+}
+
+// IPv4 only by default: phones boot on IPv4, and an IPv6 listener fails
+// to start on hosts with IPv6 turned off.
+func defaultTFTPConfig() TFTPConfig {
+	return TFTPConfig{Listen: []string{"0.0.0.0:69"}, MaxTransfers: 1024, MaxPerClient: 4, ClientRate: 10}
+}
+
+func defaultHTTPConfig() HTTPConfig { return HTTPConfig{Listen: "0.0.0.0:6970", MaxConns: 1024} }
+
+// tftpMaxBlockSize keeps a block and its headers (IPv4 20, UDP 8, TFTP 4)
+// in one 1500-byte Ethernet frame: larger blocks would be fragmented, and
+// a lost fragment loses the whole block.
+const tftpMaxBlockSize = 1500 - 20 - 8 - 4
+
+func (c *Config) validateProvision(bad func(string, string, ...any) error) error {
+	if !c.Provision.Enabled {
+		return nil
+	}
+	if err := c.Provision.Validate(); err != nil {
+		var fe *provision.FieldError
+		if errors.As(err, &fe) {
+			return bad("provision."+fe.Key, "%s", fe.Msg)
+		}
+		return bad("provision", "%v", err)
+	}
+	for i, l := range c.TFTP.Listen {
+		if _, err := netip.ParseAddrPort(l); err != nil {
+			return bad(fmt.Sprintf("tftp.listen[%d]", i), "%q is not address:port (%v)", l, err)
+		}
+	}
+	if len(c.TFTP.Listen) == 0 {
+		return bad("tftp.listen", "phones fetch their files over TFTP: at least one address is needed")
+	}
+	if c.TFTP.MaxTransfers < 1 || c.TFTP.MaxPerClient < 1 || c.TFTP.MaxPerClient > c.TFTP.MaxTransfers {
+		return bad("tftp", "max_transfers %d and max_per_client %d must be at least 1, per client at most the total",
+			c.TFTP.MaxTransfers, c.TFTP.MaxPerClient)
+	}
+	if c.TFTP.ClientRate <= 0 {
+		return bad("tftp.client_rate", "%v must be above 0", c.TFTP.ClientRate)
+	}
+	if c.HTTP.Listen != "" {
+		if _, err := netip.ParseAddrPort(c.HTTP.Listen); err != nil {
+			return bad("http.listen", "%q is not address:port (%v)", c.HTTP.Listen, err)
+		}
+	}
+	if c.HTTP.MaxConns < 1 {
+		return bad("http.max_conns", "%d must be at least 1", c.HTTP.MaxConns)
+	}
+	return nil
+}
+
+// newProvision builds the files phones fetch (generated configs, trust
+// lists, firmware under the root, the catalog checked first) and the TFTP
+// and HTTP servers that hand them out.
+func (a *Agent) newProvision(cfg Config, log *slog.Logger) error {
+	var nb provision.Neighbors
+	if a.neighbors != nil {
+		nb = neighborList{a.neighbors}
+	}
+	src, err := provision.New(context.Background(), cfg.Provision, nb, log)
+	if err != nil {
+		return err
+	}
+	a.provision = src
+	a.add("provision", idleService{close: src.Close})
+
+	tc := tftp.Config{
+		Source:       src,
+		MaxTransfers: cfg.TFTP.MaxTransfers,
+		MaxPerClient: cfg.TFTP.MaxPerClient,
+		ClientRate:   cfg.TFTP.ClientRate,
+		ClientBurst:  max(1, int(2*cfg.TFTP.ClientRate)),
+		MaxBlockSize: tftpMaxBlockSize,
+	}
+	for _, l := range cfg.TFTP.Listen {
+		tc.Addrs = append(tc.Addrs, netip.MustParseAddrPort(l)) // validated
+	}
+	a.tftp, err = tftp.New(tc, log.With("service", "tftp"))
+	if err != nil {
+		return err
+	}
+	a.add("tftp", a.tftp)
+
+	if cfg.HTTP.Listen != "" {
+		a.http, err = httpboot.New(httpboot.Config{
+			Addr: netip.MustParseAddrPort(cfg.HTTP.Listen), Source: src, MaxConns: cfg.HTTP.MaxConns,
+		}, log.With("service", "http"))
+		if err != nil {
+			return err
+		}
+		a.add("http", a.http)
+	}
+	return nil
+}
+
+// neighborList gives provisioning the neighbour table's models.
+type neighborList struct{ t *neighbor.Table }
+
+func (n neighborList) List() []neighbor.Neighbor { return n.t.List() }
+
+var (
+	descTFTPRequests = prometheus.NewDesc("phoneboot_tftp_requests_total",
+		"TFTP packets on the listening sockets, by outcome.", []string{"outcome"}, nil)
+	descTFTPTransfers = prometheus.NewDesc("phoneboot_tftp_transfers_total",
+		"TFTP transfers ended, by how (completed, timed_out, client_aborted, faulted, failed, cancelled).", []string{"end"}, nil)
+	descTFTPActive = prometheus.NewDesc("phoneboot_tftp_transfers_active",
+		"TFTP transfers in progress.", nil, nil)
+	descTFTPBytes = prometheus.NewDesc("phoneboot_tftp_sent_bytes_total",
+		"File bytes sent over TFTP, retransmissions included.", nil, nil)
+	descTFTPRetransmitted = prometheus.NewDesc("phoneboot_tftp_retransmitted_blocks_total",
+		"TFTP DATA packets sent again for want of an ACK.", nil, nil)
+	descHTTPResponses = prometheus.NewDesc("phoneboot_http_responses_total",
+		"HTTP (6970) responses, by status class.", []string{"status"}, nil)
+	descHTTPBytes = prometheus.NewDesc("phoneboot_http_sent_bytes_total",
+		"Body bytes sent over HTTP; sendfile: the share sent from the file by the kernel.", []string{"path"}, nil)
+)
+
+// provisionCollector exports the file servers' counters.
+type provisionCollector struct{ a *Agent }
+
+func (c provisionCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descTFTPRequests, descTFTPTransfers, descTFTPActive, descTFTPBytes,
+		descTFTPRetransmitted, descHTTPResponses, descHTTPBytes} {
+		ch <- d
+	}
+}
+
+func (c provisionCollector) Collect(ch chan<- prometheus.Metric) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	if s := c.a.tftp; s != nil {
+		st := s.Stats()
+		for outcome, v := range map[string]uint64{
+			"started": st.Started, "malformed": st.Malformed, "not_request": st.NotRequests,
+			"write_refused": st.WriteRefused, "bad_mode": st.BadMode, "option_refused": st.OptionRefused,
+			"rate_limited": st.RateLimited, "rate_limited_all": st.RateLimitedAll, "busy": st.Busy,
+			"busy_client": st.BusyClient, "not_found": st.NotFound, "forbidden": st.Forbidden,
+			"source_error": st.SourceErrors, "netascii_too_long": st.NetasciiTooLong,
+		} {
+			counter(descTFTPRequests, v, outcome)
+		}
+		for end, v := range map[string]uint64{
+			"completed": st.Completed, "timed_out": st.TimedOut, "client_aborted": st.ClientAborted,
+			"faulted": st.Faulted, "failed": st.Failed, "cancelled": st.Cancelled,
+		} {
+			counter(descTFTPTransfers, v, end)
+		}
+		ch <- prometheus.MustNewConstMetric(descTFTPActive, prometheus.GaugeValue, float64(st.Active))
+		counter(descTFTPBytes, st.Bytes)
+		counter(descTFTPRetransmitted, st.Retransmitted)
+	}
+	if s := c.a.http; s != nil {
+		st := s.Stats()
+		for status, v := range map[string]uint64{
+			"200": st.OK, "206": st.Partial, "304": st.NotModified, "403": st.Forbidden,
+			"404": st.NotFound, "405": st.MethodNotAllowed, "500": st.SourceErrors,
+			"503": st.ConnsRejected, "other": st.OtherStatus,
+		} {
+			counter(descHTTPResponses, v, status)
+		}
+		counter(descHTTPBytes, st.SendfileBytes, "sendfile")
+		counter(descHTTPBytes, st.Bytes-st.SendfileBytes, "copied")
+	}
+}
