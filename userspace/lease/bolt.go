@@ -565,7 +565,13 @@ func (s *Bolt) write(ctx context.Context, fn func(b *buckets) (outcome, err erro
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return mapErr(s.call(func(tx *bolt.Tx) (error, error) {
+	return mapErr(s.call(writeOp(ctx, fn)))
+}
+
+// writeOp makes fn an operation that fails with ctx's error, writing
+// nothing, once ctx is done.
+func writeOp(ctx context.Context, fn func(b *buckets) (outcome, err error)) opFunc {
+	return func(tx *bolt.Tx) (error, error) {
 		if err := ctx.Err(); err != nil {
 			return err, nil
 		}
@@ -574,7 +580,7 @@ func (s *Bolt) write(ctx context.Context, fn func(b *buckets) (outcome, err erro
 			return nil, err
 		}
 		return fn(b)
-	}))
+	}
 }
 
 // view runs fn in a read transaction.
@@ -655,25 +661,63 @@ func getLease(b *buckets, k []byte) (l Lease, ok bool, err error) {
 
 // Allocate implements Store.
 func (s *Bolt) Allocate(ctx context.Context, l Lease, now time.Time) error {
-	ip, err := validIP(l.IP)
+	fn, err := s.allocateOp(l, now)
 	if err != nil {
 		return err
 	}
+	return s.write(ctx, fn)
+}
+
+// AllocateBatch implements Store. With CommitGroup the leases share
+// transactions (at most MaxBatch operations each) with each other and
+// with concurrent writers; in the other modes they are committed
+// together, apart from everyone else.
+func (s *Bolt) AllocateBatch(ctx context.Context, ls []Lease, now time.Time) []error {
+	out := make([]error, len(ls))
+	if err := ctx.Err(); err != nil {
+		for i := range out {
+			out[i] = err
+		}
+		return out
+	}
+	var ops []opFunc
+	var idx []int
+	for i, l := range ls {
+		fn, err := s.allocateOp(l, now)
+		if err != nil {
+			out[i] = err
+			continue
+		}
+		ops = append(ops, writeOp(ctx, fn))
+		idx = append(idx, i)
+	}
+	for j, err := range s.callAll(ops) {
+		out[idx[j]] = mapErr(err)
+	}
+	return out
+}
+
+// allocateOp checks l and returns Allocate's write.
+func (s *Bolt) allocateOp(l Lease, now time.Time) (func(b *buckets) (error, error), error) {
+	ip, err := validIP(l.IP)
+	if err != nil {
+		return nil, err
+	}
 	if err := validMAC(l.MAC); err != nil {
-		return err
+		return nil, err
 	}
 	if err := validPool(l.Pool); err != nil {
-		return err
+		return nil, err
 	}
 	if l.State != StateOffered && l.State != StateBound {
-		return invalid("Allocate state %s, want offered or bound", l.State)
+		return nil, invalid("Allocate state %s, want offered or bound", l.State)
 	}
 	for _, f := range []struct {
 		name string
 		n    int
 	}{{"port", len(l.Port)}, {"client ID", len(l.ClientID)}, {"hostname", len(l.Hostname)}} {
 		if f.n > MaxFieldLen {
-			return invalid("%s is %d bytes, over %d", f.name, f.n, MaxFieldLen)
+			return nil, invalid("%s is %d bytes, over %d", f.name, f.n, MaxFieldLen)
 		}
 	}
 	rec := l
@@ -685,10 +729,10 @@ func (s *Bolt) Allocate(ctx context.Context, l Lease, now time.Time) error {
 	k := key[:]
 	val, err := encodeLease(k, &rec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	mk := macKey(rec.Pool, rec.MAC)
-	return s.write(ctx, func(b *buckets) (error, error) {
+	return func(b *buckets) (error, error) {
 		if r := b.resvip.Get(k); r != nil {
 			pool, rmac, err := parseMACKey(r)
 			if err != nil {
@@ -736,7 +780,7 @@ func (s *Bolt) Allocate(ctx context.Context, l Lease, now time.Time) error {
 			return nil, err
 		}
 		return nil, b.bymac.Put(mk, k)
-	})
+	}, nil
 }
 
 // Renew implements Store.

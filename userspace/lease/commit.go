@@ -3,6 +3,7 @@ package lease
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -99,6 +100,32 @@ func (s *Bolt) call(fn opFunc) error {
 	}
 }
 
+// callAll runs fns in order as the operations of as few transactions as
+// the mode allows and returns their outcomes once all have committed.
+// With CommitGroup they queue together (sharing transactions with other
+// writers too); the other modes commit them in transactions of their
+// own, at most maxOps operations each.
+func (s *Bolt) callAll(fns []opFunc) []error {
+	ps := make([]*pendingOp, len(fns))
+	for i, fn := range fns {
+		ps[i] = &pendingOp{fn: fn, done: make(chan bool, 1)}
+	}
+	if s.mode == CommitGroup {
+		s.group.doAll(ps)
+	} else {
+		for rest := ps; len(rest) > 0; {
+			n := min(len(rest), s.group.maxOps)
+			s.group.run(slices.Clone(rest[:n]))
+			rest = rest[n:]
+		}
+	}
+	out := make([]error, len(ps))
+	for i, p := range ps {
+		out[i] = outcomeError(p.outcome)
+	}
+	return out
+}
+
 // safeCall runs fn, turning a panic into a transaction error so that the
 // transaction is rolled back instead of committing half an operation.
 func safeCall(fn opFunc, tx *bolt.Tx) (outcome, err error) {
@@ -131,26 +158,44 @@ type pendingOp struct {
 	done chan bool
 }
 
-// do queues fn. If no transaction is being built, the caller leads: it
-// takes everything queued (at most maxOps), commits it in one
-// transaction, then hands the lead to the first still-queued caller, so
-// every caller leads at most one transaction and returns as soon as its
-// own has committed.
+// do queues fn and returns its outcome once committed (see doAll).
 func (c *committer) do(fn opFunc) error {
 	p := &pendingOp{fn: fn, done: make(chan bool, 1)}
-	c.mu.Lock()
-	c.queue = append(c.queue, p)
-	if c.leader {
-		c.mu.Unlock()
-		if <-p.done {
-			return outcomeError(p.outcome)
-		}
-		// Promoted: p is at the head of the queue.
-	} else {
-		c.leader = true
-		c.mu.Unlock()
-	}
+	c.doAll([]*pendingOp{p})
+	return outcomeError(p.outcome)
+}
 
+// doAll queues ps, in order and together, and returns when all have
+// finished (their outcomes set). If no transaction is being built, the
+// caller leads: it takes everything queued (at most maxOps), commits it
+// in one transaction, then hands the lead to the first still-queued
+// operation's caller. A caller leads at most one transaction per
+// operation of its own and returns as soon as its last one committed.
+func (c *committer) doAll(ps []*pendingOp) {
+	if len(ps) == 0 {
+		return // nothing that would hand the lead on
+	}
+	c.mu.Lock()
+	c.queue = append(c.queue, ps...)
+	lead := !c.leader
+	c.leader = true
+	c.mu.Unlock()
+
+	for _, p := range ps {
+		// An operation already committed in a transaction this caller
+		// led has its done value waiting; so does one another leader
+		// committed. false: p heads the queue and its caller leads.
+		if !lead && <-p.done {
+			continue
+		}
+		lead = false
+		c.lead()
+	}
+}
+
+// lead commits the head of the queue (at most maxOps operations) in one
+// transaction, then hands the lead on.
+func (c *committer) lead() {
 	c.mu.Lock()
 	n := min(len(c.queue), c.maxOps)
 	group := make([]*pendingOp, n)
@@ -160,7 +205,7 @@ func (c *committer) do(fn opFunc) error {
 	c.queue = c.queue[:rest]
 	c.mu.Unlock()
 
-	c.run(group) // p is in group: it is the oldest queued operation
+	c.run(group)
 
 	c.mu.Lock()
 	if len(c.queue) == 0 {
@@ -171,7 +216,6 @@ func (c *committer) do(fn opFunc) error {
 		c.mu.Unlock()
 		next.done <- false
 	}
-	return outcomeError(p.outcome)
 }
 
 func outcomeError(err error) error {
