@@ -24,8 +24,10 @@ const DHCPBlockMax = len(phonePortPbDhcpBlock{}.Data)
 // DHCPVendorClassMax is the longest option 60 the kernel matches classes on.
 const DHCPVendorClassMax = 64
 
-// DHCPFreeQueueMax is how many free addresses the kernel can hold per pool.
-const DHCPFreeQueueMax = 4096
+// DHCPFreeQueueDefault is how many free addresses a pool's queue holds
+// when DHCPPool.FreeQueue is 0 (the size bpf/lib/dhcp.h declares; the
+// kernel takes queues of any size in its place).
+const DHCPFreeQueueDefault = 4096
 
 // DHCPPoolMax bounds pool IDs (1 to DHCPPoolMax-1).
 const DHCPPoolMax = 256
@@ -87,9 +89,13 @@ type DHCPPool struct {
 	// queue; PrefixClasses sends an unmatched option 60 to userspace.
 	Allocate      bool
 	PrefixClasses bool
+	// FreeQueue is the free queue's capacity (0: DHCPFreeQueueDefault).
+	FreeQueue int
 }
 
-// SetPool installs a pool on its VLAN and creates its free queue.
+// SetPool installs a pool on its VLAN and creates its free queue. A
+// queue of another capacity is replaced, and what it held is lost: drain
+// it first.
 func (t *DHCPTables) SetPool(p DHCPPool) error {
 	if p.ID == 0 || p.ID >= DHCPPoolMax {
 		return fmt.Errorf("dhcp fast path: pool ID %d outside 1-%d", p.ID, DHCPPoolMax-1)
@@ -110,7 +116,14 @@ func (t *DHCPTables) SetPool(p DHCPPool) error {
 	if p.PrefixClasses {
 		v.Flags |= uint32(phonePortPbDhcpPoolFlagsPB_POOL_PREFIX_CLASSES)
 	}
-	if err := t.ensureFreeQueue(p.ID); err != nil {
+	size := p.FreeQueue
+	if size == 0 {
+		size = DHCPFreeQueueDefault
+	}
+	if size < 0 {
+		return fmt.Errorf("dhcp fast path: pool %d: free queue of %d addresses", p.ID, size)
+	}
+	if err := t.ensureFreeQueue(p.ID, uint32(size)); err != nil {
 		return err
 	}
 	return t.objs.PbDhcpPools.Put(uint32(p.VLAN), v)
@@ -121,21 +134,23 @@ func (t *DHCPTables) ClearPool(vlan uint16) error {
 	return t.objs.PbDhcpPools.Put(uint32(vlan), phonePortPbDhcpPool{})
 }
 
-func (t *DHCPTables) ensureFreeQueue(id uint32) error {
+func (t *DHCPTables) ensureFreeQueue(id, size uint32) error {
 	var inner *ebpf.Map
 	err := t.objs.PbDhcpFree.Lookup(id, &inner)
 	if err == nil {
+		same := inner.MaxEntries() == size
 		inner.Close()
-		return nil
-	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if same {
+			return nil
+		}
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("dhcp fast path: free queue %d: %w", id, err)
 	}
 	q, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       "pb_dhcp_freeq",
 		Type:       ebpf.Queue,
 		ValueSize:  4,
-		MaxEntries: DHCPFreeQueueMax,
+		MaxEntries: size,
 	})
 	if err != nil {
 		return fmt.Errorf("dhcp fast path: create free queue %d: %w", id, err)

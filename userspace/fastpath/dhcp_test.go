@@ -402,15 +402,52 @@ func TestDHCPTablesValidate(t *testing.T) {
 		t.Error("SetClass with a 65-byte vendor class succeeded")
 	}
 	var ips []netip.Addr
-	for i := range DHCPFreeQueueMax + 10 {
+	for i := range DHCPFreeQueueDefault + 10 {
 		ips = append(ips, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
 	}
 	n, err := f.t.PushFree(1, ips)
-	if err != nil || n != DHCPFreeQueueMax {
-		t.Errorf("PushFree past capacity: %d, %v; want %d, nil", n, err, DHCPFreeQueueMax)
+	if err != nil || n != DHCPFreeQueueDefault {
+		t.Errorf("PushFree past capacity: %d, %v; want %d, nil", n, err, DHCPFreeQueueDefault)
 	}
 	got, err := f.t.DrainFree(1)
-	if err != nil || len(got) != DHCPFreeQueueMax || got[0] != ips[0] {
+	if err != nil || len(got) != DHCPFreeQueueDefault || got[0] != ips[0] {
 		t.Errorf("DrainFree: %d addresses (first %v), %v", len(got), got[0], err)
+	}
+}
+
+// TestDHCPFreeQueueSize: a pool's queue can be larger than the size the C
+// program declares; SetPool with another size replaces the queue, and
+// the kernel hands out from the new one.
+func TestDHCPFreeQueueSize(t *testing.T) {
+	f := newDHCPFixture(t)
+	const size = 3 * DHCPFreeQueueDefault
+	pool := DHCPPool{ID: 1, VLAN: 0, ServerIP: testServer, DefaultBlock: 1, LeaseTime: time.Hour, OfferTime: time.Minute, Allocate: true, FreeQueue: size}
+	if err := f.t.SetPool(pool); err != nil {
+		t.Fatal(err)
+	}
+	var ips []netip.Addr
+	for i := range size + 10 {
+		ips = append(ips, netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}))
+	}
+	if n, err := f.t.PushFree(1, ips); err != nil || n != size {
+		t.Fatalf("PushFree past capacity: %d, %v; want %d, nil", n, err, size)
+	}
+	ret, out := f.run(t, request(t, 0, netip.MustParseAddr("255.255.255.255"), discover(t)))
+	if ret != 3 {
+		t.Fatalf("DISCOVER: verdict %d, want XDP_TX", ret)
+	}
+	if _, _, m := checkReply(t, out, 0); !m.YourIPAddr.Equal(ips[0].AsSlice()) {
+		t.Errorf("offered %v, want the first queued address %v", m.YourIPAddr, ips[0])
+	}
+	// The same size again keeps the queue and what it holds.
+	if err := f.t.SetPool(pool); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.t.DrainFree(1); err != nil || len(got) != size-1 {
+		t.Errorf("after SetPool with the same size: %d queued, %v; want %d", len(got), err, size-1)
+	}
+	pool.FreeQueue = -1
+	if err := f.t.SetPool(pool); err == nil {
+		t.Error("SetPool with a negative queue size succeeded")
 	}
 }
