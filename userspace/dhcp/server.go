@@ -36,11 +36,26 @@ type ServerConfig struct {
 	// events are drained on Close: for a daemon that unpins its maps on
 	// stop, after which unread events would be lost.
 	StopFastPathOnClose bool
+	// MaxRequestAge: a request that waited longer than this in its
+	// socket's receive buffer is dropped unanswered (reason "stale";
+	// default DefaultMaxRequestAge). Under overload the buffer fills and
+	// every request would wait as long as it takes to work through it;
+	// answers that late are mostly to clients that gave up, or whose
+	// retry is queued behind, so the server would do stale work while
+	// fresh requests wait. Dropping them keeps the wait bounded, as
+	// shedding at a full queue does in Kea (its issue #49).
+	MaxRequestAge time.Duration
 	// KernelQueue is how many free addresses each pool's queue in the
 	// kernel holds for new clients (default DefaultKernelQueue): the burst
 	// of new clients the fast path answers before Go tops the queue up.
 	KernelQueue int
 }
+
+// DefaultMaxRequestAge: well under the 4 s a client waits before it
+// retransmits (RFC 2131 section 4.1), so that what the server still
+// answers arrives in time, while a burst a few times the server's rate
+// is still worked through rather than dropped.
+const DefaultMaxRequestAge = 500 * time.Millisecond
 
 // DefaultKernelQueue: a boot storm of this many new phones is answered in
 // the kernel alone, and the queue lasts about 0.3 s at 50,000 new clients
@@ -96,6 +111,9 @@ func NewServer(h *Handler, cfg ServerConfig, log *slog.Logger) (_ *Server, err e
 	}
 	if cfg.KernelQueue <= 0 {
 		cfg.KernelQueue = DefaultKernelQueue
+	}
+	if cfg.MaxRequestAge <= 0 {
+		cfg.MaxRequestAge = DefaultMaxRequestAge
 	}
 	s := &Server{h: h, cfg: cfg, log: log, byIdx: map[int]*phonePort{}, queued: map[*Pool]*atomic.Int64{}, poolID: map[*Pool]uint32{}}
 	defer func() {
@@ -512,6 +530,11 @@ func (s *Server) serve(ctx, hctx context.Context, p *phonePort) error {
 		}
 		if err != nil {
 			s.log.Debug("dhcp read", "port", p.name, "error", err)
+			continue
+		}
+		if !fr.Received.IsZero() && time.Since(fr.Received) > s.cfg.MaxRequestAge {
+			s.h.stats.received.Add(1)
+			s.h.stats.count(drop(ReasonStale))
 			continue
 		}
 		vlan := uint16(0)

@@ -12,10 +12,12 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"golang.org/x/net/bpf"
 
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
 	"github.com/phoneboot/phoneboot/userspace/lease"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/rawsock"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
@@ -244,6 +246,161 @@ func TestServerRefillsWhileStoreIsSlow(t *testing.T) {
 	}
 	if st := e.srv.Handler().Stats(); st.FastPathConflicts != 0 || st.Pools[0].Assigned != n {
 		t.Errorf("conflicts %d, assigned %d; want 0 and %d", st.FastPathConflicts, st.Pools[0].Assigned, n)
+	}
+	if w := e.warns.list(); len(w) > 0 {
+		t.Errorf("warnings: %q", w)
+	}
+}
+
+// userEnv is a Server without the fast path on a veth port, and a socket
+// on the other end to send requests from.
+type userEnv struct {
+	app   *vnet.NS
+	srv   *Server
+	phone *rawsock.Conn
+	warns *warnLog
+}
+
+func newUserEnv(t *testing.T, store lease.Store, maxAge time.Duration) *userEnv {
+	t.Helper()
+	app, phone := privtest.VethPair(t, "swp1", "eth0")
+	if err := phone.SetUp("eth0"); err != nil {
+		t.Fatal(err)
+	}
+	e := &userEnv{app: app, warns: newWarnLog(t)}
+	log := slog.New(e.warns)
+	h, err := NewHandler(smallPool(5000), store, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = app.Do(func() (err error) {
+		e.srv, err = NewServer(h, ServerConfig{Ports: []string{"swp1"}, MaxRequestAge: maxAge}, log)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.srv.Close() })
+	// Any filter: the phone's socket only sends.
+	err = phone.Do(func() (err error) {
+		e.phone, err = rawsock.Listen("eth0", rawsock.Options{Filter: []bpf.Instruction{bpf.RetConstant{Val: 0}}})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.phone.Close() })
+	return e
+}
+
+func (e *userEnv) discover(t *testing.T, n int) {
+	t.Helper()
+	if err := e.phone.Write(frameFor(t, 0, net.IPv4zero, bcast, phoneDiscover(t, macN(n), true))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitStats polls the handler's counters until done says they are there.
+func waitStats(t *testing.T, h *Handler, done func(Stats) bool) Stats {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := h.Stats()
+		if done(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counters: received %d, offers %d, dropped %v", st.Received, st.Offers, st.DroppedBy)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestServerDropsStaleRequests: requests that waited in the socket longer
+// than MaxRequestAge are dropped unanswered and counted; fresh ones are
+// answered.
+func TestServerDropsStaleRequests(t *testing.T) {
+	e := newUserEnv(t, lease.NewMemory(), 100*time.Millisecond)
+	// A second socket on the port, for all frames, sees them when the
+	// server's does.
+	var watch *rawsock.Conn
+	err := e.app.Do(func() (err error) {
+		watch, err = rawsock.Listen("swp1", rawsock.Options{Filter: []bpf.Instruction{bpf.RetConstant{Val: 0xffff}}})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close()
+	buf := make([]byte, 2048)
+	read := func() rawsock.Frame {
+		watch.SetReadDeadline(time.Now().Add(5 * time.Second))
+		fr, err := watch.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fr
+	}
+	// The kernel turns stamping on shortly after the first socket asks;
+	// until then a frame is stamped when read. Wait with frames the
+	// server's socket does not take (UDP port 9).
+	probe := frameFor(t, 0, net.IPv4zero, bcast, phoneDiscover(t, macN(1), true))
+	probe[14+20+3] = 9
+	for stamped := false; !stamped; {
+		if err := e.phone.Write(probe); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		stamped = time.Since(read().Received) >= 20*time.Millisecond
+	}
+	for i := range 5 {
+		e.discover(t, i)
+	}
+	for range 5 {
+		read()
+	}
+	time.Sleep(300 * time.Millisecond) // queued while nobody reads
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Run(ctx) }()
+	e.discover(t, 100)
+	st := waitStats(t, e.srv.Handler(), func(st Stats) bool { return st.Received == 6 && st.Offers+st.Dropped == 6 })
+	if st.Offers != 1 || st.DroppedBy[ReasonStale] != 5 {
+		t.Errorf("offers %d, dropped as stale %d; want 1 and 5", st.Offers, st.DroppedBy[ReasonStale])
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestServerStopsInOrder: stopped in the middle of a burst, the server
+// finishes what it is handling, answers it, and logs no warning.
+func TestServerStopsInOrder(t *testing.T) {
+	store, err := lease.OpenBolt(filepath.Join(t.TempDir(), "leases.db"), lease.BoltOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	e := newUserEnv(t, store, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Run(ctx) }()
+	for i := range 2000 {
+		e.discover(t, i)
+	}
+	waitStats(t, e.srv.Handler(), func(st Stats) bool { return st.Offers > 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st := e.srv.Handler().Stats()
+	if st.Received == 0 || st.Received != st.Offers+st.Dropped || st.Dropped != st.DroppedBy[ReasonStale] {
+		t.Errorf("received %d, offered %d, dropped %v: every request taken must be answered or shed as stale",
+			st.Received, st.Offers, st.DroppedBy)
+	}
+	if err := e.srv.Close(); err != nil {
+		t.Fatal(err)
 	}
 	if w := e.warns.list(); len(w) > 0 {
 		t.Errorf("warnings: %q", w)
