@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -49,9 +50,10 @@ func main() {
 	only := flag.String("servers", "", "comma-separated subset of servers to run (phoneboot-xdp, phoneboot-userspace, kea, dnsmasq)")
 	rssLeases := flag.Int("rss-leases", 100000, "leases in the database for the RSS measurement")
 	parts := flag.String("parts", "rates,fastpath,rss", "comma-separated subset of the measurements: rates (rates and avalanche), fastpath (BPF_PROG_RUN), rss")
+	rates := flag.String("rates", "", "comma-separated DORA rates to climb instead of the default ladder")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	if err := run(*quick, *jsonPath, *pbBin, *only, *parts, *rssLeases); err != nil {
+	if err := run(*quick, *jsonPath, *pbBin, *only, *parts, *rates, *rssLeases); err != nil {
 		if errors.Is(err, context.Canceled) {
 			err = errors.New("interrupted; namespaces, mounts and servers removed")
 		}
@@ -60,7 +62,7 @@ func main() {
 	}
 }
 
-func run(quick bool, jsonPath, pbBin, only, parts string, rssLeases int) (err error) {
+func run(quick bool, jsonPath, pbBin, only, parts, rates string, rssLeases int) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, XDP, BPF_PROG_RUN, mounts)")
 	}
@@ -85,6 +87,16 @@ func run(quick bool, jsonPath, pbBin, only, parts string, rssLeases int) (err er
 		b.ladder = []int{500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000}
 		b.refine = 2
 		b.progRuns = 200000
+	}
+	if rates != "" {
+		b.ladder = nil
+		for _, f := range strings.Split(rates, ",") {
+			r, err := strconv.Atoi(f)
+			if err != nil || r <= 0 || (len(b.ladder) > 0 && r <= b.ladder[len(b.ladder)-1]) {
+				return fmt.Errorf("--rates: %q is not a list of rising rates", rates)
+			}
+			b.ladder = append(b.ladder, r)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
