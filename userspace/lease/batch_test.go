@@ -198,3 +198,32 @@ func TestAllocateBatchSharesCommits(t *testing.T) {
 		t.Errorf("reopened: %d leases, want 250", n)
 	}
 }
+
+// TestWriteAllStepFailsAlone: a step of a batch whose transaction step
+// fails (here it panics) gets the error; the rest of the batch, before
+// and after it in the same transaction, is committed without it.
+func TestWriteAllStepFailsAlone(t *testing.T) {
+	for _, mode := range []CommitMode{CommitGroup, CommitSerial, CommitBatch} {
+		t.Run(mode.String(), func(t *testing.T) {
+			s := openTest(t, "", BoltOptions{Commit: mode, BatchDelay: time.Millisecond})
+			ctx := context.Background()
+			var fns []func(*buckets) (error, error)
+			for i := range 6 {
+				fn, err := s.allocateOp(bound(netip.AddrFrom4([4]byte{10, 7, 0, byte(i)}), net.HardwareAddr{2, 7, 0, 0, 0, byte(i)}), t0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fns = append(fns, fn)
+			}
+			fns[2] = func(*buckets) (error, error) { panic("boom") }
+			for i, err := range s.writeAll(ctx, fns) {
+				if (i == 2) != (err != nil) {
+					t.Errorf("step %d: %v", i, err)
+				}
+			}
+			if n := len(contents(t, s)); n != 5 {
+				t.Errorf("%d leases stored, want 5", n)
+			}
+		})
+	}
+}

@@ -515,6 +515,22 @@ const addressFillPercent = 0.9
 
 type buckets struct {
 	leases, bymac, resv, resvip *bolt.Bucket
+	// Cursors for lookups, made on first use and kept for the
+	// transaction: Bucket.Get makes a cursor every time, and their
+	// stacks were most of what a write allocated.
+	leasesC, bymacC, resvipC *bolt.Cursor
+}
+
+// get is bk.Get(key) through the cursor *c, made on first use.
+func get(bk *bolt.Bucket, c **bolt.Cursor, key []byte) []byte {
+	if *c == nil {
+		*c = bk.Cursor()
+	}
+	k, v := (*c).Seek(key)
+	if !bytes.Equal(k, key) {
+		return nil
+	}
+	return v
 }
 
 func openBuckets(tx *bolt.Tx) (*buckets, error) {
@@ -565,13 +581,7 @@ func (s *Bolt) write(ctx context.Context, fn func(b *buckets) (outcome, err erro
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return mapErr(s.call(writeOp(ctx, fn)))
-}
-
-// writeOp makes fn an operation that fails with ctx's error, writing
-// nothing, once ctx is done.
-func writeOp(ctx context.Context, fn func(b *buckets) (outcome, err error)) opFunc {
-	return func(tx *bolt.Tx) (error, error) {
+	return mapErr(s.call(func(tx *bolt.Tx) (error, error) {
 		if err := ctx.Err(); err != nil {
 			return err, nil
 		}
@@ -580,7 +590,7 @@ func writeOp(ctx context.Context, fn func(b *buckets) (outcome, err error)) opFu
 			return nil, err
 		}
 		return fn(b)
-	}
+	}))
 }
 
 // view runs fn in a read transaction.
@@ -651,7 +661,7 @@ func putLease(b *buckets, k []byte, l *Lease) error {
 
 // getLease returns the lease at k, or ok false.
 func getLease(b *buckets, k []byte) (l Lease, ok bool, err error) {
-	v := b.leases.Get(k)
+	v := get(b.leases, &b.leasesC, k)
 	if v == nil {
 		return Lease{}, false, nil
 	}
@@ -680,19 +690,19 @@ func (s *Bolt) AllocateBatch(ctx context.Context, ls []Lease, now time.Time) []e
 		}
 		return out
 	}
-	var ops []opFunc
-	var idx []int
+	fns := make([]func(b *buckets) (error, error), 0, len(ls))
+	idx := make([]int, 0, len(ls))
 	for i, l := range ls {
 		fn, err := s.allocateOp(l, now)
 		if err != nil {
 			out[i] = err
 			continue
 		}
-		ops = append(ops, writeOp(ctx, fn))
+		fns = append(fns, fn)
 		idx = append(idx, i)
 	}
-	for j, err := range s.callAll(ops) {
-		out[idx[j]] = mapErr(err)
+	for j, err := range s.writeAll(ctx, fns) {
+		out[idx[j]] = err
 	}
 	return out
 }
@@ -733,7 +743,7 @@ func (s *Bolt) allocateOp(l Lease, now time.Time) (func(b *buckets) (error, erro
 	}
 	mk := macKey(rec.Pool, rec.MAC)
 	return func(b *buckets) (error, error) {
-		if r := b.resvip.Get(k); r != nil {
+		if r := get(b.resvip, &b.resvipC, k); r != nil {
 			pool, rmac, err := parseMACKey(r)
 			if err != nil {
 				return nil, err
@@ -757,7 +767,7 @@ func (s *Bolt) allocateOp(l Lease, now time.Time) (func(b *buckets) (error, erro
 		}
 		// The MAC's previous address in the pool is released and kept, so
 		// that the MAC can get it back later.
-		if old := b.bymac.Get(mk); old != nil && !bytes.Equal(old, k) {
+		if old := get(b.bymac, &b.bymacC, mk); old != nil && !bytes.Equal(old, k) {
 			oldKey := bytes.Clone(old)
 			ol, ok, err := getLease(b, oldKey)
 			if err != nil {
@@ -771,7 +781,7 @@ func (s *Bolt) allocateOp(l Lease, now time.Time) (func(b *buckets) (error, erro
 				}
 			}
 		}
-		if prevHolder != nil && bytes.Equal(b.bymac.Get(prevHolder), k) {
+		if prevHolder != nil && bytes.Equal(get(b.bymac, &b.bymacC, prevHolder), k) {
 			if err := b.bymac.Delete(prevHolder); err != nil {
 				return nil, err
 			}
