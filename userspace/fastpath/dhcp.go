@@ -1,6 +1,7 @@
 package fastpath
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
@@ -358,9 +360,17 @@ type DHCPEvent struct {
 	Ifindex   int
 }
 
-// DHCPEvents reads what the kernel handed out, until ctx ends.
+// DHCPEvents reads what the kernel handed out. It is for one goroutine.
 type DHCPEvents struct {
-	rd *ringbuf.Reader
+	rd  *ringbuf.Reader
+	rec ringbuf.Record // reused: tens of thousands of events a second
+
+	// bootWall is the wall clock at CLOCK_BOOTTIME zero, read again at
+	// most once a second (bootChecked): reading CLOCK_BOOTTIME is a
+	// system call, which for every event cost more than the rest of
+	// reading it. The two clocks drift apart only when the wall clock is
+	// set or slewed.
+	bootWall, bootChecked time.Time
 }
 
 // Events opens the event stream. Only one reader may be open at a time.
@@ -372,29 +382,41 @@ func (t *DHCPTables) Events() (*DHCPEvents, error) {
 	return &DHCPEvents{rd: rd}, nil
 }
 
+// Offsets of the event's fields in a record (bpf/lib/dhcp.h).
+var evLayout phonePortPbDhcpEvent
+
+const evSize = int(unsafe.Sizeof(evLayout))
+
 // Read blocks for the next event; it returns ringbuf.ErrClosed after Close.
 func (e *DHCPEvents) Read() (DHCPEvent, error) {
-	rec, err := e.rd.Read()
-	if err != nil {
+	if err := e.rd.ReadInto(&e.rec); err != nil {
 		return DHCPEvent{}, err
 	}
-	var v phonePortPbDhcpEvent
-	if len(rec.RawSample) < binary.Size(v) {
-		return DHCPEvent{}, fmt.Errorf("dhcp fast path event of %d bytes", len(rec.RawSample))
+	b := e.rec.RawSample
+	if len(b) < evSize {
+		return DHCPEvent{}, fmt.Errorf("dhcp fast path event of %d bytes", len(b))
 	}
-	if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &v); err != nil {
-		return DHCPEvent{}, err
-	}
+	u32 := func(off uintptr) uint32 { return binary.NativeEndian.Uint32(b[off:]) }
+	typ := u32(unsafe.Offsetof(evLayout.Type))
+	mac := unsafe.Offsetof(evLayout.Mac)
 	return DHCPEvent{
-		Acked:     v.Type == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ACKED),
-		Allocated: v.Type == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ALLOCATED),
-		PoolID:    v.PoolId,
-		VLAN:      v.Vlan,
-		MAC:       net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
-		IP:        nativeIP4(v.Ip),
-		Expires:   wallFromBoot(v.ExpiresNs),
-		Ifindex:   int(v.Ifindex),
+		Acked:     typ == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ACKED),
+		Allocated: typ == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ALLOCATED),
+		PoolID:    u32(unsafe.Offsetof(evLayout.PoolId)),
+		VLAN:      binary.NativeEndian.Uint16(b[unsafe.Offsetof(evLayout.Vlan):]),
+		MAC:       net.HardwareAddr(bytes.Clone(b[mac : mac+6])),
+		IP:        nativeIP4(u32(unsafe.Offsetof(evLayout.Ip))),
+		Expires:   e.wallAt(binary.NativeEndian.Uint64(b[unsafe.Offsetof(evLayout.ExpiresNs):])),
+		Ifindex:   int(u32(unsafe.Offsetof(evLayout.Ifindex))),
 	}, nil
+}
+
+// wallAt converts a CLOCK_BOOTTIME reading to the wall clock.
+func (e *DHCPEvents) wallAt(ns uint64) time.Time {
+	if now := time.Now(); e.bootChecked.IsZero() || now.Sub(e.bootChecked) >= time.Second || now.Before(e.bootChecked) {
+		e.bootWall, e.bootChecked = now.Add(-bootNow()), now
+	}
+	return e.bootWall.Add(time.Duration(ns))
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t.

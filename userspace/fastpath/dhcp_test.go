@@ -284,6 +284,11 @@ func TestDHCPFastPathDORA(t *testing.T) {
 
 func TestDHCPFastPathTaggedAndClass(t *testing.T) {
 	f := newDHCPFixture(t)
+	events, err := f.t.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
 	f.t.PushFree(2, []netip.Addr{netip.MustParseAddr("10.100.0.50")})
 	f.t.PushFree(1, []netip.Addr{netip.MustParseAddr("10.0.0.60")})
 	unicast := discover(t)
@@ -295,6 +300,9 @@ func TestDHCPFastPathTaggedAndClass(t *testing.T) {
 	eth, ip, offer := checkReply(t, out, 100)
 	if !offer.YourIPAddr.Equal(net.IPv4(10, 100, 0, 50)) || !ip.SrcIP.Equal(net.IP(testServer100.AsSlice())) {
 		t.Errorf("VLAN 100 offer %s from %v", offer.Summary(), ip.SrcIP)
+	}
+	if e := readEvent(t, events); e.VLAN != 100 || e.PoolID != 2 || e.IP != netip.MustParseAddr("10.100.0.50") || !bytes.Equal(e.MAC, testPhoneMAC) {
+		t.Errorf("VLAN 100 offer event %+v", e)
 	}
 	// No broadcast flag: unicast to the offered address and chaddr.
 	if !ip.DstIP.Equal(net.IPv4(10, 100, 0, 50)) || !bytes.Equal(eth.DstMAC, testPhoneMAC) {
