@@ -495,8 +495,8 @@ func (s *Server) readLoop(ctx context.Context, batches chan<- []fastpath.DHCPEve
 			return nil
 		case err != nil:
 			return fmt.Errorf("dhcp fast path events: %w", err)
-		case stopping && len(evs) == 0:
-			return nil
+		case stopping && len(evs) < eventBatch:
+			return nil // the ring was empty a moment ago; Close drains again
 		case !stopping && len(evs) < eventBatch:
 			time.Sleep(eventPoll)
 		}
