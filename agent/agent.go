@@ -172,7 +172,7 @@ func (a *Agent) newDHCP(cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sc := dhcp.ServerConfig{Ports: cfg.PortNames()}
+	sc := dhcp.ServerConfig{Ports: cfg.PortNames(), MaxRequestAge: time.Duration(cfg.DHCP.MaxRequestAge)}
 	if a.fastpath != nil {
 		sc.FastPath = a.fastpath.DHCP()
 		sc.StopFastPathOnClose = cfg.FastPath.DetachOnStop

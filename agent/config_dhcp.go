@@ -18,14 +18,17 @@ type DHCPConfig struct {
 	Enabled bool `yaml:"enabled"`
 	// LeaseDB is the bbolt lease database. Empty keeps leases in memory
 	// only (lost on restart): for throwaway setups such as the lab.
-	LeaseDB          string           `yaml:"lease_db"`
-	OfferTimeout     Duration         `yaml:"offer_timeout"`
-	DeclineProbation Duration         `yaml:"decline_probation"`
-	MaxLeasesPerPort int              `yaml:"max_leases_per_port"`
-	RatePerPort      float64          `yaml:"rate_per_port"`
-	RateBurst        int              `yaml:"rate_burst"`
-	VerifyClientMAC  bool             `yaml:"verify_client_mac"`
-	Pools            []DHCPPoolConfig `yaml:"pools"`
+	LeaseDB          string   `yaml:"lease_db"`
+	OfferTimeout     Duration `yaml:"offer_timeout"`
+	DeclineProbation Duration `yaml:"decline_probation"`
+	MaxLeasesPerPort int      `yaml:"max_leases_per_port"`
+	RatePerPort      float64  `yaml:"rate_per_port"`
+	RateBurst        int      `yaml:"rate_burst"`
+	VerifyClientMAC  bool     `yaml:"verify_client_mac"`
+	// MaxRequestAge: requests that waited longer in the socket are shed
+	// unanswered (dhcp.ServerConfig.MaxRequestAge).
+	MaxRequestAge Duration         `yaml:"max_request_age"`
+	Pools         []DHCPPoolConfig `yaml:"pools"`
 }
 
 // DHCPPoolConfig is one pool (one voice VLAN).
@@ -107,6 +110,7 @@ func defaultDHCPConfig() DHCPConfig {
 		OfferTimeout:     Duration(60 * time.Second),
 		DeclineProbation: Duration(10 * time.Minute),
 		VerifyClientMAC:  true,
+		MaxRequestAge:    Duration(dhcp.DefaultMaxRequestAge),
 	}
 }
 
@@ -158,6 +162,9 @@ func (c *DHCPConfig) validate(bad func(key, format string, args ...any) error) e
 	}
 	if c.DeclineProbation < 0 {
 		return bad("dhcp.decline_probation", "must not be negative")
+	}
+	if c.MaxRequestAge <= 0 {
+		return bad("dhcp.max_request_age", "must be positive")
 	}
 	if c.MaxLeasesPerPort < 0 || c.RateBurst < 0 || c.RatePerPort < 0 {
 		return bad("dhcp", "max_leases_per_port, rate_per_port and rate_burst must not be negative")

@@ -100,6 +100,8 @@ func TestParseConfigErrors(t *testing.T) {
 			`f.yaml:1: dhcp.pools: dhcp is enabled but has no pools`},
 		{"bad vlan", "dhcp:\n  enabled: true\n  pools:\n    - name: v\n      vlan: 4095\n",
 			`f.yaml:5: dhcp.pools[0].vlan: 4095 is not a VLAN ID 0-4094`},
+		{"zero request age", "dhcp:\n  enabled: true\n  max_request_age: 0s\n  pools:\n    - name: v\n",
+			`f.yaml:3: dhcp.max_request_age: must be positive`},
 		{"alias", "log: &l\n  level: info\ncontrol: *l\n",
 			`f.yaml:3: control: YAML aliases are not supported in the config`},
 	}

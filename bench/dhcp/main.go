@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -36,6 +37,7 @@ type bench struct {
 	progRuns  int
 
 	phoneboot, kea, dnsmasq, perfdhcp string
+	gens                              map[string]bool // generators to run
 
 	run   *runDir
 	cl    *cleanups
@@ -49,9 +51,11 @@ func main() {
 	only := flag.String("servers", "", "comma-separated subset of servers to run (phoneboot-xdp, phoneboot-userspace, kea, dnsmasq)")
 	rssLeases := flag.Int("rss-leases", 100000, "leases in the database for the RSS measurement")
 	parts := flag.String("parts", "rates,fastpath,rss", "comma-separated subset of the measurements: rates (rates and avalanche), fastpath (BPF_PROG_RUN), rss")
+	rates := flag.String("rates", "", "comma-separated DORA rates to climb instead of the default ladder")
+	gens := flag.String("gens", "perfdhcp,pbgen", "comma-separated subset of the generators for the rates part")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	if err := run(*quick, *jsonPath, *pbBin, *only, *parts, *rssLeases); err != nil {
+	if err := run(*quick, *jsonPath, *pbBin, *only, *parts, *rates, *gens, *rssLeases); err != nil {
 		if errors.Is(err, context.Canceled) {
 			err = errors.New("interrupted; namespaces, mounts and servers removed")
 		}
@@ -60,7 +64,7 @@ func main() {
 	}
 }
 
-func run(quick bool, jsonPath, pbBin, only, parts string, rssLeases int) (err error) {
+func run(quick bool, jsonPath, pbBin, only, parts, rates, gens string, rssLeases int) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, XDP, BPF_PROG_RUN, mounts)")
 	}
@@ -73,7 +77,15 @@ func run(quick bool, jsonPath, pbBin, only, parts string, rssLeases int) (err er
 			return fmt.Errorf("--parts: unknown part %q", p)
 		}
 	}
-	b := &bench{quick: quick, cl: &cleanups{}}
+	b := &bench{quick: quick, cl: &cleanups{}, gens: map[string]bool{}}
+	for _, g := range strings.Split(gens, ",") {
+		switch g {
+		case "perfdhcp", "pbgen":
+			b.gens[g] = true
+		default:
+			return fmt.Errorf("--gens: unknown generator %q", g)
+		}
+	}
 	if quick {
 		b.period, b.avalanche, b.avLimit = 2*time.Second, 2000, 20*time.Second
 		b.ladder = []int{500, 2000, 8000, 32000, 128000}
@@ -85,6 +97,16 @@ func run(quick bool, jsonPath, pbBin, only, parts string, rssLeases int) (err er
 		b.ladder = []int{500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000}
 		b.refine = 2
 		b.progRuns = 200000
+	}
+	if rates != "" {
+		b.ladder = nil
+		for _, f := range strings.Split(rates, ",") {
+			r, err := strconv.Atoi(f)
+			if err != nil || r <= 0 || (len(b.ladder) > 0 && r <= b.ladder[len(b.ladder)-1]) {
+				return fmt.Errorf("--rates: %q is not a list of rising rates", rates)
+			}
+			b.ladder = append(b.ladder, r)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -408,94 +430,100 @@ func (b *bench) benchServer(ctx context.Context, k serverKind) ([]result, error)
 		progress("%s: WARNING: its OFFER carries no option 150", k.name)
 	}
 
-	pd := result{server: k.name, gen: "perfdhcp"}
-	pd.steps, pd.best, err = b.sweep(ctx, k.name+" perfdhcp", func(rate int) (step, error) {
-		var s step
-		err := b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
-			cpu0, t0 := cpuTime(p.pid()), time.Now()
-			r, pdCPU, err := b.runPerfdhcp(ctx, t.client, 0,
-				"-r", fmt.Sprint(rate), "-R", fmt.Sprint(clientCap),
-				"-p", fmt.Sprint(b.period.Seconds()), "-W", "1000000")
+	var results []result
+	if b.gens["perfdhcp"] {
+		pd := result{server: k.name, gen: "perfdhcp"}
+		pd.steps, pd.best, err = b.sweep(ctx, k.name+" perfdhcp", func(rate int) (step, error) {
+			var s step
+			err := b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
+				cpu0, t0 := cpuTime(p.pid()), time.Now()
+				r, pdCPU, err := b.runPerfdhcp(ctx, t.client, 0,
+					"-r", fmt.Sprint(rate), "-R", fmt.Sprint(clientCap),
+					"-p", fmt.Sprint(b.period.Seconds()), "-W", "1000000")
+				if err != nil {
+					return err
+				}
+				el := time.Since(t0)
+				s = perfdhcpStep(rate, b.period, r)
+				s.ServerCPU = 100 * float64(cpuTime(p.pid())-cpu0) / float64(el)
+				s.GenCPU = 100 * float64(pdCPU) / float64(el)
+				if k.xdp {
+					s.Note += b.kernelShare(dir, r.DO.Sent)
+				}
+				return nil
+			})
+			return s, err
+		})
+		if err != nil {
+			return nil, err
+		}
+		pd.genLimited = pd.best != nil && pd.best.GenLimited
+		progress("%s: perfdhcp --scenario avalanche -R %d", k.name, b.avalanche)
+		err = b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
+			r, _, err := b.runPerfdhcp(ctx, t.client, b.avLimit, "--scenario", "avalanche", "-R", fmt.Sprint(b.avalanche))
 			if err != nil {
 				return err
 			}
-			el := time.Since(t0)
-			s = perfdhcpStep(rate, b.period, r)
-			s.ServerCPU = 100 * float64(cpuTime(p.pid())-cpu0) / float64(el)
-			s.GenCPU = 100 * float64(pdCPU) / float64(el)
-			if k.xdp {
-				s.Note += b.kernelShare(dir, r.DO.Sent)
+			pd.avSeconds = r.Took.Seconds()
+			pd.avDone = r.RA.Recv >= b.avalanche && r.DO.Recv >= b.avalanche
+			if !pd.avDone {
+				pd.avNote = fmt.Sprintf("stopped after %v: %d of %d clients served", b.avLimit, r.RA.Recv, b.avalanche)
 			}
+			progress("%s  perfdhcp avalanche: %.2f s, done %v, resent %d, rejected leases %d/%d %s", k.name, pd.avSeconds, pd.avDone, r.Resent, r.DO.Rejected, r.RA.Rejected, pd.avNote)
 			return nil
 		})
-		return s, err
-	})
-	if err != nil {
-		return nil, err
-	}
-	pd.genLimited = pd.best != nil && pd.best.GenLimited
-	progress("%s: perfdhcp --scenario avalanche -R %d", k.name, b.avalanche)
-	err = b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
-		r, _, err := b.runPerfdhcp(ctx, t.client, b.avLimit, "--scenario", "avalanche", "-R", fmt.Sprint(b.avalanche))
 		if err != nil {
-			return err
+			return nil, err
 		}
-		pd.avSeconds = r.Took.Seconds()
-		pd.avDone = r.RA.Recv >= b.avalanche && r.DO.Recv >= b.avalanche
-		if !pd.avDone {
-			pd.avNote = fmt.Sprintf("stopped after %v: %d of %d clients served", b.avLimit, r.RA.Recv, b.avalanche)
-		}
-		progress("%s  perfdhcp avalanche: %.2f s, done %v, resent %d, rejected leases %d/%d %s", k.name, pd.avSeconds, pd.avDone, r.Resent, r.DO.Rejected, r.RA.Rejected, pd.avNote)
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		results = append(results, pd)
 	}
-
-	pg := result{server: k.name, gen: "pbgen"}
-	pg.steps, pg.best, err = b.sweep(ctx, k.name+" pbgen   ", func(rate int) (step, error) {
-		var s step
-		err := b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
-			cpu0, t0 := cpuTime(p.pid()), time.Now()
-			st, err := g.runRate(ctx, rate, b.period)
+	if b.gens["pbgen"] {
+		pg := result{server: k.name, gen: "pbgen"}
+		pg.steps, pg.best, err = b.sweep(ctx, k.name+" pbgen   ", func(rate int) (step, error) {
+			var s step
+			err := b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
+				cpu0, t0 := cpuTime(p.pid()), time.Now()
+				st, err := g.runRate(ctx, rate, b.period)
+				if err != nil {
+					return err
+				}
+				s = genStep(rate, st)
+				if k.xdp {
+					s.Note += b.kernelShare(dir, st.DOSent)
+				}
+				s.ServerCPU = 100 * float64(cpuTime(p.pid())-cpu0) / float64(time.Since(t0))
+				return nil
+			})
+			return s, err
+		})
+		if err != nil {
+			return nil, err
+		}
+		pg.genLimited = pg.best != nil && pg.best.GenLimited
+		progress("%s: pbgen avalanche, %d clients", k.name, b.avalanche)
+		err = b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
+			st, err := g.runAvalanche(ctx, b.avalanche, b.avLimit)
 			if err != nil {
 				return err
 			}
-			s = genStep(rate, st)
+			pg.avSeconds, pg.avDone = st.Seconds, st.Completed
+			kernel := ""
 			if k.xdp {
-				s.Note += b.kernelShare(dir, st.DOSent)
+				kernel = b.kernelShare(dir, st.DOSent)
 			}
-			s.ServerCPU = 100 * float64(cpuTime(p.pid())-cpu0) / float64(time.Since(t0))
+			if !st.Completed {
+				pg.avNote = fmt.Sprintf("stopped after %v: %d of %d clients served, %d waiting for OFFER, %d for ACK",
+					b.avLimit, st.RARecv, b.avalanche, st.WaitOffer, st.WaitAck)
+			}
+			progress("%s  pbgen avalanche: %.2f s, done %v, resent %d, NAKs %d %s%s", k.name, pg.avSeconds, pg.avDone, st.Resent, st.Naks, pg.avNote, kernel)
 			return nil
 		})
-		return s, err
-	})
-	if err != nil {
-		return nil, err
-	}
-	pg.genLimited = pg.best != nil && pg.best.GenLimited
-	progress("%s: pbgen avalanche, %d clients", k.name, b.avalanche)
-	err = b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
-		st, err := g.runAvalanche(ctx, b.avalanche, b.avLimit)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		pg.avSeconds, pg.avDone = st.Seconds, st.Completed
-		kernel := ""
-		if k.xdp {
-			kernel = b.kernelShare(dir, st.DOSent)
-		}
-		if !st.Completed {
-			pg.avNote = fmt.Sprintf("stopped after %v: %d of %d clients served, %d waiting for OFFER, %d for ACK",
-				b.avLimit, st.RARecv, b.avalanche, st.WaitOffer, st.WaitAck)
-		}
-		progress("%s  pbgen avalanche: %.2f s, done %v, resent %d, NAKs %d %s%s", k.name, pg.avSeconds, pg.avDone, st.Resent, st.Naks, pg.avNote, kernel)
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		results = append(results, pg)
 	}
-	return []result{pd, pg}, nil
+	return results, nil
 }
 
 // kernelShare says how many of the run's requests the XDP program

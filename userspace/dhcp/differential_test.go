@@ -46,7 +46,7 @@ func newDiffEnv(t testing.TB, cfg Config) *diffEnv {
 	// ifindex 1 is lo, which exists in every namespace BPF_PROG_RUN may
 	// name as the ingress device.
 	p := &phonePort{name: "p1", ifindex: 1, mac: diffPortMAC}
-	srv := &Server{h: hk, cfg: ServerConfig{FastPath: objs.DHCP()}, log: log,
+	srv := &Server{h: hk, cfg: ServerConfig{FastPath: objs.DHCP(), KernelQueue: DefaultKernelQueue}, log: log,
 		ports: []*phonePort{p}, byIdx: map[int]*phonePort{1: p}, queued: map[*Pool]*atomic.Int64{}, poolID: map[*Pool]uint32{}}
 	if err := srv.loadKernel(context.Background()); err != nil {
 		t.Fatal(err)

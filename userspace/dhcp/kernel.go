@@ -53,27 +53,61 @@ type KernelLease struct {
 	Port    string
 }
 
-// RecordKernelLease persists an OFFER or ACK the fast path sent.
-func (h *Handler) RecordKernelLease(ctx context.Context, k KernelLease) error {
-	p := h.byVLAN[k.VLAN]
-	if p == nil {
-		return fmt.Errorf("dhcp: fast path lease %s on VLAN %d, which has no pool", k.IP, k.VLAN)
+// RecordKernelLeases persists OFFERs and ACKs the fast path sent, in one
+// batch (lease.Store.AllocateBatch: one commit for many, where a lease
+// each would cost a commit each), and returns one outcome per lease. A
+// lease whose outcome is nil is durable and its address assigned in the
+// allocator; until then the allocator keeps the address as the kernel's,
+// so no other client gets it.
+func (h *Handler) RecordKernelLeases(ctx context.Context, ks []KernelLease) []error {
+	out := make([]error, len(ks))
+	pools := make([]*Pool, len(ks))
+	ls := make([]lease.Lease, 0, len(ks))
+	idx := make([]int, 0, len(ks))
+	var stripes [len(h.macLocks)]bool
+	for i, k := range ks {
+		p := h.byVLAN[k.VLAN]
+		if p == nil {
+			out[i] = fmt.Errorf("dhcp: fast path lease %s on VLAN %d, which has no pool", k.IP, k.VLAN)
+			continue
+		}
+		st := lease.StateOffered
+		if k.Bound {
+			st = lease.StateBound
+		}
+		pools[i] = p
+		ls = append(ls, lease.Lease{IP: k.IP, MAC: k.MAC, Pool: p.name, State: st, Expires: k.Expires, Port: k.Port, VLAN: k.VLAN})
+		idx = append(idx, i)
+		stripes[macStripe(k.MAC)] = true
 	}
-	mu := &h.macLocks[macStripe(k.MAC)]
-	mu.Lock()
-	defer mu.Unlock()
-	st := lease.StateOffered
-	if k.Bound {
-		st = lease.StateBound
+	// The clients' locks, as Handle takes them, in stripe order: Handle
+	// holds one at a time, so the batch cannot deadlock with it.
+	for i, take := range stripes {
+		if take {
+			h.macLocks[i].Lock()
+		}
 	}
-	l := lease.Lease{IP: k.IP, MAC: k.MAC, Pool: p.name, State: st, Expires: k.Expires, Port: k.Port, VLAN: k.VLAN}
-	if err := h.store.Allocate(ctx, l, time.Now()); err != nil {
-		h.stats.fastpathConflicts.Add(1)
-		return fmt.Errorf("dhcp: persisting fast path lease %s for %s: %w", k.IP, k.MAC, err)
+	defer func() {
+		for i, took := range stripes {
+			if took {
+				h.macLocks[i].Unlock()
+			}
+		}
+	}()
+	for j, err := range h.store.AllocateBatch(ctx, ls, time.Now()) {
+		i := idx[j]
+		k := ks[i]
+		if err != nil {
+			if conflict(err) {
+				h.stats.fastpathConflicts.Add(1)
+			}
+			out[i] = fmt.Errorf("dhcp: persisting fast path lease %s for %s: %w", k.IP, k.MAC, err)
+			continue
+		}
+		pools[i].alloc.kernelAssigned(k.IP)
+		if k.Port != "" {
+			h.ports.set(k.IP, k.Port, k.Expires, false)
+		}
 	}
-	p.alloc.kernelAssigned(k.IP)
-	if k.Port != "" {
-		h.ports.set(k.IP, k.Port, k.Expires, false)
-	}
-	return nil
+	return out
 }

@@ -36,12 +36,45 @@ type ServerConfig struct {
 	// events are drained on Close: for a daemon that unpins its maps on
 	// stop, after which unread events would be lost.
 	StopFastPathOnClose bool
+	// MaxRequestAge: a request that waited longer than this in its
+	// socket's receive buffer is dropped unanswered (reason "stale";
+	// default DefaultMaxRequestAge). Under overload the buffer fills and
+	// every request would wait as long as it takes to work through it;
+	// answers that late are mostly to clients that gave up, or whose
+	// retry is queued behind, so the server would do stale work while
+	// fresh requests wait. Dropping them keeps the wait bounded, as
+	// shedding at a full queue does in Kea (its issue #49).
+	MaxRequestAge time.Duration
+	// KernelQueue is how many free addresses each pool's queue in the
+	// kernel holds for new clients (default DefaultKernelQueue): the burst
+	// of new clients the fast path answers before Go tops the queue up.
+	KernelQueue int
 }
 
-// The kernel's free queue is kept between these two levels.
+// DefaultMaxRequestAge is well under the 4 s a client waits before it
+// retransmits (RFC 2131 section 4.1), so that what the server still
+// answers arrives in time, and above the wait of a server that is busy
+// but keeping up (up to about 0.4 s in bench/dhcp on a shared 2-core
+// machine), so that it sheds only when overloaded.
+const DefaultMaxRequestAge = 500 * time.Millisecond
+
+// DefaultKernelQueue is sized so that a boot storm of this many new
+// phones is answered in the kernel alone, and the queue lasts about 0.3 s
+// at 50,000 new clients per second should Go fall behind. It costs
+// 64 KiB of kernel memory per pool.
+const DefaultKernelQueue = 16384
+
+// The fast path's events are read in batches of at most eventBatch, and
+// at most every eventPoll while they trickle in: each time the reader
+// catches up, the kernel wakes it from the next event (an irq_work, a
+// self-IPI), which costs more than answering the request did. While the
+// store commits, the reader collects what comes in for the next commit;
+// with eventBacklog events collected it waits, and the rest stay in the
+// kernel's ring buffer.
 const (
-	kernelQueueLow  = fastpath.DHCPFreeQueueMax / 4
-	kernelQueueFull = fastpath.DHCPFreeQueueMax
+	eventBatch   = 4096
+	eventPoll    = time.Millisecond
+	eventBacklog = 1 << 16
 )
 
 // Server answers DHCP on the phone ports: raw sockets feeding the Handler,
@@ -76,6 +109,12 @@ func NewServer(h *Handler, cfg ServerConfig, log *slog.Logger) (_ *Server, err e
 	}
 	if cfg.ReclaimEvery <= 0 {
 		cfg.ReclaimEvery = 10 * time.Second
+	}
+	if cfg.KernelQueue <= 0 {
+		cfg.KernelQueue = DefaultKernelQueue
+	}
+	if cfg.MaxRequestAge <= 0 {
+		cfg.MaxRequestAge = DefaultMaxRequestAge
 	}
 	s := &Server{h: h, cfg: cfg, log: log, byIdx: map[int]*phonePort{}, queued: map[*Pool]*atomic.Int64{}, poolID: map[*Pool]uint32{}}
 	defer func() {
@@ -166,7 +205,7 @@ func (s *Server) loadKernel(ctx context.Context) error {
 		err := t.SetPool(fastpath.DHCPPool{
 			ID: id, VLAN: p.VLAN(), ServerIP: p.ServerIP(), DefaultBlock: defaultBlock,
 			LeaseTime: p.LeaseTime(), OfferTime: s.h.OfferTimeout(),
-			Allocate: s.h.KernelAllocates(), PrefixClasses: prefix,
+			Allocate: s.h.KernelAllocates(), PrefixClasses: prefix, FreeQueue: s.cfg.KernelQueue,
 		})
 		if err != nil {
 			return fmt.Errorf("pool %s: %w", p.Name(), err)
@@ -280,13 +319,18 @@ func (s *Server) portIndex(name string) (int, bool) {
 	return 0, false
 }
 
+// queueLow is the level below which a kernel queue is refilled: three
+// quarters, since a refill costs a few syscalls besides one per address,
+// and a queue kept near full takes the next burst.
+func (s *Server) queueLow() int64 { return int64(s.cfg.KernelQueue - s.cfg.KernelQueue/4) }
+
 // refill tops the pool's kernel queue up when it runs low.
 func (s *Server) refill(p *Pool) error {
 	q := s.queued[p]
-	if q == nil || !s.h.KernelAllocates() || q.Load() > kernelQueueLow {
+	if q == nil || !s.h.KernelAllocates() || q.Load() >= s.queueLow() {
 		return nil
 	}
-	ips := s.h.TakeForKernel(p, kernelQueueFull-int(q.Load()))
+	ips := s.h.TakeForKernel(p, s.cfg.KernelQueue-int(q.Load()))
 	if len(ips) == 0 {
 		return nil
 	}
@@ -298,59 +342,118 @@ func (s *Server) refill(p *Pool) error {
 	return err
 }
 
-// record persists one kernel event and keeps the queue filled.
-func (s *Server) record(ctx context.Context, ev fastpath.DHCPEvent) {
-	port := ""
-	if p := s.byIdx[ev.Ifindex]; p != nil {
-		port = p.name
+// readEvents reads what the kernel has buffered, at most eventBatch
+// events: with block, it waits up to 200 ms for the first. Short waits: a
+// deadline set while Read blocks does not wake it, and stopping must not
+// wait for the next event.
+func (s *Server) readEvents(block bool) ([]fastpath.DHCPEvent, error) {
+	var evs []fastpath.DHCPEvent
+	if block {
+		s.events.SetDeadline(time.Now().Add(200 * time.Millisecond))
+	} else {
+		s.events.SetDeadline(time.Now())
 	}
-	err := s.h.RecordKernelLease(ctx, KernelLease{
-		VLAN: ev.VLAN, MAC: ev.MAC, IP: ev.IP, Bound: ev.Acked, Expires: ev.Expires, Port: port,
-	})
-	if err != nil {
-		s.log.Error("fast path lease not recorded", "error", err)
+	for len(evs) < eventBatch {
+		ev, err := s.events.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return evs, nil
+		}
+		if err != nil {
+			return evs, err
+		}
+		evs = append(evs, ev)
+		if len(evs) == 1 {
+			s.events.SetDeadline(time.Now()) // the rest without waiting
+		}
 	}
-	if ev.Allocated {
+	return evs, nil
+}
+
+// handedOut counts the queued addresses the kernel gave away and tops the
+// queues up at once, before the events are persisted: the kernel's
+// supply does not wait for the disk.
+func (s *Server) handedOut(evs []fastpath.DHCPEvent) {
+	var touched []*Pool
+	for _, ev := range evs {
+		if !ev.Allocated {
+			continue
+		}
 		if p := s.h.PoolByVLAN(ev.VLAN); p != nil && s.queued[p] != nil {
-			s.queued[p].Add(-1)
-			if err := s.refill(p); err != nil {
-				s.log.Warn("refill fast path queue", "pool", p.Name(), "error", err)
+			if s.queued[p].Add(-1) < s.queueLow() && !slices.Contains(touched, p) {
+				touched = append(touched, p)
 			}
+		}
+	}
+	for _, p := range touched {
+		if err := s.refill(p); err != nil {
+			s.log.Warn("refill fast path queue", "pool", p.Name(), "error", err)
 		}
 	}
 }
 
-// Run serves until ctx ends.
+// persist records a batch of the kernel's events in the store. An event
+// that a later one of the batch supersedes (the same client and address:
+// an OFFER and then its ACK) is not written: the later one is, in the
+// same commit, and leaves the store as both would. So an OFFER costs no
+// write of its own when its ACK follows within a batch, and no commit of
+// its own ever. (RFC 2131 does not ask that offers be kept; the store has
+// them anyway, so that the Go server and a restart know them.)
+func (s *Server) persist(ctx context.Context, evs []fastpath.DHCPEvent) {
+	type client struct {
+		vlan uint16
+		mac  [6]byte
+		ip   netip.Addr
+	}
+	seen := make(map[client]bool, len(evs))
+	ks := make([]KernelLease, 0, len(evs))
+	for i := len(evs) - 1; i >= 0; i-- {
+		ev := evs[i]
+		c := client{vlan: ev.VLAN, ip: ev.IP}
+		copy(c.mac[:], ev.MAC)
+		if seen[c] {
+			continue
+		}
+		seen[c] = true
+		port := ""
+		if p := s.byIdx[ev.Ifindex]; p != nil {
+			port = p.name
+		}
+		ks = append(ks, KernelLease{VLAN: ev.VLAN, MAC: ev.MAC, IP: ev.IP, Bound: ev.Acked, Expires: ev.Expires, Port: port})
+	}
+	slices.Reverse(ks)
+	for _, err := range s.h.RecordKernelLeases(ctx, ks) {
+		if err != nil && s.h.logs.allow("fastpath-record") {
+			s.log.Error("fast path lease not recorded", "error", err)
+		}
+	}
+}
+
+// stopGrace bounds how long a request being handled when the server
+// stops may still take to finish.
+const stopGrace = 5 * time.Second
+
+// Run serves until ctx ends. Stopping is orderly: requests being handled
+// are finished and answered, and the kernel's events are all persisted.
 func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hcancel()
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, hcancel) })()
 	for _, p := range s.ports {
 		for range s.cfg.Workers {
-			g.Go(func() error { return s.serve(ctx, p) })
+			g.Go(func() error { return s.serve(ctx, hctx, p) })
 		}
 	}
 	if s.events != nil {
+		batches := make(chan []fastpath.DHCPEvent, 1)
+		g.Go(func() error { return s.readLoop(ctx, batches) })
 		g.Go(func() error {
-			for {
-				if ctx.Err() != nil {
-					// The kernel already answered these: they must
-					// reach the store even while stopping.
-					s.drainEvents()
-					return nil
-				}
-				// Short waits: a deadline set while Read blocks does not
-				// wake it, and stopping must not wait for the next event.
-				s.events.SetDeadline(time.Now().Add(200 * time.Millisecond))
-				ev, err := s.events.Read()
-				switch {
-				case errors.Is(err, os.ErrDeadlineExceeded):
-					continue
-				case errors.Is(err, ringbuf.ErrClosed):
-					return nil
-				case err != nil:
-					return fmt.Errorf("dhcp fast path events: %w", err)
-				}
-				s.record(context.WithoutCancel(ctx), ev)
+			// The kernel already answered these: they reach the store
+			// even while stopping.
+			for evs := range batches {
+				s.persist(context.WithoutCancel(ctx), evs)
 			}
+			return nil
 		})
 	}
 	g.Go(func() error {
@@ -361,7 +464,7 @@ func (s *Server) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return nil
 			case <-t.C:
-				if _, err := s.h.Reclaim(ctx, time.Now()); err != nil {
+				if _, err := s.h.Reclaim(ctx, time.Now()); err != nil && ctx.Err() == nil {
 					s.log.Warn("reclaim leases", "error", err)
 				}
 				s.collectSocketStats()
@@ -369,26 +472,76 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	})
 	<-ctx.Done()
-	// Unblock the readers; the event reader drains what is buffered first.
+	// Wake the workers blocked in Read; the sockets stay open for the
+	// replies still being sent, until Close.
 	for _, p := range s.ports {
-		p.conn.Close()
+		if err := p.conn.SetReadDeadline(time.Now()); err != nil && !errors.Is(err, os.ErrClosed) {
+			s.log.Warn("dhcp: waking the readers", "port", p.name, "error", err)
+		}
 	}
 	return g.Wait()
 }
 
-// drainEvents records every event the kernel has buffered.
-func (s *Server) drainEvents() {
+// readLoop hands the kernel's events to the persister, counting and
+// replacing the queued addresses given away as it reads them. What it
+// reads while the persister is busy it hands over as one batch when the
+// persister is free again. Once ctx ends it hands over what is buffered
+// and closes batches.
+func (s *Server) readLoop(ctx context.Context, batches chan<- []fastpath.DHCPEvent) error {
+	defer close(batches)
+	var pending []fastpath.DHCPEvent
 	for {
-		s.events.SetDeadline(time.Now())
-		ev, err := s.events.Read()
-		if err != nil {
-			return
+		stopping := ctx.Err() != nil
+		evs, err := s.readEvents(!stopping)
+		if len(evs) > 0 {
+			s.handedOut(evs)
+			pending = append(pending, evs...)
 		}
-		s.record(context.Background(), ev)
+		if len(pending) > 0 {
+			if stopping || err != nil || len(pending) >= eventBacklog {
+				batches <- pending
+				pending = nil
+			} else {
+				select {
+				case batches <- pending:
+					pending = nil
+				default:
+				}
+			}
+		}
+		switch {
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		case err != nil:
+			return fmt.Errorf("dhcp fast path events: %w", err)
+		case stopping && len(evs) < eventBatch:
+			return nil // the ring was empty a moment ago; Close drains again
+		case !stopping && len(evs) < eventBatch:
+			time.Sleep(eventPoll)
+		}
 	}
 }
 
-func (s *Server) serve(ctx context.Context, p *phonePort) error {
+// drainEvents persists every event the kernel has buffered.
+func (s *Server) drainEvents() {
+	for {
+		evs, err := s.readEvents(false)
+		if len(evs) > 0 {
+			s.handedOut(evs)
+			s.persist(context.Background(), evs)
+		}
+		if err != nil || len(evs) == 0 {
+			if err != nil && !errors.Is(err, ringbuf.ErrClosed) {
+				s.log.Error("dhcp fast path events", "error", err)
+			}
+			return
+		}
+	}
+}
+
+// serve reads and answers requests on p until ctx ends; hctx is what the
+// handler runs under, which lets a request in progress finish.
+func (s *Server) serve(ctx, hctx context.Context, p *phonePort) error {
 	buf := make([]byte, 2048)
 	for {
 		fr, err := p.conn.Read(buf)
@@ -397,6 +550,11 @@ func (s *Server) serve(ctx context.Context, p *phonePort) error {
 		}
 		if err != nil {
 			s.log.Debug("dhcp read", "port", p.name, "error", err)
+			continue
+		}
+		if !fr.Received.IsZero() && time.Since(fr.Received) > s.cfg.MaxRequestAge {
+			s.h.stats.received.Add(1)
+			s.h.stats.count(drop(ReasonStale))
 			continue
 		}
 		vlan := uint16(0)
@@ -410,7 +568,7 @@ func (s *Server) serve(ctx context.Context, p *phonePort) error {
 			continue
 		}
 		req.Received = time.Now()
-		rep, out := s.h.Handle(ctx, req)
+		rep, out := s.h.Handle(hctx, req)
 		if out.Action == Answered {
 			if err := p.conn.Write(EncodeFrame(p.mac, rep)); err != nil {
 				s.log.Warn("dhcp send", "port", p.name, "error", err)

@@ -57,6 +57,7 @@ const (
 
 // Reasons of Dropped outcomes.
 const (
+	ReasonStale             = "stale"                     // waited in the socket longer than ServerConfig.MaxRequestAge: shed under overload
 	ReasonParseFailed       = "parse-failed"              // malformed (Kea pkt4-parse-failed)
 	ReasonRateLimited       = "rate-limited"              // over the port's packet rate
 	ReasonServerMessage     = "server-message-from-port"  // BOOTREPLY or OFFER/ACK/NAK/... from a client port: a rogue server
@@ -80,7 +81,7 @@ var (
 	answeredReasons = [...]string{ReasonOffer, ReasonAck, ReasonNak}
 	silentReasons   = [...]string{ReasonNotOurServer, ReasonReleased, ReasonDeclined}
 	droppedReasons  = [...]string{
-		ReasonParseFailed, ReasonRateLimited, ReasonServerMessage, ReasonUnknownType,
+		ReasonStale, ReasonParseFailed, ReasonRateLimited, ReasonServerMessage, ReasonUnknownType,
 		ReasonNotForUs, ReasonChaddrMismatch, ReasonNoPool, ReasonPoolExhausted,
 		ReasonPortLeaseLimit, ReasonDeclineLimit, ReasonWrongPort, ReasonNotOwner,
 		ReasonUnknownClient, ReasonNotRequestingAddr, ReasonNotOurServer,

@@ -1,12 +1,14 @@
 package fastpath
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
@@ -23,8 +25,10 @@ const DHCPBlockMax = len(phonePortPbDhcpBlock{}.Data)
 // DHCPVendorClassMax is the longest option 60 the kernel matches classes on.
 const DHCPVendorClassMax = 64
 
-// DHCPFreeQueueMax is how many free addresses the kernel can hold per pool.
-const DHCPFreeQueueMax = 4096
+// DHCPFreeQueueDefault is how many free addresses a pool's queue holds
+// when DHCPPool.FreeQueue is 0 (the size bpf/lib/dhcp.h declares; the
+// kernel takes queues of any size in its place).
+const DHCPFreeQueueDefault = 4096
 
 // DHCPPoolMax bounds pool IDs (1 to DHCPPoolMax-1).
 const DHCPPoolMax = 256
@@ -100,9 +104,13 @@ type DHCPPool struct {
 	// queue; PrefixClasses sends an unmatched option 60 to userspace.
 	Allocate      bool
 	PrefixClasses bool
+	// FreeQueue is the free queue's capacity (0: DHCPFreeQueueDefault).
+	FreeQueue int
 }
 
-// SetPool installs a pool on its VLAN and creates its free queue.
+// SetPool installs a pool on its VLAN and creates its free queue. A
+// queue of another capacity is replaced, and what it held is lost: drain
+// it first.
 func (t *DHCPTables) SetPool(p DHCPPool) error {
 	if p.ID == 0 || p.ID >= DHCPPoolMax {
 		return fmt.Errorf("dhcp fast path: pool ID %d outside 1-%d", p.ID, DHCPPoolMax-1)
@@ -123,7 +131,14 @@ func (t *DHCPTables) SetPool(p DHCPPool) error {
 	if p.PrefixClasses {
 		v.Flags |= uint32(phonePortPbDhcpPoolFlagsPB_POOL_PREFIX_CLASSES)
 	}
-	if err := t.ensureFreeQueue(p.ID); err != nil {
+	size := p.FreeQueue
+	if size == 0 {
+		size = DHCPFreeQueueDefault
+	}
+	if size < 0 {
+		return fmt.Errorf("dhcp fast path: pool %d: free queue of %d addresses", p.ID, size)
+	}
+	if err := t.ensureFreeQueue(p.ID, uint32(size)); err != nil {
 		return err
 	}
 	classes, err := t.hasClasses(p.ID)
@@ -167,21 +182,23 @@ func (t *DHCPTables) ClearPool(vlan uint16) error {
 	return t.objs.PbDhcpPools.Put(uint32(vlan), phonePortPbDhcpPool{})
 }
 
-func (t *DHCPTables) ensureFreeQueue(id uint32) error {
+func (t *DHCPTables) ensureFreeQueue(id, size uint32) error {
 	var inner *ebpf.Map
 	err := t.objs.PbDhcpFree.Lookup(id, &inner)
 	if err == nil {
+		same := inner.MaxEntries() == size
 		inner.Close()
-		return nil
-	}
-	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if same {
+			return nil
+		}
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("dhcp fast path: free queue %d: %w", id, err)
 	}
 	q, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       "pb_dhcp_freeq",
 		Type:       ebpf.Queue,
 		ValueSize:  4,
-		MaxEntries: DHCPFreeQueueMax,
+		MaxEntries: size,
 	})
 	if err != nil {
 		return fmt.Errorf("dhcp fast path: create free queue %d: %w", id, err)
@@ -479,9 +496,17 @@ type DHCPEvent struct {
 	Ifindex   int
 }
 
-// DHCPEvents reads what the kernel handed out, until ctx ends.
+// DHCPEvents reads what the kernel handed out. It is for one goroutine.
 type DHCPEvents struct {
-	rd *ringbuf.Reader
+	rd  *ringbuf.Reader
+	rec ringbuf.Record // reused: tens of thousands of events a second
+
+	// bootWall is the wall clock at CLOCK_BOOTTIME zero, read again at
+	// most once a second (bootChecked): reading CLOCK_BOOTTIME is a
+	// system call, which for every event cost more than the rest of
+	// reading it. The two clocks drift apart only when the wall clock is
+	// set or slewed.
+	bootWall, bootChecked time.Time
 }
 
 // Events opens the event stream. Only one reader may be open at a time.
@@ -493,29 +518,41 @@ func (t *DHCPTables) Events() (*DHCPEvents, error) {
 	return &DHCPEvents{rd: rd}, nil
 }
 
+// Offsets of the event's fields in a record (bpf/lib/dhcp.h).
+var evLayout phonePortPbDhcpEvent
+
+const evSize = int(unsafe.Sizeof(evLayout))
+
 // Read blocks for the next event; it returns ringbuf.ErrClosed after Close.
 func (e *DHCPEvents) Read() (DHCPEvent, error) {
-	rec, err := e.rd.Read()
-	if err != nil {
+	if err := e.rd.ReadInto(&e.rec); err != nil {
 		return DHCPEvent{}, err
 	}
-	var v phonePortPbDhcpEvent
-	if len(rec.RawSample) < binary.Size(v) {
-		return DHCPEvent{}, fmt.Errorf("dhcp fast path event of %d bytes", len(rec.RawSample))
+	b := e.rec.RawSample
+	if len(b) < evSize {
+		return DHCPEvent{}, fmt.Errorf("dhcp fast path event of %d bytes", len(b))
 	}
-	if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &v); err != nil {
-		return DHCPEvent{}, err
-	}
+	u32 := func(off uintptr) uint32 { return binary.NativeEndian.Uint32(b[off:]) }
+	typ := u32(unsafe.Offsetof(evLayout.Type))
+	mac := unsafe.Offsetof(evLayout.Mac)
 	return DHCPEvent{
-		Acked:     v.Type == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ACKED),
-		Allocated: v.Type == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ALLOCATED),
-		PoolID:    v.PoolId,
-		VLAN:      v.Vlan,
-		MAC:       net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
-		IP:        nativeIP4(v.Ip),
-		Expires:   wallFromBoot(v.ExpiresNs),
-		Ifindex:   int(v.Ifindex),
+		Acked:     typ == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ACKED),
+		Allocated: typ == uint32(phonePortPbDhcpEventTypePB_DHCP_EV_ALLOCATED),
+		PoolID:    u32(unsafe.Offsetof(evLayout.PoolId)),
+		VLAN:      binary.NativeEndian.Uint16(b[unsafe.Offsetof(evLayout.Vlan):]),
+		MAC:       net.HardwareAddr(bytes.Clone(b[mac : mac+6])),
+		IP:        nativeIP4(u32(unsafe.Offsetof(evLayout.Ip))),
+		Expires:   e.wallAt(binary.NativeEndian.Uint64(b[unsafe.Offsetof(evLayout.ExpiresNs):])),
+		Ifindex:   int(u32(unsafe.Offsetof(evLayout.Ifindex))),
 	}, nil
+}
+
+// wallAt converts a CLOCK_BOOTTIME reading to the wall clock.
+func (e *DHCPEvents) wallAt(ns uint64) time.Time {
+	if now := time.Now(); e.bootChecked.IsZero() || now.Sub(e.bootChecked) >= time.Second || now.Before(e.bootChecked) {
+		e.bootWall, e.bootChecked = now.Add(-bootNow()), now
+	}
+	return e.bootWall.Add(time.Duration(ns))
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded after t.

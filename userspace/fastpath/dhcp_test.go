@@ -285,6 +285,11 @@ func TestDHCPFastPathDORA(t *testing.T) {
 
 func TestDHCPFastPathTaggedAndClass(t *testing.T) {
 	f := newDHCPFixture(t)
+	events, err := f.t.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
 	f.t.PushFree(2, []netip.Addr{netip.MustParseAddr("10.100.0.50")})
 	f.t.PushFree(1, []netip.Addr{netip.MustParseAddr("10.0.0.60")})
 	unicast := discover(t)
@@ -296,6 +301,9 @@ func TestDHCPFastPathTaggedAndClass(t *testing.T) {
 	eth, ip, offer := checkReply(t, out, 100)
 	if !offer.YourIPAddr.Equal(net.IPv4(10, 100, 0, 50)) || !ip.SrcIP.Equal(net.IP(testServer100.AsSlice())) {
 		t.Errorf("VLAN 100 offer %s from %v", offer.Summary(), ip.SrcIP)
+	}
+	if e := readEvent(t, events); e.VLAN != 100 || e.PoolID != 2 || e.IP != netip.MustParseAddr("10.100.0.50") || !bytes.Equal(e.MAC, testPhoneMAC) {
+		t.Errorf("VLAN 100 offer event %+v", e)
 	}
 	// No broadcast flag: unicast to the offered address and chaddr.
 	if !ip.DstIP.Equal(net.IPv4(10, 100, 0, 50)) || !bytes.Equal(eth.DstMAC, testPhoneMAC) {
@@ -403,15 +411,15 @@ func TestDHCPTablesValidate(t *testing.T) {
 		t.Error("SetClass with a 65-byte vendor class succeeded")
 	}
 	var ips []netip.Addr
-	for i := range DHCPFreeQueueMax + 10 {
+	for i := range DHCPFreeQueueDefault + 10 {
 		ips = append(ips, netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}))
 	}
 	n, err := f.t.PushFree(1, ips)
-	if err != nil || n != DHCPFreeQueueMax {
-		t.Errorf("PushFree past capacity: %d, %v; want %d, nil", n, err, DHCPFreeQueueMax)
+	if err != nil || n != DHCPFreeQueueDefault {
+		t.Errorf("PushFree past capacity: %d, %v; want %d, nil", n, err, DHCPFreeQueueDefault)
 	}
 	got, err := f.t.DrainFree(1)
-	if err != nil || len(got) != DHCPFreeQueueMax || got[0] != ips[0] {
+	if err != nil || len(got) != DHCPFreeQueueDefault || got[0] != ips[0] {
 		t.Errorf("DrainFree: %d addresses (first %v), %v", len(got), got[0], err)
 	}
 }
@@ -658,5 +666,42 @@ func TestDHCPClasslessHint(t *testing.T) {
 	}
 	if hint(2) != 0 {
 		t.Errorf("pool 2 set again with a class: hint %d, want 0", hint(2))
+	}
+}
+
+// TestDHCPFreeQueueSize: a pool's queue can be larger than the size the C
+// program declares; SetPool with another size replaces the queue, and
+// the kernel hands out from the new one.
+func TestDHCPFreeQueueSize(t *testing.T) {
+	f := newDHCPFixture(t)
+	const size = 3 * DHCPFreeQueueDefault
+	pool := DHCPPool{ID: 1, VLAN: 0, ServerIP: testServer, DefaultBlock: 1, LeaseTime: time.Hour, OfferTime: time.Minute, Allocate: true, FreeQueue: size}
+	if err := f.t.SetPool(pool); err != nil {
+		t.Fatal(err)
+	}
+	var ips []netip.Addr
+	for i := range size + 10 {
+		ips = append(ips, netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}))
+	}
+	if n, err := f.t.PushFree(1, ips); err != nil || n != size {
+		t.Fatalf("PushFree past capacity: %d, %v; want %d, nil", n, err, size)
+	}
+	ret, out := f.run(t, request(t, 0, netip.MustParseAddr("255.255.255.255"), discover(t)))
+	if ret != 3 {
+		t.Fatalf("DISCOVER: verdict %d, want XDP_TX", ret)
+	}
+	if _, _, m := checkReply(t, out, 0); !m.YourIPAddr.Equal(ips[0].AsSlice()) {
+		t.Errorf("offered %v, want the first queued address %v", m.YourIPAddr, ips[0])
+	}
+	// The same size again keeps the queue and what it holds.
+	if err := f.t.SetPool(pool); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.t.DrainFree(1); err != nil || len(got) != size-1 {
+		t.Errorf("after SetPool with the same size: %d queued, %v; want %d", len(got), err, size-1)
+	}
+	pool.FreeQueue = -1
+	if err := f.t.SetPool(pool); err == nil {
+		t.Error("SetPool with a negative queue size succeeded")
 	}
 }

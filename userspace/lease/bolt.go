@@ -529,6 +529,22 @@ const addressFillPercent = 0.9
 
 type buckets struct {
 	leases, bymac, resv, resvip *bolt.Bucket
+	// Cursors for lookups, made on first use and kept for the
+	// transaction: Bucket.Get makes a cursor every time, and their
+	// stacks were most of what a write allocated.
+	leasesC, bymacC, resvipC *bolt.Cursor
+}
+
+// get is bk.Get(key) through the cursor *c, made on first use.
+func get(bk *bolt.Bucket, c **bolt.Cursor, key []byte) []byte {
+	if *c == nil {
+		*c = bk.Cursor()
+	}
+	k, v := (*c).Seek(key)
+	if !bytes.Equal(k, key) {
+		return nil
+	}
+	return v
 }
 
 func openBuckets(tx *bolt.Tx) (*buckets, error) {
@@ -659,7 +675,7 @@ func putLease(b *buckets, k []byte, l *Lease) error {
 
 // getLease returns the lease at k, or ok false.
 func getLease(b *buckets, k []byte) (l Lease, ok bool, err error) {
-	v := b.leases.Get(k)
+	v := get(b.leases, &b.leasesC, k)
 	if v == nil {
 		return Lease{}, false, nil
 	}
@@ -669,25 +685,63 @@ func getLease(b *buckets, k []byte) (l Lease, ok bool, err error) {
 
 // Allocate implements Store.
 func (s *Bolt) Allocate(ctx context.Context, l Lease, now time.Time) error {
-	ip, err := validIP(l.IP)
+	fn, err := s.allocateOp(l, now)
 	if err != nil {
 		return err
 	}
+	return s.write(ctx, fn)
+}
+
+// AllocateBatch implements Store. With CommitGroup the leases share
+// transactions (at most MaxBatch operations each) with each other and
+// with concurrent writers; in the other modes they are committed
+// together, apart from everyone else.
+func (s *Bolt) AllocateBatch(ctx context.Context, ls []Lease, now time.Time) []error {
+	out := make([]error, len(ls))
+	if err := ctx.Err(); err != nil {
+		for i := range out {
+			out[i] = err
+		}
+		return out
+	}
+	fns := make([]func(b *buckets) (error, error), 0, len(ls))
+	idx := make([]int, 0, len(ls))
+	for i, l := range ls {
+		fn, err := s.allocateOp(l, now)
+		if err != nil {
+			out[i] = err
+			continue
+		}
+		fns = append(fns, fn)
+		idx = append(idx, i)
+	}
+	for j, err := range s.writeAll(ctx, fns) {
+		out[idx[j]] = err
+	}
+	return out
+}
+
+// allocateOp checks l and returns Allocate's write.
+func (s *Bolt) allocateOp(l Lease, now time.Time) (func(b *buckets) (error, error), error) {
+	ip, err := validIP(l.IP)
+	if err != nil {
+		return nil, err
+	}
 	if err := validMAC(l.MAC); err != nil {
-		return err
+		return nil, err
 	}
 	if err := validPool(l.Pool); err != nil {
-		return err
+		return nil, err
 	}
 	if l.State != StateOffered && l.State != StateBound {
-		return invalid("Allocate state %s, want offered or bound", l.State)
+		return nil, invalid("Allocate state %s, want offered or bound", l.State)
 	}
 	for _, f := range []struct {
 		name string
 		n    int
 	}{{"port", len(l.Port)}, {"client ID", len(l.ClientID)}, {"hostname", len(l.Hostname)}} {
 		if f.n > MaxFieldLen {
-			return invalid("%s is %d bytes, over %d", f.name, f.n, MaxFieldLen)
+			return nil, invalid("%s is %d bytes, over %d", f.name, f.n, MaxFieldLen)
 		}
 	}
 	rec := l
@@ -699,11 +753,11 @@ func (s *Bolt) Allocate(ctx context.Context, l Lease, now time.Time) error {
 	k := key[:]
 	val, err := encodeLease(k, &rec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	mk := macKey(rec.Pool, rec.MAC)
-	return s.write(ctx, func(b *buckets) (error, error) {
-		if r := b.resvip.Get(k); r != nil {
+	return func(b *buckets) (error, error) {
+		if r := get(b.resvip, &b.resvipC, k); r != nil {
 			pool, rmac, err := parseMACKey(r)
 			if err != nil {
 				return nil, err
@@ -727,7 +781,7 @@ func (s *Bolt) Allocate(ctx context.Context, l Lease, now time.Time) error {
 		}
 		// The MAC's previous address in the pool is released and kept, so
 		// that the MAC can get it back later.
-		if old := b.bymac.Get(mk); old != nil && !bytes.Equal(old, k) {
+		if old := get(b.bymac, &b.bymacC, mk); old != nil && !bytes.Equal(old, k) {
 			oldKey := bytes.Clone(old)
 			ol, ok, err := getLease(b, oldKey)
 			if err != nil {
@@ -741,7 +795,7 @@ func (s *Bolt) Allocate(ctx context.Context, l Lease, now time.Time) error {
 				}
 			}
 		}
-		if prevHolder != nil && bytes.Equal(b.bymac.Get(prevHolder), k) {
+		if prevHolder != nil && bytes.Equal(get(b.bymac, &b.bymacC, prevHolder), k) {
 			if err := b.bymac.Delete(prevHolder); err != nil {
 				return nil, err
 			}
@@ -750,7 +804,7 @@ func (s *Bolt) Allocate(ctx context.Context, l Lease, now time.Time) error {
 			return nil, err
 		}
 		return nil, b.bymac.Put(mk, k)
-	})
+	}, nil
 }
 
 // Renew implements Store.

@@ -1,8 +1,10 @@
 package lease
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -64,7 +66,11 @@ var errNothingToCommit = errors.New("nothing to commit")
 
 // call runs fn as its own transaction's only operation or joins others,
 // per mode, and returns fn's outcome once the transaction has committed.
-func (s *Bolt) call(fn opFunc) error {
+func (s *Bolt) call(fn opFunc) error { return s.callN(fn, 1) }
+
+// callN is call for an operation of n steps (writeAll's chunks), which
+// counts as n operations towards maxOps and CommitStats.
+func (s *Bolt) callN(fn opFunc, n int) error {
 	switch s.mode {
 	case CommitSerial:
 		var outcome error
@@ -95,8 +101,76 @@ func (s *Bolt) call(fn opFunc) error {
 		}
 		return outcomeError(outcome)
 	default:
-		return s.group.do(fn)
+		return s.group.do(fn, n)
 	}
+}
+
+// writeAll runs fns in order as write operations (see write) and returns
+// their outcomes once all have committed. They go to the store as a few
+// operations of at most maxOps steps each (per mode, sharing transactions
+// with other writers), not as one operation each: fewer transactions,
+// far less queueing, and the buckets opened once per transaction. A step
+// whose transaction step fails (it is rolled back with its chunk) gets
+// that error; the rest of its chunk is tried again without it.
+func (s *Bolt) writeAll(ctx context.Context, fns []func(b *buckets) (outcome, err error)) []error {
+	out := make([]error, len(fns))
+	rest := make([]int, len(fns))
+	for i := range rest {
+		rest[i] = i
+	}
+	for len(rest) > 0 {
+		chunk := rest[:min(len(rest), s.group.maxOps)]
+		failed := -1
+		err := s.callN(func(tx *bolt.Tx) (error, error) {
+			failed = -1
+			b, err := openBuckets(tx)
+			if err != nil {
+				return nil, err
+			}
+			wrote := false
+			for j, i := range chunk {
+				o := ctx.Err()
+				if o == nil {
+					if o, err = safeStep(fns[i], b); err != nil {
+						failed = j
+						return nil, err
+					}
+				}
+				out[i] = o
+				wrote = wrote || o == nil
+			}
+			if !wrote {
+				return errUnchanged, nil
+			}
+			return nil, nil
+		}, len(chunk))
+		switch {
+		case err == nil:
+			for _, i := range chunk {
+				out[i] = outcomeError(out[i])
+			}
+			rest = rest[len(chunk):]
+		case failed >= 0:
+			out[chunk[failed]] = mapErr(err)
+			rest = slices.Delete(rest, failed, failed+1)
+		default:
+			for _, i := range chunk {
+				out[i] = mapErr(err)
+			}
+			rest = rest[len(chunk):]
+		}
+	}
+	return out
+}
+
+// safeStep is safeCall for one step of writeAll.
+func safeStep(fn func(b *buckets) (outcome, err error), b *buckets) (outcome, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("lease store: internal error: %v", p)
+		}
+	}()
+	return fn(b)
 }
 
 // safeCall runs fn, turning a panic into a transaction error so that the
@@ -125,19 +199,21 @@ type committer struct {
 
 type pendingOp struct {
 	fn      opFunc
+	n       int // steps, counted towards maxOps
 	outcome error
 	// done receives true when the operation has finished, or false when
 	// its goroutine is to lead the next transaction.
 	done chan bool
 }
 
-// do queues fn. If no transaction is being built, the caller leads: it
-// takes everything queued (at most maxOps), commits it in one
+// do queues fn, an operation of n steps. If no transaction is being
+// built, the caller leads: it takes everything queued (operations of at
+// most maxOps steps in all, but at least one), commits it in one
 // transaction, then hands the lead to the first still-queued caller, so
 // every caller leads at most one transaction and returns as soon as its
 // own has committed.
-func (c *committer) do(fn opFunc) error {
-	p := &pendingOp{fn: fn, done: make(chan bool, 1)}
+func (c *committer) do(fn opFunc, n int) error {
+	p := &pendingOp{fn: fn, n: n, done: make(chan bool, 1)}
 	c.mu.Lock()
 	c.queue = append(c.queue, p)
 	if c.leader {
@@ -152,7 +228,11 @@ func (c *committer) do(fn opFunc) error {
 	}
 
 	c.mu.Lock()
-	n := min(len(c.queue), c.maxOps)
+	n, steps := 0, 0
+	for n < len(c.queue) && (n == 0 || steps+c.queue[n].n <= c.maxOps) {
+		steps += c.queue[n].n
+		n++
+	}
 	group := make([]*pendingOp, n)
 	copy(group, c.queue)
 	rest := copy(c.queue, c.queue[n:])
@@ -216,7 +296,9 @@ func (c *committer) run(group []*pendingOp) {
 			err = nil
 		} else if err == nil {
 			c.commits.Add(1)
-			c.ops.Add(uint64(len(group)))
+			for _, p := range group {
+				c.ops.Add(uint64(p.n))
+			}
 		}
 		for _, p := range group {
 			if err != nil {

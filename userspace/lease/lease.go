@@ -99,6 +99,16 @@ type Store interface {
 	// one pool. It fails with ErrAddressInUse or ErrReserved and changes
 	// nothing then.
 	Allocate(ctx context.Context, l Lease, now time.Time) error
+	// AllocateBatch does what Allocate does for each lease of ls, in
+	// order and with the same now, and returns one outcome per lease: nil,
+	// or the error Allocate would have returned. It is for writers with
+	// many leases at hand (the XDP fast path's events), which would
+	// otherwise pay one commit each. Every lease whose outcome is nil is
+	// durable when it returns. The batch is not atomic as a whole: a
+	// backend may commit it in one transaction or in several, and a
+	// failure of the store itself (closed, ctx cancelled, I/O) is the
+	// outcome of each lease it did not commit.
+	AllocateBatch(ctx context.Context, ls []Lease, now time.Time) []error
 	// Renew extends the lease on ip held by mac and marks it bound.
 	Renew(ctx context.Context, ip netip.Addr, mac net.HardwareAddr, expires time.Time) (Lease, error)
 	// Release frees ip if mac holds it.

@@ -67,14 +67,36 @@ func (m *Memory) Allocate(ctx context.Context, l Lease, now time.Time) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.allocateLocked(l, now)
+}
+
+// AllocateBatch implements Store; the whole batch is applied under one
+// hold of the lock.
+func (m *Memory) AllocateBatch(ctx context.Context, ls []Lease, now time.Time) []error {
+	out := make([]error, len(ls))
+	if err := ctx.Err(); err != nil {
+		for i := range out {
+			out[i] = err
+		}
+		return out
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, l := range ls {
+		out[i] = m.allocateLocked(l, now)
+	}
+	return out
+}
+
+func (m *Memory) allocateLocked(l Lease, now time.Time) error {
 	if err := Validate(l); err != nil {
 		return err
 	}
 	if l.State != StateOffered && l.State != StateBound {
 		return fmt.Errorf("%w: allocate in state %s", ErrInvalid, l.State)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	key := memKey(l.Pool, l.MAC)
 	if owner, ok := m.resvIP[l.IP]; ok && owner != key {
 		return ErrReserved

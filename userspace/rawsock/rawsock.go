@@ -26,6 +26,11 @@ type Frame struct {
 	// VLAN is the outer 802.1Q VLAN ID the kernel removed; valid only if Tagged.
 	VLAN   uint16
 	Tagged bool
+	// Received is when the kernel received the frame (SO_TIMESTAMPNS,
+	// wall clock), so a reader can tell how long it queued. The kernel
+	// turns stamping on shortly after the first socket asks for it; a
+	// frame that arrived before is stamped when read.
+	Received time.Time
 }
 
 // Conn is a raw socket bound to one interface.
@@ -85,6 +90,9 @@ func Listen(ifname string, opts Options) (_ *Conn, err error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_AUXDATA, 1); err != nil {
 		return nil, fmt.Errorf("raw socket on %s: PACKET_AUXDATA: %w", ifname, err)
 	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		return nil, fmt.Errorf("raw socket on %s: SO_TIMESTAMPNS: %w", ifname, err)
+	}
 	// Our own replies would otherwise come back through the tap.
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		return nil, fmt.Errorf("raw socket on %s: PACKET_IGNORE_OUTGOING: %w", ifname, err)
@@ -120,7 +128,7 @@ func (c *Conn) HardwareAddr() net.HardwareAddr { return c.mac }
 // Name is the interface's name.
 func (c *Conn) Name() string { return c.name }
 
-var auxLen = unix.CmsgSpace(int(unsafe.Sizeof(unix.TpacketAuxdata{})))
+var oobLen = unix.CmsgSpace(int(unsafe.Sizeof(unix.TpacketAuxdata{}))) + unix.CmsgSpace(int(unsafe.Sizeof(unix.Timespec{})))
 
 // Read receives one frame into buf and returns it, with the VLAN the kernel
 // stripped. It blocks until a frame arrives, the deadline passes or the
@@ -130,7 +138,7 @@ func (c *Conn) Read(buf []byte) (Frame, error) {
 	if err != nil {
 		return Frame{}, err
 	}
-	oob := make([]byte, auxLen)
+	oob := make([]byte, oobLen)
 	var n, oobn int
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
@@ -155,16 +163,20 @@ func (c *Conn) Read(buf []byte) (Frame, error) {
 		return Frame{}, fmt.Errorf("read %s: control message: %w", c.name, err)
 	}
 	for _, m := range msgs {
-		if m.Header.Level != unix.SOL_PACKET || m.Header.Type != unix.PACKET_AUXDATA {
-			continue
-		}
-		if len(m.Data) < int(unsafe.Sizeof(unix.TpacketAuxdata{})) {
-			continue
-		}
-		aux := (*unix.TpacketAuxdata)(unsafe.Pointer(&m.Data[0]))
-		if aux.Status&unix.TP_STATUS_VLAN_VALID != 0 {
-			fr.Tagged = true
-			fr.VLAN = aux.Vlan_tci & 0x0fff
+		switch {
+		case m.Header.Level == unix.SOL_PACKET && m.Header.Type == unix.PACKET_AUXDATA &&
+			len(m.Data) >= int(unsafe.Sizeof(unix.TpacketAuxdata{})):
+			aux := (*unix.TpacketAuxdata)(unsafe.Pointer(&m.Data[0]))
+			if aux.Status&unix.TP_STATUS_VLAN_VALID != 0 {
+				fr.Tagged = true
+				fr.VLAN = aux.Vlan_tci & 0x0fff
+			}
+		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS &&
+			len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})):
+			ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
+			if ts.Sec != 0 || ts.Nsec != 0 {
+				fr.Received = time.Unix(ts.Unix())
+			}
 		}
 	}
 	return fr, nil

@@ -154,3 +154,29 @@ func TestListenErrors(t *testing.T) {
 		t.Error("Listen without a filter succeeded")
 	}
 }
+
+// TestReadReportsArrival: a frame carries the time the kernel received
+// it, not the time it was read, so a reader can tell how long it waited.
+func TestReadReportsArrival(t *testing.T) {
+	a, b := privtest.VethPair(t, "pba", "pbb")
+	if err := b.SetUp("pbb"); err != nil {
+		t.Fatal(err)
+	}
+	rx := listenIn(t, a, "pba")
+	tx := listenIn(t, b, "pbb")
+	before := time.Now()
+	if err := tx.Write(frame(nil, 67, 1)); err != nil {
+		t.Fatal(err)
+	}
+	const wait = 300 * time.Millisecond
+	time.Sleep(wait)
+	rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+	fr, err := rx.Read(make([]byte, 2048))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := time.Now()
+	if fr.Received.Before(before.Add(-time.Second)) || fr.Received.After(read.Add(-wait)) {
+		t.Errorf("received at %v: sent after %v, read at %v after a wait of %v", fr.Received, before, read, wait)
+	}
+}
