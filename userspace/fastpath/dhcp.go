@@ -39,7 +39,7 @@ const DHCPPoolMax = 256
 // header), so 1 MiB holds 26,214 of them: 260 ms of 100,000 events a
 // second while the reader waits on a lease store commit (an fdatasync:
 // milliseconds on an SSD, tens on eMMC), or everything three pools' free
-// queues (DHCPFreeQueueMax each, an OFFER and an ACK per address) hand
+// queues (DHCPFreeQueueDefault each, an OFFER and an ACK per address) hand
 // out while the daemon restarts. When it is full the kernel answers
 // nothing and passes the request to userspace, so the size bounds the
 // burst the kernel absorbs, not what is recorded. Its pages are mapped
