@@ -188,7 +188,10 @@ func TestLabInterrupted(t *testing.T) {
 	o.Phones, o.Ports = 4, 2
 	o.TimeScale = 1 // real boot times: 18 s and more
 	ctx, cancel := context.WithCancelCause(context.Background())
-	time.AfterFunc(2*time.Second, func() { cancel(errors.New("operator pressed Ctrl-C")) })
+	// Late enough for the agent to be up (loading and verifying the XDP
+	// program takes seconds on a busy machine), early enough that no phone
+	// (18 s and more, -10%) has booted.
+	time.AfterFunc(8*time.Second, func() { cancel(errors.New("operator pressed Ctrl-C")) })
 	rep, err := Run(ctx, o)
 	assertCleanedUp(t, o.ID)
 	if err == nil || !strings.Contains(err.Error(), "Ctrl-C") {
