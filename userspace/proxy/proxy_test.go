@@ -1,0 +1,294 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/phoneboot/phoneboot/userspace/cmsim"
+	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/sccp"
+)
+
+func TestMain(m *testing.M) {
+	// 2,000 phones through the proxy hold about 16,000 descriptors in
+	// this one process (phone, both proxy sockets, two splice pipes,
+	// CallManager side): raise the limit as a daemon's unit would.
+	if os.Geteuid() == 0 {
+		lim := unix.Rlimit{Cur: 1 << 16, Max: 1 << 16}
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	}
+	os.Exit(privtest.RunInNetNS(m))
+}
+
+var netSeq atomic.Uint32
+
+// testNet gives each test its own loopback addresses: the proxy on
+// 127.N.0.1, CallManagers on 127.N.1.x.
+func testNet() (proxyIP string, cm func(i int) string) {
+	n := netSeq.Add(1) + 10
+	return fmt.Sprintf("127.%d.0.1", n), func(i int) string { return fmt.Sprintf("127.%d.1.%d", n, i+1) }
+}
+
+type rig struct {
+	t     *testing.T
+	p     *Proxy
+	cms   []*cmsim.Server
+	addr  string // the proxy's SCCP listener
+	ctx   context.Context
+	phWG  sync.WaitGroup
+	stop  context.CancelFunc
+	phCtx context.Context
+}
+
+// newRig starts n CallManager simulators and a proxy in front of them,
+// all torn down when the test ends. tweak adjusts the proxy config.
+func newRig(t *testing.T, n int, ka time.Duration, tweak func(*Config)) *rig {
+	t.Helper()
+	privtest.RequireNetNS(t)
+	pip, cmIP := testNet()
+	r := &rig{t: t}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.ctx = ctx
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	cfg := Config{
+		Listeners: []Listener{{Protocol: SCCP, Addr: pip + ":0", UpstreamPort: sccp.Port}},
+		Health:    HealthConfig{Interval: 100 * time.Millisecond, Timeout: 80 * time.Millisecond, Rise: 2, Fall: 3},
+		Failback:  FailbackConfig{Disabled: true},
+	}
+	for i := range n {
+		s, err := cmsim.New(cmsim.Config{Name: fmt.Sprintf("cm%d", i+1), Addr: cmIP(i) + ":2000", KeepAlive: ka}, quiet())
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Run(ctx) }()
+		r.cms = append(r.cms, s)
+		cfg.CallManagers = append(cfg.CallManagers, CallManager{Name: fmt.Sprintf("cm%d", i+1), Host: cmIP(i)})
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	p, err := New(cfg, privtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.p = p
+	r.addr = p.Addrs()[0].String()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := p.Run(ctx); err != nil {
+			t.Errorf("proxy Run: %v", err)
+		}
+	}()
+	r.phCtx, r.stop = context.WithCancel(ctx)
+	t.Cleanup(func() { r.stop(); r.phWG.Wait() })
+	return r
+}
+
+// quiet is a logger for the simulators, whose mode changes the test
+// drives itself.
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func device(i int) string { return fmt.Sprintf("SEP001B54%06X", i) }
+
+func register(i int) sccp.Register {
+	return sccp.Register{DeviceName: device(i), Instance: 1, StationIP: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}),
+		DeviceType: 115, MaxStreams: 5, ProtocolVersion: 11, LoadInfo: "SCCP41.8-5-3S", BodyLen: sccp.RegisterLoadBody}
+}
+
+// phones starts n simulated phones registering through the proxy.
+func (r *rig) phones(n int, onEvent func(cmsim.PhoneEvent)) []*cmsim.Phone {
+	r.t.Helper()
+	out := make([]*cmsim.Phone, n)
+	for i := range n {
+		ph, err := cmsim.NewPhone(cmsim.PhoneConfig{Register: register(i), Servers: []string{r.addr},
+			RetryDelay: 20 * time.Millisecond, RegisterTimeout: 5 * time.Second, OnEvent: onEvent})
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		out[i] = ph
+		r.phWG.Add(1)
+		go func() { defer r.phWG.Done(); ph.Run(r.phCtx) }()
+	}
+	return out
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// dialPhone is a hand-driven phone connection through the proxy.
+func dialPhone(t *testing.T, addr string) (*net.TCPConn, *sccp.Reader) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn), sccp.NewReader(c)
+}
+
+func expect(t *testing.T, c net.Conn, r *sccp.Reader, id sccp.MessageID) sccp.Frame {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	f, err := r.ReadFrame()
+	if err != nil {
+		t.Fatalf("waiting for %v: %v", id, err)
+	}
+	if f.ID != id {
+		t.Fatalf("got %v, want %v", f.ID, id)
+	}
+	return f
+}
+
+// pipes counts this process's open pipe descriptors.
+func pipes(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "pipe:") {
+			n++
+		}
+	}
+	return n
+}
+
+func TestRegisterThroughProxy(t *testing.T) {
+	r := newRig(t, 2, 5*time.Second, nil)
+	pipesBefore := pipes(t)
+	c, rd := dialPhone(t, r.addr)
+	reg := register(1)
+	c.Write(reg.AppendFrame(nil, sccp.Version22))
+	ack, err := sccp.DecodeRegisterAck(expect(t, c, rd, sccp.RegisterAckID).Body)
+	if err != nil || ack.KeepAliveInterval != 5 {
+		t.Fatalf("RegisterAck %+v %v", ack, err)
+	}
+	expect(t, c, rd, sccp.CapabilitiesReqID)
+	c.Write(sccp.AppendEmpty(nil, sccp.Version22, sccp.KeepAliveID))
+	expect(t, c, rd, sccp.KeepAliveAckID)
+
+	if st := r.cms[0].Stations(); len(st) != 1 || st[0].Device != reg.DeviceName {
+		t.Fatalf("primary's stations %+v", st)
+	}
+	if n := r.cms[1].Registered(); n != 0 {
+		t.Errorf("secondary has %d stations", n)
+	}
+	regs := r.p.Registrations()
+	if len(regs) != 1 {
+		t.Fatalf("table %+v", regs)
+	}
+	got := regs[0]
+	if got.Device != reg.DeviceName || got.CallManager != "cm1" || got.State != StateRegistered || got.Protocol != SCCP ||
+		got.Phone != c.LocalAddr().String() || got.DeviceType != 115 || got.Load != "SCCP41.8-5-3S" || got.KeepAlive != 5*time.Second {
+		t.Errorf("row %+v", got)
+	}
+	// Both directions are relayed by splice, which holds a pipe each.
+	if n := pipes(t) - pipesBefore; n < 4 {
+		t.Errorf("%d more pipe descriptors with a session relayed, want 4 (two splice pipes)", n)
+	}
+	c.Close()
+	waitFor(t, 2*time.Second, "session gone", func() bool { return len(r.p.Registrations()) == 0 })
+	waitFor(t, 2*time.Second, "station gone", func() bool { return r.cms[0].Registered() == 0 })
+	st := r.p.Stats()
+	if st.Accepted[SCCP] != 1 || st.Registered != 1 || st.Active != 0 || st.Closed["phone_closed"] != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	if !st.CallManagers[0].Healthy || !st.CallManagers[1].Healthy || st.CallManagers[0].Sessions != 0 {
+		t.Errorf("call managers %+v", st.CallManagers)
+	}
+}
+
+func TestRejectWatched(t *testing.T) {
+	privtest.RequireNetNS(t)
+	pip, cmIP := testNet()
+	cm, err := cmsim.New(cmsim.Config{Name: "cm1", Addr: cmIP(0) + ":2000", Known: func(string) bool { return false }}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go cm.Run(ctx)
+	p, err := New(Config{Listeners: []Listener{{Protocol: SCCP, Addr: pip + ":0", UpstreamPort: 2000}},
+		CallManagers: []CallManager{{Name: "cm1", Host: cmIP(0)}}}, privtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	c, rd := dialPhone(t, p.Addrs()[0].String())
+	reg := register(2)
+	c.Write(reg.AppendFrame(nil, 0))
+	expect(t, c, rd, sccp.RegisterRejectID)
+	waitFor(t, 2*time.Second, "closed after the reject", func() bool { return p.Stats().Active == 0 })
+	if st := p.Stats(); st.Rejected != 1 || st.Closed["upstream_closed"] != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestFirstMessageBounds: a huge length, a slow sender and junk are cut
+// off; a KeepAlive first (a standby connection) is relayed unwatched.
+func TestFirstMessageBounds(t *testing.T) {
+	r := newRig(t, 1, 5*time.Second, func(c *Config) { c.HeaderTimeout = 300 * time.Millisecond })
+	closedSoon := func(name string, send []byte) {
+		t.Helper()
+		c, _ := dialPhone(t, r.addr)
+		c.Write(send)
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		var b [16]byte
+		if n, err := c.Read(b[:]); err == nil || isTimeout(err) {
+			t.Errorf("%s: read %d bytes, %v; want the connection closed", name, n, err)
+		}
+	}
+	closedSoon("huge length", []byte{0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 1, 0, 0, 0})
+	closedSoon("slow sender", []byte{0x80, 0, 0})
+	short := sccp.AppendFrame(nil, 0, sccp.RegisterID, make([]byte, 20))
+	closedSoon("Register too short", short)
+	if st := r.cms[0].Stats(); st.Malformed != 0 || st.Registered != 0 {
+		t.Errorf("bad first messages reached the CallManager: %+v", st)
+	}
+	if st := r.p.Stats(); st.Closed["bad_first_message"] != 3 {
+		t.Errorf("stats %+v", st.Closed)
+	}
+
+	c, rd := dialPhone(t, r.addr)
+	c.Write(sccp.AppendEmpty(nil, 0, sccp.KeepAliveID))
+	expect(t, c, rd, sccp.KeepAliveAckID)
+	if regs := r.p.Registrations(); len(regs) != 1 || regs[0].State != StateConnected || regs[0].Device != "" {
+		t.Errorf("table %+v", regs)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
