@@ -52,7 +52,7 @@ type Registration struct {
 	Phone       string        `json:"phone"`        // the phone's address and port
 	CallManager string        `json:"call_manager"` // name; "" before one is chosen
 	State       State         `json:"state"`
-	Since       time.Time     `json:"since"`                // of the last state change
+	Since       time.Time     `json:"since"`                 // of the last state change
 	DeviceType  uint32        `json:"device_type,omitempty"` // SCCP
 	Load        string        `json:"load,omitempty"`        // SCCP loadInfo
 	KeepAlive   time.Duration `json:"keepalive,omitempty"`   // from RegisterAck

@@ -6,16 +6,16 @@ import "sync/atomic"
 type closeReason int
 
 const (
-	reasonPhoneClosed    closeReason = iota // the phone closed or reset its side
-	reasonUpstreamClosed                    // the CallManager closed or reset its side
-	reasonUpstreamDown                      // the health checks took the CallManager down
-	reasonUpstreamSilent                    // the CallManager left a talking phone unanswered past its keepalive interval
-	reasonIdle                              // the phone sent nothing past the idle limit
-	reasonFailback                          // moved back to a higher-priority CallManager
-	reasonBadFirst                          // the first message was malformed, too long or too slow
-	reasonNoUpstream                        // no healthy CallManager, or none could be reached
-	reasonQueueFull                         // the admission queue was full
-	reasonRegisterTimeout                   // no answer to the registration in time
+	reasonPhoneClosed     closeReason = iota // the phone closed or reset its side
+	reasonUpstreamClosed                     // the CallManager closed or reset its side
+	reasonUpstreamDown                       // the health checks took the CallManager down
+	reasonUpstreamSilent                     // the CallManager left a talking phone unanswered past its keepalive interval
+	reasonIdle                               // the phone sent nothing past the idle limit
+	reasonFailback                           // moved back to a higher-priority CallManager
+	reasonBadFirst                           // the first message was malformed, too long or too slow
+	reasonNoUpstream                         // no healthy CallManager, or none could be reached
+	reasonQueueFull                          // the admission queue was full
+	reasonRegisterTimeout                    // no answer to the registration in time
 	reasonShutdown
 	numReasons
 )

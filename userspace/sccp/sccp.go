@@ -150,38 +150,55 @@ func NextFrame(b []byte) (f Frame, n int, err error) {
 }
 
 // Reader reads whole messages from a stream into a buffer of its own of
-// at most HeaderLen+MaxBody bytes.
+// at most HeaderLen+MaxBody bytes. A read that fails (a deadline passing,
+// say) keeps what it had read, so ReadFrame can be called again and
+// carries on where it stopped.
 type Reader struct {
 	r   io.Reader
 	buf []byte
+	n   int // bytes of the current message read so far
 }
 
 // NewReader reads messages from r.
 func NewReader(r io.Reader) *Reader {
-	return &Reader{r: r, buf: make([]byte, HeaderLen, 256)}
+	return &Reader{r: r, buf: make([]byte, 256)}
 }
 
 // ReadFrame reads the next message. Its body is valid until the next call.
 // A stream that ends inside a message gives io.ErrUnexpectedEOF; one that
 // ends between messages gives io.EOF.
 func (r *Reader) ReadFrame() (Frame, error) {
-	hdr := r.buf[:HeaderLen]
-	if _, err := io.ReadFull(r.r, hdr); err != nil {
+	if err := r.fill(HeaderLen); err != nil {
 		return Frame{}, err
 	}
-	h, err := ParseHeader(hdr)
+	h, err := ParseHeader(r.buf[:HeaderLen])
 	if err != nil {
 		return Frame{}, err
 	}
-	if cap(r.buf) < h.FrameLen() {
-		r.buf = append(r.buf[:HeaderLen], make([]byte, h.FrameLen()-HeaderLen)...)
+	if len(r.buf) < h.FrameLen() {
+		r.buf = append(r.buf, make([]byte, h.FrameLen()-len(r.buf))...)
 	}
-	body := r.buf[HeaderLen:h.FrameLen()]
-	if _, err := io.ReadFull(r.r, body); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
+	if err := r.fill(h.FrameLen()); err != nil {
 		return Frame{}, err
 	}
-	return Frame{Version: h.Version, ID: h.ID, Body: body}, nil
+	r.n = 0
+	return Frame{Version: h.Version, ID: h.ID, Body: r.buf[HeaderLen:h.FrameLen()]}, nil
+}
+
+// fill reads until the buffer holds want bytes of the current message.
+func (r *Reader) fill(want int) error {
+	for r.n < want {
+		k, err := r.r.Read(r.buf[r.n:want])
+		r.n += k
+		if err != nil {
+			if r.n >= want {
+				return nil
+			}
+			if errors.Is(err, io.EOF) && r.n > 0 {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
 }

@@ -254,3 +254,55 @@ func BenchmarkAppendRegister(b *testing.B) {
 		buf = m.AppendFrame(buf[:0], 0)
 	}
 }
+
+// flakyReader hands out a few bytes at a time and fails every other read,
+// as a connection with a read deadline does.
+type flakyReader struct {
+	b    []byte
+	fail bool
+}
+
+var errFlaky = errors.New("deadline")
+
+func (f *flakyReader) Read(p []byte) (int, error) {
+	f.fail = !f.fail
+	if f.fail {
+		return 0, errFlaky
+	}
+	if len(f.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), 5)], f.b)
+	f.b = f.b[n:]
+	return n, nil
+}
+
+// TestReaderResumes: a read error inside a message loses nothing; the
+// next call carries on.
+func TestReaderResumes(t *testing.T) {
+	stream := testRegister().AppendFrame(nil, 0)
+	stream = AppendEmpty(stream, 0, KeepAliveAckID)
+	r := NewReader(&flakyReader{b: stream})
+	var ids []MessageID
+	for {
+		f, err := r.ReadFrame()
+		if errors.Is(err, errFlaky) {
+			continue
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.ID == RegisterID {
+			if m, err := DecodeRegister(f.Body); err != nil || m.DeviceName != testRegister().DeviceName {
+				t.Fatalf("Register after resumed reads: %+v, %v", m, err)
+			}
+		}
+		ids = append(ids, f.ID)
+	}
+	if !reflect.DeepEqual(ids, []MessageID{RegisterID, KeepAliveAckID}) {
+		t.Errorf("frames %v", ids)
+	}
+}
