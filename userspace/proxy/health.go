@@ -25,6 +25,8 @@ type upstream struct {
 	transitions atomic.Uint64
 	probesOK    atomic.Uint64
 	probesFail  atomic.Uint64
+	vetoes      atomic.Uint64
+	okSince     atomic.Int64 // unix ns: see troubleFree
 
 	// Only the CallManager's health goroutine touches these.
 	okRun, failRun int
@@ -111,7 +113,15 @@ func (p *Proxy) health(ctx context.Context, u *upstream) {
 		} else {
 			u.okRun, u.failRun = 0, u.failRun+1
 			if u.healthy.Load() && u.failRun >= p.cfg.Health.Fall {
-				p.setHealthy(u, false, err)
+				if p.heardFrom(u, time.Duration(p.cfg.Health.Fall)*p.cfg.Health.Interval) {
+					// Its phones still hear from it: the probes are
+					// what is slow (a loaded proxy), and taking it
+					// down would drop every phone for nothing.
+					u.vetoes.Add(1)
+					p.log.Warn("CallManager fails its probes but answers its phones; kept up", "cm", u.cfg.Name, "error", err)
+				} else {
+					p.setHealthy(u, false, err)
+				}
 			}
 		}
 		select {
@@ -122,12 +132,34 @@ func (p *Proxy) health(ctx context.Context, u *upstream) {
 	}
 }
 
+// heardFrom says whether any session's CallManager side received data
+// within the window (from TCP_INFO; the relay never sees the bytes).
+func (p *Proxy) heardFrom(u *upstream, window time.Duration) bool {
+	var ups []*net.TCPConn
+	p.mu.Lock()
+	for _, s := range p.sessions {
+		s.mu.Lock()
+		if s.cm == u && s.up != nil && s.state == StateRegistered {
+			ups = append(ups, s.up)
+		}
+		s.mu.Unlock()
+	}
+	p.mu.Unlock()
+	for _, c := range ups {
+		if quiet, err := lastDataRecv(c); err == nil && quiet < window {
+			return true
+		}
+	}
+	return false
+}
+
 // setHealthy changes a CallManager's state. Down closes every session on
 // it at once, so its phones re-register (on the next CallManager) now
 // instead of after their missed keepalives; up wakes the failback.
 func (p *Proxy) setHealthy(u *upstream, up bool, why error) {
 	u.transitions.Add(1)
 	if up {
+		u.trouble()
 		u.healthy.Store(true)
 		p.log.Info("CallManager up", "cm", u.cfg.Name)
 		select {
@@ -153,29 +185,28 @@ func (p *Proxy) setHealthy(u *upstream, up bool, why error) {
 	}
 }
 
-// failback moves sessions from lower-priority CallManagers to the best
-// healthy one, once it has stayed healthy for Failback.Delay, at
-// Failback.Rate with each gap jittered by ±50 %.
+// failback moves sessions from lower-priority CallManagers to the
+// highest-priority healthy one once it has been trouble-free (healthy, no
+// failed dial) for Failback.Delay, at Failback.Rate with each gap
+// jittered by ±50 %. It looks every health interval and when a
+// CallManager comes up: sessions also land lower when a dial fails before
+// the health checks notice anything.
 func (p *Proxy) failback(ctx context.Context) {
 	if p.cfg.Failback.Disabled {
 		return
 	}
 	gap := time.Duration(float64(time.Second) / p.cfg.Failback.Rate)
+	t := time.NewTicker(p.cfg.Health.Interval)
+	defer t.Stop()
 	for {
 		select {
 		case <-p.failbackKick:
+		case <-t.C:
 		case <-ctx.Done():
 			return
 		}
-		if d := p.cfg.Failback.Delay; d > 0 {
-			select {
-			case <-time.After(d):
-			case <-ctx.Done():
-				return
-			}
-		}
 		best := p.pick(0)
-		if best == nil {
+		if best == nil || !best.healthy.Load() || time.Since(best.troubleFree()) < p.cfg.Failback.Delay {
 			continue
 		}
 		var movers []*session
@@ -194,7 +225,7 @@ func (p *Proxy) failback(ctx context.Context) {
 		p.log.Info("failback", "to", best.cfg.Name, "sessions", len(movers), "rate", p.cfg.Failback.Rate)
 		rand.Shuffle(len(movers), func(i, j int) { movers[i], movers[j] = movers[j], movers[i] })
 		for _, s := range movers {
-			// Stop if the target failed meanwhile: the movers stay.
+			// Stop if the target failed meanwhile: the rest stay.
 			if !best.healthy.Load() {
 				break
 			}
@@ -208,6 +239,12 @@ func (p *Proxy) failback(ctx context.Context) {
 		}
 	}
 }
+
+// troubleFree is when the CallManager last came up or last failed a dial.
+func (u *upstream) troubleFree() time.Time { return time.Unix(0, u.okSince.Load()) }
+
+// trouble notes a failure the health checks may not have seen yet.
+func (u *upstream) trouble() { u.okSince.Store(time.Now().UnixNano()) }
 
 // sweep checks every watched session each SweepInterval, from the
 // kernel's TCP_INFO of both sockets (the relay itself never sees the

@@ -93,6 +93,7 @@ func New(cfg Config, log *slog.Logger) (_ *Proxy, err error) {
 		p.cms = append(p.cms, &upstream{idx: i, cfg: c,
 			bucket: newBucket(cfg.Admission.Rate, cfg.Admission.Burst, cfg.Admission.QueueLimit)})
 		p.cms[i].healthy.Store(true) // until the first probe round in Run says otherwise
+		p.cms[i].trouble()
 	}
 	defer func() {
 		if err != nil {
@@ -244,13 +245,28 @@ func (u *upstream) addr(port int) string {
 	return net.JoinHostPort(u.cfg.Host, strconv.Itoa(port))
 }
 
-// pick returns the highest-priority healthy CallManager not in skip, or
-// nil.
+// pick returns the highest-priority healthy CallManager not in skip; when
+// none is healthy, the highest-priority one not in skip all the same (the
+// dial tells), or nil when all were tried.
 func (p *Proxy) pick(skip uint8) *upstream {
 	for _, u := range p.cms {
 		if skip&(1<<u.idx) == 0 && u.healthy.Load() {
 			return u
 		}
 	}
+	for _, u := range p.cms {
+		if skip&(1<<u.idx) == 0 && !p.anyHealthy() {
+			return u
+		}
+	}
 	return nil
+}
+
+func (p *Proxy) anyHealthy() bool {
+	for _, u := range p.cms {
+		if u.healthy.Load() {
+			return true
+		}
+	}
+	return false
 }

@@ -68,7 +68,7 @@ func newRig(t *testing.T, n int, ka time.Duration, tweak func(*Config)) *rig {
 	})
 	cfg := Config{
 		Listeners: []Listener{{Protocol: SCCP, Addr: pip + ":0", UpstreamPort: sccp.Port}},
-		Health:    HealthConfig{Interval: 100 * time.Millisecond, Timeout: 80 * time.Millisecond, Rise: 2, Fall: 3},
+		Health:    HealthConfig{Interval: 500 * time.Millisecond, Timeout: 400 * time.Millisecond, Rise: 2, Fall: 2},
 		Failback:  FailbackConfig{Disabled: true},
 	}
 	for i := range n {
@@ -84,7 +84,8 @@ func newRig(t *testing.T, n int, ka time.Duration, tweak func(*Config)) *rig {
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	p, err := New(cfg, privtest.Logger(t))
+	// Info, not Debug: thousands of phones make a debug line each.
+	p, err := New(cfg, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +101,13 @@ func newRig(t *testing.T, n int, ka time.Duration, tweak func(*Config)) *rig {
 	r.phCtx, r.stop = context.WithCancel(ctx)
 	t.Cleanup(func() { r.stop(); r.phWG.Wait() })
 	return r
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(b), "\n"))
+	return len(b), nil
 }
 
 // quiet is a logger for the simulators, whose mode changes the test

@@ -394,13 +394,14 @@ func (p *Proxy) connect(ctx context.Context, s *session) bool {
 			}
 			return false
 		}
-		if !u.healthy.Load() {
+		if !u.healthy.Load() && p.anyHealthy() {
 			tried &^= 1 << u.idx // went down while we waited: choose again
 			continue
 		}
 		c, err := p.dial(ctx, u.addr(s.port))
 		if err != nil {
 			p.st.dialFailures.Add(1)
+			u.trouble()
 			p.log.Debug("dial CallManager", "cm", u.cfg.Name, "error", err)
 			continue
 		}
@@ -409,7 +410,7 @@ func (p *Proxy) connect(ctx context.Context, s *session) bool {
 		// attached to a healthy CallManager or closed with the rest.
 		p.mu.Lock()
 		s.mu.Lock()
-		ok := !s.done && u.healthy.Load()
+		ok := !s.done && (u.healthy.Load() || !p.anyHealthy())
 		if ok {
 			s.up = c
 			u.sessions.Add(1)

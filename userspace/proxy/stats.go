@@ -76,6 +76,9 @@ type CallManagerStats struct {
 	Transitions uint64 `json:"transitions"`
 	ProbesOK    uint64 `json:"probes_ok"`
 	ProbesFail  uint64 `json:"probes_failed"`
+	// Vetoes counts times failed probes would have taken it down while
+	// its sessions still received data from it.
+	Vetoes uint64 `json:"vetoes"`
 }
 
 // Stats returns the counters.
@@ -96,6 +99,7 @@ func (p *Proxy) Stats() Stats {
 		st.CallManagers = append(st.CallManagers, CallManagerStats{
 			Name: u.cfg.Name, Healthy: u.healthy.Load(), Sessions: u.sessions.Load(), Waiting: u.bucket.waiting.Load(),
 			Transitions: u.transitions.Load(), ProbesOK: u.probesOK.Load(), ProbesFail: u.probesFail.Load(),
+			Vetoes: u.vetoes.Load(),
 		})
 	}
 	return st
