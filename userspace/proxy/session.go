@@ -67,8 +67,10 @@ func (s *session) setState(st State) {
 }
 
 // close ends the session once: both sockets closed, the row removed, the
-// reason counted. A CallManager's failure resets the phone's side, so the
-// phone learns at once even with data still queued toward it.
+// reason counted. A CallManager failure the proxy detected resets the
+// phone's side, so the phone learns at once even with data still queued
+// toward it; a CallManager that closed its side (after a RegisterReject,
+// say) gets a plain close, which delivers what it sent last.
 func (s *session) close(r closeReason) {
 	s.mu.Lock()
 	if s.done {
@@ -79,7 +81,7 @@ func (s *session) close(r closeReason) {
 	up, cm := s.up, s.cm
 	s.mu.Unlock()
 	switch r {
-	case reasonUpstreamDown, reasonUpstreamSilent, reasonUpstreamClosed:
+	case reasonUpstreamDown, reasonUpstreamSilent:
 		s.phone.SetLinger(0)
 	}
 	s.phone.Close()
