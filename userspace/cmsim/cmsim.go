@@ -46,6 +46,10 @@ type Config struct {
 	// CUCM unregisters a phone whose keepalives stop; 0 means three
 	// keepalive intervals.
 	DropAfter time.Duration
+	// RegisterDelay is how long the CallManager takes to answer a
+	// Register (CUCM looks the device up in its database first); 0
+	// answers at once. Only that connection waits.
+	RegisterDelay time.Duration
 	// OnRegister, if set, is called for every station registered
 	// (from its connection's goroutine: keep it short).
 	OnRegister func(device string, remote net.Addr)
@@ -417,6 +421,9 @@ func (s *Server) serve(cn *conn) {
 			s.keepalives.Add(1)
 			out = sccp.AppendEmpty(out, f.Version, sccp.KeepAliveAckID)
 		case sccp.RegisterID:
+			if d := s.cfg.RegisterDelay; d > 0 {
+				time.Sleep(d)
+			}
 			var keep bool
 			out, keep = s.register(cn, f, out)
 			if !keep {

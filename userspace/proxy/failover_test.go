@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,7 +10,7 @@ import (
 
 const (
 	storm     = 2000
-	keepalive = 4 * time.Second
+	keepalive = 6 * time.Second
 	// admission paces new connections toward each CallManager: a whole
 	// storm passes in storm/admission = 0.5 s.
 	admission = 4000
@@ -33,7 +32,7 @@ func failoverRig(t *testing.T, tweak func(*Config)) (*rig, []*cmsim.Phone, *atom
 			lost.Add(1)
 		}
 	})
-	took := waitFor(t, 20*time.Second, "every phone registered on cm1", func() bool { return r.cms[0].Registered() == storm })
+	took := waitFor(t, time.Minute, "every phone registered on cm1", func() bool { return r.cms[0].Registered() == storm })
 	t.Logf("%d phones registered on cm1 through the proxy in %v", storm, took.Round(time.Millisecond))
 	return r, phones, &lost
 }
@@ -105,6 +104,7 @@ func TestFailover(t *testing.T) {
 					t.Fatalf("phone registered %d times, want 2: %+v", st.Registrations, st)
 				}
 			}
+			waitFor(t, 3*time.Second, "cm1 marked down", func() bool { return !r.p.Stats().CallManagers[0].Healthy })
 			st := r.p.Stats()
 			if st.CallManagers[0].Healthy || st.CallManagers[0].Sessions != 0 || st.CallManagers[1].Sessions != storm || r.cms[2].Registered() != 0 {
 				t.Errorf("after failover: %+v, cm3 has %d", st.CallManagers, r.cms[2].Registered())
@@ -124,25 +124,21 @@ func TestFailover(t *testing.T) {
 // paced with jitter, not all at once.
 func TestFailback(t *testing.T) {
 	const rate = 4000.0
-	var mu sync.Mutex
-	var back []time.Time
 	r, phones, _ := failoverRig(t, func(c *Config) {
 		c.Failback = FailbackConfig{Delay: 300 * time.Millisecond, Rate: rate}
 	})
 	r.cms[0].SetMode(cmsim.Stopped)
-	waitFor(t, 10*time.Second, "every phone on cm2", func() bool { return allOn(r, phones, 1) })
-	// Note when each phone reaches cm1 again: cm1's OnRegister is fixed
-	// at New, so poll its stations' Since instead.
+	waitFor(t, time.Minute, "every phone on cm2", func() bool { return allOn(r, phones, 1) })
 	returned := time.Now()
 	if err := r.cms[0].SetMode(cmsim.Serving); err != nil {
 		t.Fatal(err)
 	}
-	took := waitFor(t, 20*time.Second, "every phone back on cm1", func() bool { return allOn(r, phones, 0) })
+	took := waitFor(t, time.Minute, "every phone back on cm1", func() bool { return allOn(r, phones, 0) })
 	checkTable(t, r, "cm1")
+	// When each phone registered on cm1 again.
+	var back []time.Time
 	for _, s := range r.cms[0].Stations() {
-		mu.Lock()
 		back = append(back, s.Since)
-		mu.Unlock()
 	}
 	first, last := back[0], back[0]
 	for _, b := range back {

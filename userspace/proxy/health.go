@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -113,10 +114,12 @@ func (p *Proxy) health(ctx context.Context, u *upstream) {
 		} else {
 			u.okRun, u.failRun = 0, u.failRun+1
 			if u.healthy.Load() && u.failRun >= p.cfg.Health.Fall {
-				if p.heardFrom(u, time.Duration(p.cfg.Health.Fall)*p.cfg.Health.Interval) {
+				if !errors.Is(err, syscall.ECONNREFUSED) && p.heardFrom(u, time.Duration(p.cfg.Health.Fall)*p.cfg.Health.Interval) {
 					// Its phones still hear from it: the probes are
 					// what is slow (a loaded proxy), and taking it
-					// down would drop every phone for nothing.
+					// down would drop every phone for nothing. A
+					// refused connection is no slowness: nothing
+					// listens any more.
 					u.vetoes.Add(1)
 					p.log.Warn("CallManager fails its probes but answers its phones; kept up", "cm", u.cfg.Name, "error", err)
 				} else {

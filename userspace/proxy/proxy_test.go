@@ -68,7 +68,7 @@ func newRig(t *testing.T, n int, ka time.Duration, tweak func(*Config)) *rig {
 	})
 	cfg := Config{
 		Listeners: []Listener{{Protocol: SCCP, Addr: pip + ":0", UpstreamPort: sccp.Port}},
-		Health:    HealthConfig{Interval: 500 * time.Millisecond, Timeout: 400 * time.Millisecond, Rise: 2, Fall: 2},
+		Health:    HealthConfig{Interval: 600 * time.Millisecond, Timeout: 500 * time.Millisecond, Rise: 2, Fall: 2},
 		Failback:  FailbackConfig{Disabled: true},
 	}
 	for i := range n {
@@ -174,25 +174,8 @@ func expect(t *testing.T, c net.Conn, r *sccp.Reader, id sccp.MessageID) sccp.Fr
 	return f
 }
 
-// pipes counts this process's open pipe descriptors.
-func pipes(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, e := range ents {
-		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "pipe:") {
-			n++
-		}
-	}
-	return n
-}
-
 func TestRegisterThroughProxy(t *testing.T) {
 	r := newRig(t, 2, 5*time.Second, nil)
-	pipesBefore := pipes(t)
 	c, rd := dialPhone(t, r.addr)
 	reg := register(1)
 	c.Write(reg.AppendFrame(nil, sccp.Version22))
@@ -218,10 +201,6 @@ func TestRegisterThroughProxy(t *testing.T) {
 	if got.Device != reg.DeviceName || got.CallManager != "cm1" || got.State != StateRegistered || got.Protocol != SCCP ||
 		got.Phone != c.LocalAddr().String() || got.DeviceType != 115 || got.Load != "SCCP41.8-5-3S" || got.KeepAlive != 5*time.Second {
 		t.Errorf("row %+v", got)
-	}
-	// Both directions are relayed by splice, which holds a pipe each.
-	if n := pipes(t) - pipesBefore; n < 4 {
-		t.Errorf("%d more pipe descriptors with a session relayed, want 4 (two splice pipes)", n)
 	}
 	c.Close()
 	waitFor(t, 2*time.Second, "session gone", func() bool { return len(r.p.Registrations()) == 0 })

@@ -80,6 +80,17 @@ func (s *session) close(r closeReason) {
 	s.done, s.reason = true, r
 	up, cm := s.up, s.cm
 	s.mu.Unlock()
+	// The books first: whoever sees the connection closed finds it out
+	// of the table and counted.
+	p := s.p
+	p.mu.Lock()
+	delete(p.sessions, s.id)
+	p.mu.Unlock()
+	p.st.active.Add(-1)
+	p.st.closed[r].Add(1)
+	if up != nil {
+		cm.sessions.Add(-1)
+	}
 	switch r {
 	case reasonUpstreamDown, reasonUpstreamSilent:
 		s.phone.SetLinger(0)
@@ -87,14 +98,7 @@ func (s *session) close(r closeReason) {
 	s.phone.Close()
 	if up != nil {
 		up.Close()
-		cm.sessions.Add(-1)
 	}
-	p := s.p
-	p.mu.Lock()
-	delete(p.sessions, s.id)
-	p.mu.Unlock()
-	p.st.active.Add(-1)
-	p.st.closed[r].Add(1)
 }
 
 func (s *session) closed() bool {
@@ -431,21 +435,26 @@ func (p *Proxy) connect(ctx context.Context, s *session) bool {
 }
 
 // dial connects to a CallManager with TCP_USER_TIMEOUT set, so that data
-// it stops acknowledging (a black-holed path) aborts the connection.
+// it stops acknowledging (a black-holed path) aborts the connection. No
+// TCP keepalive: the health checks, the sweep and the user timeout watch
+// the CallManager side.
 func (p *Proxy) dial(ctx context.Context, addr string) (*net.TCPConn, error) {
-	ut := int(p.cfg.UserTimeout / time.Millisecond)
-	d := net.Dialer{Timeout: p.cfg.DialTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
+	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+func newDialer(cfg *Config) *net.Dialer {
+	ut := int(cfg.UserTimeout / time.Millisecond)
+	return &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: -1, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
 		err := rc.Control(func(fd uintptr) {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, ut)
 		})
 		return errors.Join(err, serr)
 	}}
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.TCPConn), nil
 }
 
 // printable keeps what a peer sent fit for logs and the table: printable
