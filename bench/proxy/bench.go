@@ -151,6 +151,11 @@ func summarize(res map[string]map[string][]*run, pl plan, workers int) *report {
 				"cpu_proxy":   over(rs, func(r *run) float64 { return r.cpu["proxy"] }),
 				"cpu_cmsim":   over(rs, func(r *run) float64 { return r.cpu["cmsim"] }),
 				"cpu_loadgen": over(rs, func(r *run) float64 { return r.cpu["loadgen"] }),
+				// CPU per operation: steadier than rates on a shared
+				// machine, and what capacity follows from.
+				"proxy_us_per_op":   over(rs, func(r *run) float64 { return usPerOp(r, "proxy") }),
+				"cmsim_us_per_op":   over(rs, func(r *run) float64 { return usPerOp(r, "cmsim") }),
+				"loadgen_us_per_op": over(rs, func(r *run) float64 { return usPerOp(r, "loadgen") }),
 			}
 			rep.Detail[kind+"."+target] = d
 			for _, r := range rs {
@@ -167,19 +172,27 @@ func summarize(res map[string]map[string][]*run, pl plan, workers int) *report {
 	return rep
 }
 
+func usPerOp(r *run, proc string) float64 {
+	if r.done == 0 {
+		return 0
+	}
+	return r.cpu[proc] / 100 * r.elapsed.Seconds() / float64(r.done) * 1e6
+}
+
 func (r *report) print(w *os.File) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "measurement\ttarget\trate/s (min-max)\tp50 ms\tp99 ms (min-max)\tCPU proxy\tCPU cmsim\tCPU loadgen\t")
+	fmt.Fprintln(tw, "measurement\ttarget\trate/s (min-max)\tp50 ms\tp99 ms (min-max)\tCPU proxy\tCPU cmsim\tCPU loadgen\tCPU µs/op proxy\tcmsim\tloadgen\t")
 	for _, kind := range []string{"rate", "fixed", "keepalive"} {
 		for _, target := range []string{"direct", "proxy"} {
 			d, ok := r.Detail[kind+"."+target]
 			if !ok {
 				continue
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.0f (%.0f-%.0f)\t%.3f\t%.3f (%.3f-%.3f)\t%.0f%%\t%.0f%%\t%.0f%%\t\n", kind, target,
+			fmt.Fprintf(tw, "%s\t%s\t%.0f (%.0f-%.0f)\t%.3f\t%.3f (%.3f-%.3f)\t%.0f%%\t%.0f%%\t%.0f%%\t%.0f\t%.0f\t%.0f\t\n", kind, target,
 				d["per_s"].Median, d["per_s"].Min, d["per_s"].Max, d["p50_ms"].Median,
 				d["p99_ms"].Median, d["p99_ms"].Min, d["p99_ms"].Max,
-				d["cpu_proxy"].Median, d["cpu_cmsim"].Median, d["cpu_loadgen"].Median)
+				d["cpu_proxy"].Median, d["cpu_cmsim"].Median, d["cpu_loadgen"].Median,
+				d["proxy_us_per_op"].Median, d["cmsim_us_per_op"].Median, d["loadgen_us_per_op"].Median)
 		}
 	}
 	tw.Flush()

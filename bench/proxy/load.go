@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -61,7 +60,6 @@ func registerOnce(addr string, id uint64, buf []byte) (time.Duration, error) {
 
 // run is what one measurement gives.
 type run struct {
-	target  string
 	done    int
 	errs    int
 	elapsed time.Duration
@@ -267,5 +265,3 @@ func measured(procs map[string]int, fn func() *run) *run {
 	}
 	return r
 }
-
-var errNoSamples = errors.New("no successful sample")

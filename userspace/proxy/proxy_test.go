@@ -279,3 +279,64 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestSilentUpstreamClosed: a CallManager that stops answering one
+// phone's keepalives, while connection-level probes still pass, is caught
+// by the sweep: the phone's session is closed a keepalive interval plus
+// the grace after the CallManager last spoke, not three intervals later.
+func TestSilentUpstreamClosed(t *testing.T) {
+	const ka = 2 * time.Second
+	r := newRig(t, 1, ka, func(c *Config) {
+		c.Health.Probe = ProbeTCP // the kernel accepts while the simulator hangs
+		c.AnswerGrace = 500 * time.Millisecond
+		c.SweepInterval = 100 * time.Millisecond
+	})
+	lost := make(chan cmsim.PhoneEvent, 4)
+	r.phones(1, func(e cmsim.PhoneEvent) {
+		if e.Kind == cmsim.EventLost {
+			lost <- e
+		}
+	})
+	waitFor(t, 10*time.Second, "registered", func() bool { return r.cms[0].Registered() == 1 })
+	time.Sleep(100 * time.Millisecond)
+	r.cms[0].SetMode(cmsim.Hung)
+	hung := time.Now()
+	select {
+	case <-lost:
+	case <-time.After(4 * ka):
+		t.Fatal("the phone never lost its session")
+	}
+	took := time.Since(hung)
+	t.Logf("session closed %v after the CallManager hung (keepalive %v)", took.Round(time.Millisecond), ka)
+	if took > 2*ka {
+		t.Errorf("closed after %v, want within a keepalive interval plus the grace", took)
+	}
+	if st := r.p.Stats(); st.Closed["upstream_silent"] != 1 || st.CallManagers[0].Healthy != true {
+		t.Errorf("stats %+v %+v", st.Closed, st.CallManagers)
+	}
+}
+
+// TestIdlePhoneClosed: a phone that goes quiet past the idle limit loses
+// its session.
+func TestIdlePhoneClosed(t *testing.T) {
+	r := newRig(t, 1, 30*time.Second, func(c *Config) {
+		c.IdleTimeout = 300 * time.Millisecond
+		c.SweepInterval = 50 * time.Millisecond
+	})
+	c, rd := dialPhone(t, r.addr)
+	reg := register(3)
+	c.Write(reg.AppendFrame(nil, 0))
+	expect(t, c, rd, sccp.RegisterAckID)
+	expect(t, c, rd, sccp.CapabilitiesReqID)
+	start := time.Now()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := rd.ReadFrame(); err == nil || isTimeout(err) {
+		t.Fatalf("quiet phone: %v, want its session closed", err)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Errorf("closed after %v, before the idle limit", took)
+	}
+	if st := r.p.Stats(); st.Closed["idle"] != 1 {
+		t.Errorf("stats %+v", st.Closed)
+	}
+}

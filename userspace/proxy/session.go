@@ -191,10 +191,9 @@ func copyReason(err error, fromUpstream bool) closeReason {
 	if errors.Is(err, syscall.ETIMEDOUT) {
 		return reasonUpstreamSilent // TCP_USER_TIMEOUT: the CallManager stopped acknowledging
 	}
-	// Either end may have reset; the phone's end is the likelier one to
-	// fail on a write toward it.
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "write" {
+	// EPIPE is a write into a closed destination; anything else (a
+	// reset, most often) is blamed on the source.
+	if errors.Is(err, syscall.EPIPE) {
 		fromUpstream = !fromUpstream
 	}
 	if fromUpstream {
