@@ -219,7 +219,11 @@ func TestModes(t *testing.T) {
 		}
 		// A new connection completes the handshake (the kernel takes no
 		// filter on a listener) and then nothing it sends is acknowledged.
+		up := s.Stats().ConnectionsUp
 		late := dial(t, s.Addr())
+		// Until the simulator accepts it, the kernel acknowledges for
+		// the connection in the accept queue.
+		waitFor(t, "the new connection accepted", func() bool { return s.Stats().ConnectionsUp > up })
 		late.send(ka)
 		time.Sleep(300 * time.Millisecond)
 		if info, err := tcpInfo(late.c); err != nil || info.Unacked == 0 {
