@@ -41,14 +41,16 @@ func runBench(ctx context.Context, quick bool, jsonPath string, workers int, onl
 		return err
 	}
 	defer cm.stop()
+	// The proxy probes its CallManager at start: start it once the
+	// simulator listens.
+	if err := waitListening(ctx, cmAddr); err != nil {
+		return err
+	}
 	px, err := startChild("proxy")
 	if err != nil {
 		return err
 	}
 	defer px.stop()
-	if err := waitListening(ctx, cmAddr); err != nil {
-		return err
-	}
 	if err := waitListening(ctx, proxyAddr); err != nil {
 		return err
 	}
