@@ -340,3 +340,46 @@ func TestIdlePhoneClosed(t *testing.T) {
 		t.Errorf("stats %+v", st.Closed)
 	}
 }
+
+// TestAdmissionPaces: a storm toward a CallManager passes its token
+// bucket in order and on pace, every phone waiting rather than failing;
+// past the queue limit, phones are closed and counted.
+func TestAdmissionPaces(t *testing.T) {
+	const rate, n = 50.0, 20
+	var mu sync.Mutex
+	var at []time.Time
+	r := newRig(t, 1, 30*time.Second, func(c *Config) { c.Admission = AdmissionConfig{Rate: rate, Burst: 1} })
+	start := time.Now()
+	r.phones(n, func(e cmsim.PhoneEvent) {
+		if e.Kind == cmsim.EventRegistered {
+			mu.Lock()
+			at = append(at, e.At)
+			mu.Unlock()
+		}
+	})
+	waitFor(t, 10*time.Second, "every phone registered", func() bool { return r.cms[0].Registered() == n })
+	mu.Lock()
+	last := at[0]
+	for _, a := range at {
+		if a.After(last) {
+			last = a
+		}
+	}
+	mu.Unlock()
+	want := time.Duration(float64(n-1) / rate * float64(time.Second))
+	if took := last.Sub(start); took < want*9/10 {
+		t.Errorf("%d phones registered within %v, want paced over about %v", n, took, want)
+	}
+	st := r.p.Stats()
+	if st.Queued < n/2 || st.Closed["queue_full"] != 0 || st.Registered != n {
+		t.Errorf("stats: queued %d, queue_full %d, registered %d", st.Queued, st.Closed["queue_full"], st.Registered)
+	}
+
+	full := newRig(t, 1, 30*time.Second, func(c *Config) { c.Admission = AdmissionConfig{Rate: 1, Burst: 1, QueueLimit: 2} })
+	for i := range 5 {
+		c, _ := dialPhone(t, full.addr)
+		reg := register(100 + i)
+		c.Write(reg.AppendFrame(nil, 0))
+	}
+	waitFor(t, 5*time.Second, "two phones over the queue limit closed", func() bool { return full.p.Stats().Closed["queue_full"] == 2 })
+}
