@@ -325,10 +325,10 @@ func TestIdlePhoneClosed(t *testing.T) {
 	})
 	c, rd := dialPhone(t, r.addr)
 	reg := register(3)
+	start := time.Now() // the phone's last word
 	c.Write(reg.AppendFrame(nil, 0))
 	expect(t, c, rd, sccp.RegisterAckID)
 	expect(t, c, rd, sccp.CapabilitiesReqID)
-	start := time.Now()
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	if _, err := rd.ReadFrame(); err == nil || isTimeout(err) {
 		t.Fatalf("quiet phone: %v, want its session closed", err)
