@@ -41,6 +41,12 @@ const (
 	// well-formed SCCP answer within the timeout passes. It tells a hung
 	// CallManager (TCP up, nothing answered) from a live one.
 	ProbeSCCP ProbeKind = "sccp"
+	// ProbeSCCPRegister connects and registers HealthConfig.ProbeDevice:
+	// RegisterAck (then Unregister) or RegisterReject passes. Every
+	// CallManager answers a Register, also one that does not answer a
+	// KeepAlive before registration; the price is a registration attempt
+	// in its logs every interval.
+	ProbeSCCPRegister ProbeKind = "sccp-register"
 	// ProbeTCP only connects.
 	ProbeTCP ProbeKind = "tcp"
 )
@@ -53,6 +59,9 @@ type HealthConfig struct {
 	Fall     int           // failures in a row to go down; 0 means 3
 	Probe    ProbeKind     // "" means sccp
 	Port     int           // the probed port; 0 means 2000
+	// ProbeDevice is the device name ProbeSCCPRegister registers; ""
+	// means SEP000000000000, which no phone has.
+	ProbeDevice string
 }
 
 // AdmissionConfig paces new connections toward each CallManager, so a
@@ -135,6 +144,9 @@ func (c *Config) setDefaults() {
 	if c.Health.Port == 0 {
 		c.Health.Port = 2000
 	}
+	if c.Health.ProbeDevice == "" {
+		c.Health.ProbeDevice = "SEP000000000000"
+	}
 	if c.Admission.Burst == 0 {
 		c.Admission.Burst = 1
 	}
@@ -187,7 +199,7 @@ func (c *Config) validate() error {
 		}
 	}
 	switch c.Health.Probe {
-	case ProbeSCCP, ProbeTCP:
+	case ProbeSCCP, ProbeSCCPRegister, ProbeTCP:
 	default:
 		return fmt.Errorf("unknown health probe %q", c.Health.Probe)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -50,12 +51,38 @@ func (p *Proxy) probe(ctx context.Context, u *upstream) error {
 	}
 	deadline, _ := ctx.Deadline()
 	c.SetDeadline(deadline)
-	if _, err := c.Write(sccp.AppendEmpty(nil, sccp.VersionBasic, sccp.KeepAliveID)); err != nil {
+	if h.Probe == ProbeSCCP {
+		if _, err := c.Write(sccp.AppendEmpty(nil, sccp.VersionBasic, sccp.KeepAliveID)); err != nil {
+			return err
+		}
+		_, err = sccp.NewReader(c).ReadFrame()
 		return err
 	}
-	_, err = sccp.NewReader(c).ReadFrame()
-	return err
+	reg := sccp.Register{DeviceName: h.ProbeDevice, Instance: 1, StationIP: netip.IPv4Unspecified(),
+		DeviceType: probeDeviceType, MaxStreams: 1, BodyLen: sccp.RegisterMinBody}
+	if _, err := c.Write(reg.AppendFrame(nil, sccp.VersionBasic)); err != nil {
+		return err
+	}
+	r := sccp.NewReader(c)
+	for {
+		f, err := r.ReadFrame()
+		if err != nil {
+			return err
+		}
+		switch f.ID {
+		case sccp.RegisterRejectID:
+			return nil
+		case sccp.RegisterAckID:
+			// Leave as a phone would, so no station lingers.
+			c.Write(sccp.AppendEmpty(nil, sccp.VersionBasic, sccp.UnregisterID))
+			return nil
+		}
+	}
 }
+
+// probeDeviceType is the device type the register probe claims, a
+// 7941's: any will do, the probe's device name is what CUCM looks up.
+const probeDeviceType = 115
 
 // firstProbe sets every CallManager's state from one probe each, without
 // hysteresis, so that Run starts with the truth.

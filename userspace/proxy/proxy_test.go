@@ -383,3 +383,49 @@ func TestAdmissionPaces(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "two phones over the queue limit closed", func() bool { return full.p.Stats().Closed["queue_full"] == 2 })
 }
+
+// TestProbes: each probe kind passes against a serving CallManager (one
+// that registers the probe's device and one that rejects it) and the
+// SCCP ones fail against a hung one, which TCP alone cannot tell.
+func TestProbes(t *testing.T) {
+	privtest.RequireNetNS(t)
+	_, cmIP := testNet()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var cms []*cmsim.Server
+	for i, known := range []func(string) bool{nil, func(string) bool { return false }} {
+		s, err := cmsim.New(cmsim.Config{Name: fmt.Sprint(i), Addr: cmIP(i) + ":2000", Known: known}, quiet())
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Run(ctx)
+		cms = append(cms, s)
+	}
+	for _, kind := range []ProbeKind{ProbeSCCP, ProbeSCCPRegister, ProbeTCP} {
+		for i, s := range cms {
+			cfg := Config{Listeners: []Listener{{Protocol: SCCP, Addr: "127.0.0.1:0"}},
+				CallManagers: []CallManager{{Name: "cm", Host: cmIP(i)}},
+				Health:       HealthConfig{Probe: kind, Timeout: 300 * time.Millisecond}}
+			cfg.setDefaults()
+			p := &Proxy{cfg: cfg}
+			u := &upstream{cfg: cfg.CallManagers[0]}
+			if err := p.probe(ctx, u); err != nil {
+				t.Errorf("%s probe of simulator %d: %v", kind, i, err)
+			}
+			s.SetMode(cmsim.Hung)
+			err := p.probe(ctx, u)
+			if (err == nil) != (kind == ProbeTCP) {
+				t.Errorf("%s probe of hung simulator %d: %v", kind, i, err)
+			}
+			s.SetMode(cmsim.Serving)
+		}
+	}
+	// The register probe leaves no station behind.
+	waitFor(t, 2*time.Second, "probe stations gone", func() bool { return cms[0].Registered() == 0 })
+	if st := cms[0].Stats(); st.Registered == 0 || st.Unregistered == 0 {
+		t.Errorf("register probe: %+v", st)
+	}
+	if st := cms[1].Stats(); st.Rejected == 0 {
+		t.Errorf("register probe against a rejecting CallManager: %+v", st)
+	}
+}
