@@ -22,9 +22,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// 2,000 phones through the proxy hold about 16,000 descriptors in
-	// this one process (phone, both proxy sockets, two splice pipes,
-	// CallManager side): raise the limit as a daemon's unit would.
+	// 2,000 phones through the proxy hold 8,000 descriptors in this one
+	// process (phone, both proxy sockets, CallManager side), twice that
+	// while a failover replaces them: raise the limit as a daemon's unit
+	// would.
 	if os.Geteuid() == 0 {
 		lim := unix.Rlimit{Cur: 1 << 16, Max: 1 << 16}
 		unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)

@@ -149,8 +149,7 @@ func (p *Proxy) handle(ctx context.Context, s *session) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		_, err := io.Copy(up, s.phone)
-		s.close(copyReason(err, false))
+		s.close(copyReason(relay(up, s.phone), false))
 	}()
 	if watch {
 		var err error
@@ -173,14 +172,13 @@ func (p *Proxy) handle(ctx context.Context, s *session) {
 		up.SetReadDeadline(time.Time{})
 	}
 	// CallManager to phone: spliced.
-	_, err = io.Copy(s.phone, up)
-	s.close(copyReason(err, true))
+	s.close(copyReason(relay(s.phone, up), true))
 }
 
 var errPhoneWrite = errors.New("write to phone")
 
-// copyReason names the side that ended a relay direction: io.Copy
-// returns nil at the source's EOF and the error of whichever side failed.
+// copyReason names the side that ended a relay direction: relay returns
+// nil at the source's EOF and the error of whichever side failed.
 func copyReason(err error, fromUpstream bool) closeReason {
 	if err == nil {
 		if fromUpstream {
