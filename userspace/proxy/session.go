@@ -283,7 +283,9 @@ func readMore(c net.Conn, buf []byte) ([]byte, error) {
 }
 
 // watchSCCP forwards the CallManager's messages to the phone until
-// RegisterAck or RegisterReject, within RegisterTimeout.
+// RegisterAck or RegisterReject, within RegisterTimeout. What arrives is
+// looked at before it is forwarded, so a phone that has its RegisterAck
+// finds itself registered in the table and the counters.
 func (s *session) watchSCCP(up *net.TCPConn) error {
 	up.SetReadDeadline(time.Now().Add(s.p.cfg.RegisterTimeout))
 	buf := make([]byte, 0, 512)
@@ -293,44 +295,53 @@ func (s *session) watchSCCP(up *net.TCPConn) error {
 		if buf, err = readMore(up, buf); err != nil {
 			return err
 		}
-		// Forward what arrived as it is, then look at it.
+		done, rest := s.scanSCCP(buf)
 		if err := s.toPhone(buf[before:]); err != nil {
 			return err
 		}
-		rest := buf
-		for {
-			f, n, err := sccp.NextFrame(rest)
-			if err != nil {
-				return nil // not for the proxy to judge: the phone will
-			}
-			if n == 0 {
-				break
-			}
-			switch f.ID {
-			case sccp.RegisterAckID:
-				ack, err := sccp.DecodeRegisterAck(f.Body)
-				if err == nil {
-					s.mu.Lock()
-					s.keepalive = time.Duration(ack.KeepAliveInterval) * time.Second
-					s.mu.Unlock()
-				}
-				s.setState(StateRegistered)
-				s.p.st.registered.Add(1)
-				return nil
-			case sccp.RegisterRejectID:
-				s.setState(StateRejected)
-				s.p.st.rejected.Add(1)
-				return nil
-			}
-			rest = rest[n:]
+		if done {
+			return nil
 		}
 		// Keep only the partial message already forwarded, for parsing.
 		buf = append(buf[:0], rest...)
 	}
 }
 
+// scanSCCP looks through the whole messages in b for the answer to the
+// registration and records it; done is true once it is found (or the
+// stream is not SCCP the proxy can follow: then the phone judges it).
+func (s *session) scanSCCP(b []byte) (done bool, rest []byte) {
+	for {
+		f, n, err := sccp.NextFrame(b)
+		if err != nil {
+			return true, nil
+		}
+		if n == 0 {
+			return false, b
+		}
+		switch f.ID {
+		case sccp.RegisterAckID:
+			ack, err := sccp.DecodeRegisterAck(f.Body)
+			if err == nil {
+				s.mu.Lock()
+				s.keepalive = time.Duration(ack.KeepAliveInterval) * time.Second
+				s.mu.Unlock()
+			}
+			s.setState(StateRegistered)
+			s.p.st.registered.Add(1)
+			return true, nil
+		case sccp.RegisterRejectID:
+			s.setState(StateRejected)
+			s.p.st.rejected.Add(1)
+			return true, nil
+		}
+		b = b[n:]
+	}
+}
+
 // watchSIP forwards the CallManager's messages until the final answer to
-// REGISTER, within RegisterTimeout.
+// REGISTER, within RegisterTimeout, looking at them before forwarding as
+// watchSCCP does.
 func (s *session) watchSIP(up *net.TCPConn) error {
 	up.SetReadDeadline(time.Now().Add(s.p.cfg.RegisterTimeout))
 	var w sipWatch
@@ -341,21 +352,20 @@ func (s *session) watchSIP(up *net.TCPConn) error {
 		if buf, err = readMore(up, buf); err != nil {
 			return err
 		}
-		if err := s.toPhone(buf[before:]); err != nil {
-			return err
-		}
-		n, status, err := w.feed(buf)
-		if err != nil {
-			return nil // malformed: relay it all the same
-		}
+		n, status, ferr := w.feed(buf)
 		switch {
+		case ferr != nil: // malformed: relay it all the same
 		case status >= 200 && status < 300:
 			s.setState(StateRegistered)
 			s.p.st.registered.Add(1)
-			return nil
 		case status >= 300:
 			s.setState(StateRejected)
 			s.p.st.rejected.Add(1)
+		}
+		if err := s.toPhone(buf[before:]); err != nil {
+			return err
+		}
+		if ferr != nil || status >= 200 {
 			return nil
 		}
 		buf = append(buf[:0], buf[n:]...)
