@@ -5,14 +5,17 @@
 package privtest
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/phoneboot/phoneboot/userspace/vnet"
@@ -110,4 +113,59 @@ func (w testLog) Write(p []byte) (int, error) {
 	w.tb.Helper()
 	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+// envNetNS marks the test binary started again by RunInNetNS.
+const envNetNS = "PHONEBOOT_TEST_NETNS"
+
+// RunInNetNS runs a package's tests in a network namespace of their own,
+// from TestMain: os.Exit(privtest.RunInNetNS(m)). As root it starts the
+// test binary again in a new network namespace (loopback only, brought
+// up) and returns that run's exit code, so every goroutine's sockets,
+// and those of the processes the tests start, are in the namespace, which
+// goes when the process ends. Without root the tests run here, and the
+// privileged ones skip (or fail under CI) through Require.
+func RunInNetNS(m *testing.M) int {
+	if os.Getenv(envNetNS) != "" {
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "privtest: bring lo up in the test namespace:", err)
+			return 1
+		}
+		return m.Run()
+	}
+	if os.Geteuid() != 0 {
+		return m.Run()
+	}
+	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), envNetNS+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "privtest: run the tests in a new network namespace:", err)
+		return 1
+	}
+	return 0
+}
+
+// InNetNS says whether the tests run in the namespace RunInNetNS made.
+func InNetNS() bool { return os.Getenv(envNetNS) != "" }
+
+// RequireNetNS is Require for tests that listen and connect on loopback
+// addresses: they run only in RunInNetNS's namespace, never in the
+// machine's.
+func RequireNetNS(tb testing.TB) {
+	tb.Helper()
+	Require(tb)
+	if !InNetNS() {
+		tb.Fatal("this test runs only in a network namespace of its own: call privtest.RunInNetNS from TestMain")
+	}
 }

@@ -1,0 +1,106 @@
+package proxy
+
+import "sync/atomic"
+
+// closeReason says why the proxy ended a session; each has a counter.
+type closeReason int
+
+const (
+	reasonPhoneClosed     closeReason = iota // the phone closed or reset its side
+	reasonUpstreamClosed                     // the CallManager closed or reset its side
+	reasonUpstreamDown                       // the health checks took the CallManager down
+	reasonUpstreamSilent                     // the CallManager left a talking phone unanswered past its keepalive interval
+	reasonIdle                               // the phone sent nothing past the idle limit
+	reasonFailback                           // moved back to a higher-priority CallManager
+	reasonBadFirst                           // the first message was malformed, too long or too slow
+	reasonNoUpstream                         // no healthy CallManager, or none could be reached
+	reasonQueueFull                          // the admission queue was full
+	reasonRegisterTimeout                    // no answer to the registration in time
+	reasonShutdown
+	numReasons
+)
+
+var reasonNames = [numReasons]string{
+	"phone_closed", "upstream_closed", "upstream_down", "upstream_silent", "idle", "failback",
+	"bad_first_message", "no_upstream", "queue_full", "register_timeout", "shutdown",
+}
+
+func (r closeReason) String() string { return reasonNames[r] }
+
+type counters struct {
+	accepted       [4]atomic.Uint64 // by protocol, in protoIndex order
+	active         atomic.Int64
+	registered     atomic.Uint64
+	rejected       atomic.Uint64
+	queued         atomic.Uint64
+	dialFailures   atomic.Uint64
+	acceptErrors   atomic.Uint64
+	closed         [numReasons]atomic.Uint64
+	healthFailures atomic.Uint64
+}
+
+func protoIndex(p Protocol) int {
+	switch p {
+	case SCCP:
+		return 0
+	case SIP:
+		return 1
+	case SCCPTLS:
+		return 2
+	default:
+		return 3
+	}
+}
+
+// Stats are the proxy's counters. Every session ends in exactly one
+// Closed reason.
+type Stats struct {
+	Accepted       map[Protocol]uint64 `json:"accepted"`
+	Active         int64               `json:"active"`     // sessions open now
+	Registered     uint64              `json:"registered"` // RegisterAck / 2xx seen
+	Rejected       uint64              `json:"rejected"`   // RegisterReject / final refusal seen
+	Queued         uint64              `json:"queued"`     // connections that waited for admission
+	DialFailures   uint64              `json:"dial_failures"`
+	AcceptErrors   uint64              `json:"accept_errors"`
+	HealthFailures uint64              `json:"health_failures"` // failed probes
+	Closed         map[string]uint64   `json:"closed"`          // by reason
+	CallManagers   []CallManagerStats  `json:"call_managers"`
+}
+
+// CallManagerStats is one CallManager's state and counters.
+type CallManagerStats struct {
+	Name        string `json:"name"`
+	Healthy     bool   `json:"healthy"`
+	Sessions    int64  `json:"sessions"` // open now
+	Waiting     int64  `json:"waiting"`  // in the admission queue now
+	Transitions uint64 `json:"transitions"`
+	ProbesOK    uint64 `json:"probes_ok"`
+	ProbesFail  uint64 `json:"probes_failed"`
+	// Vetoes counts times failed probes would have taken it down while
+	// its sessions still received data from it.
+	Vetoes uint64 `json:"vetoes"`
+}
+
+// Stats returns the counters.
+func (p *Proxy) Stats() Stats {
+	st := Stats{
+		Accepted: map[Protocol]uint64{}, Closed: map[string]uint64{},
+		Active: p.st.active.Load(), Registered: p.st.registered.Load(), Rejected: p.st.rejected.Load(),
+		Queued: p.st.queued.Load(), DialFailures: p.st.dialFailures.Load(), AcceptErrors: p.st.acceptErrors.Load(),
+		HealthFailures: p.st.healthFailures.Load(),
+	}
+	for _, pr := range []Protocol{SCCP, SIP, SCCPTLS, SIPTLS} {
+		st.Accepted[pr] = p.st.accepted[protoIndex(pr)].Load()
+	}
+	for r := range numReasons {
+		st.Closed[r.String()] = p.st.closed[r].Load()
+	}
+	for _, u := range p.cms {
+		st.CallManagers = append(st.CallManagers, CallManagerStats{
+			Name: u.cfg.Name, Healthy: u.healthy.Load(), Sessions: u.sessions.Load(), Waiting: u.bucket.waiting.Load(),
+			Transitions: u.transitions.Load(), ProbesOK: u.probesOK.Load(), ProbesFail: u.probesFail.Load(),
+			Vetoes: u.vetoes.Load(),
+		})
+	}
+	return st
+}
