@@ -527,19 +527,20 @@ func TestClientHonoursContext(t *testing.T) {
 	}
 }
 
-func TestLeases(t *testing.T) {
-	exp := time.Unix(1_800_000_000, 0).UTC()
-	want := []Lease{{IP: "10.1.0.10", MAC: "00:1e:7a:00:00:01", Pool: "voice", State: "bound", Expires: exp, Port: "swp1", VLAN: 100, Hostname: "SEP001E7A000001"}}
-	for _, tt := range []struct {
-		name    string
-		p       fakeProvider
-		want    []Lease
-		wantErr string
-	}{
-		{"some", fakeProvider{leases: want}, want, ""},
-		{"none", fakeProvider{}, []Lease{}, ""},
-		{"dhcp off", fakeProvider{err: errors.New("dhcp is not enabled")}, nil, "dhcp is not enabled"},
-	} {
+// listCase is one provider behind a list endpoint and what the client
+// must get from it.
+type listCase[T any] struct {
+	name    string
+	p       fakeProvider
+	want    []T
+	wantErr string
+}
+
+// checkList runs the cases of a list endpoint through a real server and
+// client: a list, an empty list (never JSON null), and the provider's error.
+func checkList[T any](t *testing.T, fetch func(*Client, context.Context) ([]T, error), cases []listCase[T]) {
+	t.Helper()
+	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "c.sock")
 			s, err := NewServer(path, tt.p, discard())
@@ -548,7 +549,7 @@ func TestLeases(t *testing.T) {
 			}
 			defer s.Close()
 			go s.Run(t.Context())
-			got, err := NewClient(path).Leases(t.Context())
+			got, err := fetch(NewClient(path), t.Context())
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error %v, want %q", err, tt.wantErr)
@@ -565,6 +566,16 @@ func TestLeases(t *testing.T) {
 	}
 }
 
+func TestLeases(t *testing.T) {
+	exp := time.Unix(1_800_000_000, 0).UTC()
+	want := []Lease{{IP: "10.1.0.10", MAC: "00:1e:7a:00:00:01", Pool: "voice", State: "bound", Expires: exp, Port: "swp1", VLAN: 100, Hostname: "SEP001E7A000001"}}
+	checkList(t, (*Client).Leases, []listCase[Lease]{
+		{"some", fakeProvider{leases: want}, want, ""},
+		{"none", fakeProvider{}, []Lease{}, ""},
+		{"dhcp off", fakeProvider{err: errors.New("dhcp is not enabled")}, nil, "dhcp is not enabled"},
+	})
+}
+
 func TestNeighbors(t *testing.T) {
 	exp := time.Unix(1_800_000_000, 0).UTC()
 	want := []Neighbor{{
@@ -572,37 +583,9 @@ func TestNeighbors(t *testing.T) {
 		Platform: "Cisco IP Phone 8845", PortID: "Port 1", Addresses: []string{"10.100.0.50"},
 		SoftwareVersion: "sip88xx.14-2-1", PowerRequestedMW: 12900, VoiceVLANQuery: true, Expires: exp,
 	}}
-	for _, tt := range []struct {
-		name    string
-		p       fakeProvider
-		want    []Neighbor
-		wantErr string
-	}{
+	checkList(t, (*Client).Neighbors, []listCase[Neighbor]{
 		{"some", fakeProvider{neighbors: want}, want, ""},
 		{"none", fakeProvider{}, []Neighbor{}, ""},
 		{"discovery off", fakeProvider{err: errors.New("discovery is not enabled")}, nil, "discovery is not enabled"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "c.sock")
-			s, err := NewServer(path, tt.p, discard())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			go s.Run(t.Context())
-			got, err := NewClient(path).Neighbors(t.Context())
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("got %+v, want %+v", got, tt.want)
-			}
-		})
-	}
+	})
 }
