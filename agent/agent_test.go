@@ -93,6 +93,27 @@ func newAgentNet(t *testing.T) *agentNet {
 	return &agentNet{app: app, phone: phone}
 }
 
+// run starts an agent with cfg in the appliance namespace; stop ends it
+// and checks that it ran and closed cleanly.
+func (n *agentNet) run(t *testing.T, cfg Config) (a *Agent, stop func()) {
+	t.Helper()
+	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	return a, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := a.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}
+}
+
 // runDir is a root-only directory under /run for the control socket (the
 // config refuses /tmp, where t.TempDir lives).
 func runDir(t *testing.T) string {
@@ -286,22 +307,8 @@ ports: [`+ports+`]
 		if err != nil {
 			t.Fatal(err)
 		}
-		var a *Agent
-		if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- a.Run(ctx) }()
-		defer func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-			if err := a.Close(); err != nil {
-				t.Errorf("Close: %v", err)
-			}
-		}()
+		_, stop := n.run(t, cfg)
+		defer stop()
 		client := control.NewClient(socket)
 		read := func() uint64 {
 			st, err := client.Status(context.Background())
@@ -403,18 +410,8 @@ dhcp:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var a *Agent
-	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-		a.Close()
-	}()
+	_, stop := n.run(t, cfg)
+	defer stop()
 
 	hw := net.HardwareAddr{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x01}
 	disc, err := dhcpv4.NewDiscovery(hw, dhcpv4.WithOption(dhcpv4.OptHostName("SEP\xff")))
@@ -493,20 +490,8 @@ discovery: {device_id: testswitch}
 	if err != nil {
 		t.Fatal(err)
 	}
-	var a *Agent
-	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		a.Close()
-	}()
+	a, stop := n.run(t, cfg)
+	defer stop()
 
 	var conn *rawsock.Conn
 	if err := n.phone.Do(func() (err error) {
