@@ -64,6 +64,10 @@ func FuzzHandle(f *testing.F) {
 		if sel&8 != 0 {
 			req.Received = time.Now().Add(time.Duration(sel) * time.Minute)
 		}
+		// The server's cheap look at option 53 agrees with the parser.
+		if msg, err := parseRequest(payload); err == nil && peekType(payload) != byte(msg.msgType) {
+			t.Fatalf("peekType %d, parsed type %d", peekType(payload), msg.msgType)
+		}
 		orig := bytes.Clone(payload)
 		rep, out := h.Handle(context.Background(), req)
 		if out.Reason == ReasonInternalError {

@@ -38,12 +38,15 @@ type ServerConfig struct {
 	StopFastPathOnClose bool
 	// MaxRequestAge: a request that waited longer than this in its
 	// socket's receive buffer is dropped unanswered (reason "stale";
-	// default DefaultMaxRequestAge). Under overload the buffer fills and
-	// every request would wait as long as it takes to work through it;
-	// answers that late are mostly to clients that gave up, or whose
-	// retry is queued behind, so the server would do stale work while
-	// fresh requests wait. Dropping them keeps the wait bounded, as
-	// shedding at a full queue does in Kea (its issue #49).
+	// default DefaultMaxRequestAge); a REQUEST may wait twice as long.
+	// Under overload the buffer fills and every request would wait as
+	// long as it takes to work through it; answers that late are mostly
+	// to clients that gave up, or whose retry is queued behind, so the
+	// server would do stale work while fresh requests wait. Dropping them
+	// keeps the wait bounded, as shedding at a full queue does in Kea (its
+	// issue #49). REQUESTs are shed last because each finishes an exchange
+	// whose DISCOVER the server already answered: dropping it wastes that
+	// work, while dropping a DISCOVER only declines to start one.
 	MaxRequestAge time.Duration
 	// KernelQueue is how many free addresses each pool's queue in the
 	// kernel holds for new clients (default DefaultKernelQueue): the burst
@@ -552,11 +555,6 @@ func (s *Server) serve(ctx, hctx context.Context, p *phonePort) error {
 			s.log.Debug("dhcp read", "port", p.name, "error", err)
 			continue
 		}
-		if !fr.Received.IsZero() && time.Since(fr.Received) > s.cfg.MaxRequestAge {
-			s.h.stats.received.Add(1)
-			s.h.stats.count(drop(ReasonStale))
-			continue
-		}
 		vlan := uint16(0)
 		if fr.Tagged {
 			vlan = fr.VLAN
@@ -565,6 +563,11 @@ func (s *Server) serve(ctx, hctx context.Context, p *phonePort) error {
 		if err != nil {
 			s.h.stats.received.Add(1)
 			s.h.stats.count(drop("parse-failed"))
+			continue
+		}
+		if s.stale(fr.Received, req.Payload) {
+			s.h.stats.received.Add(1)
+			s.h.stats.count(drop(ReasonStale))
 			continue
 		}
 		req.Received = time.Now()
@@ -578,6 +581,34 @@ func (s *Server) serve(ctx, hctx context.Context, p *phonePort) error {
 			s.syncBinding(p, req, rep, out)
 		}
 	}
+}
+
+// stale reports whether a request received at t has waited too long to
+// be answered (see ServerConfig.MaxRequestAge).
+func (s *Server) stale(t time.Time, payload []byte) bool {
+	if t.IsZero() {
+		return false
+	}
+	age := time.Since(t)
+	return age > s.cfg.MaxRequestAge && (age > 2*s.cfg.MaxRequestAge || peekType(payload) != byte(dhcpv4.MessageTypeRequest))
+}
+
+// peekType returns a DHCP message's option 53 without checking the rest
+// of it, or 0.
+func peekType(p []byte) byte {
+	for i := bootpHeaderLen + 4; i+1 < len(p); {
+		switch code, n := p[i], int(p[i+1]); {
+		case code == optPad:
+			i++
+		case code == optEnd:
+			return 0
+		case code == optMessageType && n == 1 && i+2 < len(p):
+			return p[i+2]
+		default:
+			i += 2 + n
+		}
+	}
+	return 0
 }
 
 // syncBinding tells the kernel what the handler just decided, so the

@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -454,5 +455,38 @@ func BenchmarkServerPersist(b *testing.B) {
 	b.ReportMetric(float64(b.N*len(evs))/b.Elapsed().Seconds(), "events/s")
 	if st := h.Stats(); st.FastPathConflicts != 0 {
 		b.Fatalf("%d conflicts", st.FastPathConflicts)
+	}
+}
+
+func TestStale(t *testing.T) {
+	s := &Server{cfg: ServerConfig{MaxRequestAge: 500 * time.Millisecond}}
+	disc := pkt(dhcpv4.MessageTypeDiscover, macN(1))
+	req := pkt(dhcpv4.MessageTypeRequest, macN(1))
+	padded := append(append(bytes.Clone(req[:bootpHeaderLen+4]), optPad, optPad), req[bootpHeaderLen+4:]...)
+	tests := []struct {
+		name    string
+		age     time.Duration
+		payload []byte
+		want    bool
+	}{
+		{"fresh DISCOVER", 100 * time.Millisecond, disc, false},
+		{"old DISCOVER", 600 * time.Millisecond, disc, true},
+		{"REQUEST as old", 600 * time.Millisecond, req, false},
+		{"REQUEST twice as old", 1100 * time.Millisecond, req, true},
+		{"REQUEST after padding", 600 * time.Millisecond, padded, false},
+		{"no option 53", 600 * time.Millisecond, req[:bootpHeaderLen+4], true},
+		{"truncated", 600 * time.Millisecond, req[:bootpHeaderLen+5], true},
+		{"not stamped", 0, disc, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var at time.Time
+			if tt.age > 0 {
+				at = time.Now().Add(-tt.age)
+			}
+			if got := s.stale(at, tt.payload); got != tt.want {
+				t.Errorf("stale = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }
