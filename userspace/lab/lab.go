@@ -124,6 +124,10 @@ func (o *Options) normalize() error {
 	return nil
 }
 
+// loadSampleEvery is how often the lab samples the appliance's counters
+// for the report's load plots: fine enough to show a storm of a second.
+const loadSampleEvery = 50 * time.Millisecond
+
 var labIDPattern = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
 
 // Port is one switch port of the lab: the appliance's end of a veth pair,
@@ -223,6 +227,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	// wait for power while the agent comes up, so the power phase includes
 	// the agent's own start-up.
 	start := time.Now()
+	sampler := newLoadSampler(l.appNS, labMetricsListen, loadSampleEvery)
+	sampleCtx, stopSampling := context.WithCancel(stormCtx)
+	sampled := make(chan struct{})
+	go func() { defer close(sampled); sampler.run(sampleCtx, start) }()
+	defer stopSampling()
 	var wg sync.WaitGroup
 	for _, ph := range phones {
 		wg.Add(1)
@@ -238,12 +247,15 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	l.waitShowingProgress(&wg, rec, names, start)
 	wall := time.Since(start)
+	stopSampling()
+	<-sampled
 
 	mode := "xdp"
 	if o.NoXDP {
 		mode = "userspace"
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
+	rep.Series.Load = sampler.samples
 	if err := l.stopAgent(); err != nil {
 		return rep, err
 	}
@@ -384,7 +396,7 @@ func (l *lab) watchPower(ctx context.Context) error {
 func (l *lab) agentConfig() agent.Config {
 	cfg := agent.DefaultConfig()
 	cfg.Control.Socket = filepath.Join(l.runDir, "control.sock")
-	cfg.Metrics.Listen = "" // inside the appliance namespace nobody scrapes it
+	cfg.Metrics.Listen = labMetricsListen // the lab samples the appliance's load there
 	cfg.FastPath.Enabled = !l.o.NoXDP
 	cfg.FastPath.PinDir = l.pinDir
 	cfg.FastPath.DetachOnStop = true

@@ -124,6 +124,7 @@ func TestLabStorm(t *testing.T) {
 				t.Errorf("boot p50 %.1f ms is shorter than any model's scaled boot time", boot.P50ms)
 			}
 			checkJSONSchema(t, o.JSONPath)
+			checkLoadSampled(t, rep.Series.Load, noXDP)
 			page, err := os.ReadFile(o.HTMLPath)
 			if err != nil {
 				t.Fatal(err)
@@ -331,3 +332,22 @@ var modelsForTest = func() []images.Model {
 	}
 	return m
 }()
+
+// checkLoadSampled: the lab sampled the agent's counters during the storm,
+// and the DHCP answers show up on the path that gave them.
+func checkLoadSampled(t *testing.T, load []LoadSample, noXDP bool) {
+	t.Helper()
+	var fast, slow, power float64
+	for _, s := range load {
+		fast, slow, power = max(fast, s.DHCPFastPerS), max(slow, s.DHCPGoPerS), max(power, s.PowerW)
+	}
+	if len(load) < 2 || power <= 0 {
+		t.Errorf("%d load samples, peak power %.1f W; want samples and power drawn", len(load), power)
+	}
+	if noXDP && (fast != 0 || slow <= 0) {
+		t.Errorf("without XDP: peak fast path %.0f/s, Go %.0f/s; want only Go answers", fast, slow)
+	}
+	if !noXDP && fast <= 0 {
+		t.Errorf("with XDP: no fast-path answers sampled (Go %.0f/s)", slow)
+	}
+}
