@@ -47,6 +47,7 @@ type Options struct {
 	Seed          uint64
 	ID            string // names the lab's namespaces and directories; default random
 	JSONPath      string
+	HTMLPath      string    // the report as an HTML page with plots
 	AgentCommand  []string  // the agent to run; default: this binary's "serve"
 	AgentLog      io.Writer // also gets the agent's log, if set (it always goes to the run directory)
 	Out           io.Writer // the table and live progress
@@ -122,6 +123,10 @@ func (o *Options) normalize() error {
 	}
 	return nil
 }
+
+// loadSampleEvery is how often the lab samples the appliance's counters
+// for the report's load plots: fine enough to show a storm of a second.
+const loadSampleEvery = 50 * time.Millisecond
 
 var labIDPattern = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
 
@@ -222,6 +227,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	// wait for power while the agent comes up, so the power phase includes
 	// the agent's own start-up.
 	start := time.Now()
+	sampler := newLoadSampler(l.appNS, labMetricsListen, loadSampleEvery)
+	sampleCtx, stopSampling := context.WithCancel(stormCtx)
+	sampled := make(chan struct{})
+	go func() { defer close(sampled); sampler.run(sampleCtx, start) }()
+	defer stopSampling()
 	var wg sync.WaitGroup
 	for _, ph := range phones {
 		wg.Add(1)
@@ -237,17 +247,25 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	l.waitShowingProgress(&wg, rec, names, start)
 	wall := time.Since(start)
+	stopSampling()
+	<-sampled
 
 	mode := "xdp"
 	if o.NoXDP {
 		mode = "userspace"
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
+	rep.Series.Load = sampler.samples
 	if err := l.stopAgent(); err != nil {
 		return rep, err
 	}
 	if o.JSONPath != "" {
 		if err := rep.WriteJSONFile(o.JSONPath); err != nil {
+			return rep, err
+		}
+	}
+	if o.HTMLPath != "" {
+		if err := WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep}); err != nil {
 			return rep, err
 		}
 	}
@@ -378,7 +396,7 @@ func (l *lab) watchPower(ctx context.Context) error {
 func (l *lab) agentConfig() agent.Config {
 	cfg := agent.DefaultConfig()
 	cfg.Control.Socket = filepath.Join(l.runDir, "control.sock")
-	cfg.Metrics.Listen = "" // inside the appliance namespace nobody scrapes it
+	cfg.Metrics.Listen = labMetricsListen // the lab samples the appliance's load there
 	cfg.FastPath.Enabled = !l.o.NoXDP
 	cfg.FastPath.PinDir = l.pinDir
 	cfg.FastPath.DetachOnStop = true
