@@ -34,6 +34,7 @@ type Config struct {
 	Provision provision.Config `yaml:"provision"`
 	TFTP      TFTPConfig       `yaml:"tftp"`
 	HTTP      HTTPConfig       `yaml:"http"`
+	Proxy     ProxyConfig      `yaml:"proxy"`
 }
 
 // DiscoveryConfig controls CDP and LLDP-MED on the phone ports.
@@ -194,6 +195,7 @@ func DefaultConfig() Config {
 		Provision: provision.DefaultConfig(),
 		TFTP:      defaultTFTPConfig(),
 		HTTP:      defaultHTTPConfig(),
+		Proxy:     defaultProxyConfig(),
 	}
 }
 
@@ -329,6 +331,9 @@ func (c *Config) validate(d *strictDecoder) error {
 		return bad("power.detect_delay", "%s is outside 0 to 1m", time.Duration(c.Power.DetectDelay))
 	}
 	if err := c.DHCP.validate(bad); err != nil {
+		return err
+	}
+	if err := c.Proxy.validate(bad); err != nil {
 		return err
 	}
 	return c.validateProvision(bad)

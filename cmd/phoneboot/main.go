@@ -1,6 +1,6 @@
 // Command phoneboot is the boot-services appliance for Cisco IP phones:
-// the daemon (serve), its client (status), a host check (doctor) and the
-// boot-storm lab (lab).
+// the daemon (serve), its clients (status, leases, neighbors,
+// registrations), a host check (doctor) and the boot-storm lab (lab).
 package main
 
 import (
@@ -45,6 +45,7 @@ func newApp() *cli.App {
 			statusCommand(),
 			leasesCommand(),
 			neighborsCommand(),
+			registrationsCommand(),
 			doctorCommand(),
 			labCommand(),
 		},
@@ -148,6 +149,29 @@ func printNeighbors(w io.Writer, ns []control.Neighbor) error {
 			strings.Join(n.Addresses, ","), n.PortID, power, n.Expires.Local().Format(time.TimeOnly))
 	}
 	return tw.Flush()
+}
+
+func registrationsCommand() *cli.Command {
+	return controlCommand("registrations", "list the phones registering through the running daemon's registration proxy",
+		(*control.Client).Registrations, printRegistrations)
+}
+
+func printRegistrations(w io.Writer, rs []control.Registration) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tPHONE\tCALLMANAGER\tPROTO\tSTATE\tSINCE")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.Device), r.Phone, orDash(r.CallManager), r.Protocol, r.State,
+			r.Since.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+// orDash shows an empty column as "-", so the table stays aligned.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func printStatus(w io.Writer, st control.Status) error {

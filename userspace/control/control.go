@@ -82,6 +82,21 @@ type Neighbor struct {
 	Expires          time.Time `json:"expires"`
 }
 
+// Registration is one phone connection through the registration proxy,
+// as `phoneboot registrations` lists it.
+type Registration struct {
+	Device      string    `json:"device"` // SCCP device name or SIP device/AOR; empty while unknown (TLS)
+	Phone       string    `json:"phone"`  // the phone's address and port
+	CallManager string    `json:"call_manager,omitempty"`
+	Protocol    string    `json:"protocol"` // sccp, sip, sccp-tls, sip-tls
+	State       string    `json:"state"`    // reading, queued, registering, registered, rejected, connected
+	Since       time.Time `json:"since"`    // of the last state change
+	DeviceType  uint32    `json:"device_type,omitempty"`
+	Load        string    `json:"load,omitempty"`
+	// KeepAliveSeconds is the interval the CallManager's RegisterAck gave.
+	KeepAliveSeconds float64 `json:"keepalive_seconds,omitempty"`
+}
+
 // Provider answers the API's questions.
 type Provider interface {
 	Status(ctx context.Context) Status
@@ -89,6 +104,9 @@ type Provider interface {
 	Leases(ctx context.Context) ([]Lease, error)
 	// Neighbors lists the CDP and LLDP neighbours; an error if discovery is off.
 	Neighbors(ctx context.Context) ([]Neighbor, error)
+	// Registrations lists the registration proxy's sessions; an error if
+	// the proxy is off.
+	Registrations(ctx context.Context) ([]Registration, error)
 }
 
 // Server serves the control API on a unix socket.
@@ -146,6 +164,17 @@ func NewServer(path string, p Provider, log *slog.Logger) (*Server, error) {
 			ns = []Neighbor{}
 		}
 		writeJSON(w, ns)
+	})
+	mux.HandleFunc("GET /v1/registrations", func(w http.ResponseWriter, r *http.Request) {
+		rs, err := p.Registrations(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if rs == nil {
+			rs = []Registration{}
+		}
+		writeJSON(w, rs)
 	})
 	s := &Server{
 		path: path,
@@ -249,6 +278,12 @@ func (c *Client) Leases(ctx context.Context) ([]Lease, error) {
 func (c *Client) Neighbors(ctx context.Context) ([]Neighbor, error) {
 	var ns []Neighbor
 	return ns, c.get(ctx, "/v1/neighbors", &ns)
+}
+
+// Registrations fetches the registration proxy's table.
+func (c *Client) Registrations(ctx context.Context) ([]Registration, error) {
+	var rs []Registration
+	return rs, c.get(ctx, "/v1/registrations", &rs)
 }
 
 func (c *Client) get(ctx context.Context, path string, out any) error {

@@ -23,6 +23,7 @@ type fakeProvider struct {
 	st        Status
 	leases    []Lease
 	neighbors []Neighbor
+	regs      []Registration
 	err       error
 }
 
@@ -31,6 +32,8 @@ func (p fakeProvider) Status(context.Context) Status { return p.st }
 func (p fakeProvider) Leases(context.Context) ([]Lease, error) { return p.leases, p.err }
 
 func (p fakeProvider) Neighbors(context.Context) ([]Neighbor, error) { return p.neighbors, p.err }
+
+func (p fakeProvider) Registrations(context.Context) ([]Registration, error) { return p.regs, p.err }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
@@ -587,5 +590,20 @@ func TestNeighbors(t *testing.T) {
 		{"some", fakeProvider{neighbors: want}, want, ""},
 		{"none", fakeProvider{}, []Neighbor{}, ""},
 		{"discovery off", fakeProvider{err: errors.New("discovery is not enabled")}, nil, "discovery is not enabled"},
+	})
+}
+
+func TestRegistrations(t *testing.T) {
+	since := time.Unix(1_800_000_000, 5).UTC()
+	want := []Registration{
+		{Device: "SEP001E7A000001", Phone: "10.64.0.20:51000", CallManager: "cm1", Protocol: "sccp", State: "registered",
+			Since: since, DeviceType: 115, Load: "SCCP41.9-4-2SR3-1S", KeepAliveSeconds: 30},
+		{Phone: "10.64.0.21:40000", Protocol: "sccp-tls", State: "connected", CallManager: "cm2", Since: since},
+		{Phone: "10.64.0.22:40001", Protocol: "sip", State: "reading", Since: since},
+	}
+	checkList(t, (*Client).Registrations, []listCase[Registration]{
+		{"some", fakeProvider{regs: want}, want, ""},
+		{"none", fakeProvider{}, []Registration{}, ""},
+		{"proxy off", fakeProvider{err: errors.New("the registration proxy is not enabled")}, nil, "the registration proxy is not enabled"},
 	})
 }
