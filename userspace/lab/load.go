@@ -22,12 +22,13 @@ const labMetricsListen = "127.0.0.1:9617"
 // loadCounters are the agent's counters a LoadSample is derived from, at
 // one moment. Rates come from the difference of two.
 type loadCounters struct {
-	at        time.Time
-	dhcpFast  float64 // fast-path OFFERs and ACKs
-	dhcpGo    float64 // Go server's OFFERs, ACKs and NAKs
-	tftpBytes float64
-	httpBytes float64
-	powerW    float64 // drawn now, summed over the ports
+	at         time.Time
+	dhcpFast   float64 // fast-path OFFERs and ACKs
+	dhcpGo     float64 // Go server's OFFERs, ACKs and NAKs
+	tftpBytes  float64
+	httpBytes  float64
+	registered float64 // registrations the proxy saw acknowledged
+	powerW     float64 // drawn now, summed over the ports
 }
 
 // countersFrom reads loadCounters out of a scrape of the agent's metrics.
@@ -69,6 +70,9 @@ func countersFrom(fams map[string]*dto.MetricFamily, at time.Time) loadCounters 
 	c.dhcpGo = sum("phoneboot_dhcp_sent_total", nil)
 	c.tftpBytes = sum("phoneboot_tftp_sent_bytes_total", nil)
 	c.httpBytes = sum("phoneboot_http_sent_bytes_total", nil)
+	c.registered = sum("phoneboot_proxy_register_answers_total", func(m *dto.Metric) bool {
+		return label(m, "answer") == "ack"
+	})
 	c.powerW = sum("phoneboot_poe_port_power_watts", nil)
 	return c
 }
@@ -83,12 +87,13 @@ func sampleBetween(prev, cur loadCounters, start time.Time) LoadSample {
 		return (b - a) / dt
 	}
 	return LoadSample{
-		T:            cur.at.Sub(start).Seconds(),
-		DHCPFastPerS: rate(prev.dhcpFast, cur.dhcpFast),
-		DHCPGoPerS:   rate(prev.dhcpGo, cur.dhcpGo),
-		TFTPMBPerS:   rate(prev.tftpBytes, cur.tftpBytes) / 1e6,
-		HTTPMBPerS:   rate(prev.httpBytes, cur.httpBytes) / 1e6,
-		PowerW:       cur.powerW,
+		T:                 cur.at.Sub(start).Seconds(),
+		DHCPFastPerS:      rate(prev.dhcpFast, cur.dhcpFast),
+		DHCPGoPerS:        rate(prev.dhcpGo, cur.dhcpGo),
+		TFTPMBPerS:        rate(prev.tftpBytes, cur.tftpBytes) / 1e6,
+		HTTPMBPerS:        rate(prev.httpBytes, cur.httpBytes) / 1e6,
+		RegistrationsPerS: rate(prev.registered, cur.registered),
+		PowerW:            cur.powerW,
 	}
 }
 
