@@ -303,7 +303,9 @@ func (c *PD69200) setEnabled(ctx context.Context, port string, on bool) error {
 }
 
 // Enable enables the port's detection and power.
-func (c *PD69200) Enable(ctx context.Context, port string) error { return c.setEnabled(ctx, port, true) }
+func (c *PD69200) Enable(ctx context.Context, port string) error {
+	return c.setEnabled(ctx, port, true)
+}
 
 // Disable turns the port off.
 func (c *PD69200) Disable(ctx context.Context, port string) error {
