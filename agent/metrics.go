@@ -29,6 +29,7 @@ func newMetricsServer(listen string, a *Agent) (*metricsServer, error) {
 		&agentCollector{a: a},
 		discoveryCollector{a: a},
 		provisionCollector{a: a},
+		powerCollector{a: a},
 	)
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
