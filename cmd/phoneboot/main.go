@@ -1,6 +1,6 @@
 // Command phoneboot is the boot-services appliance for Cisco IP phones:
-// the daemon (serve), its client (status), a host check (doctor) and the
-// boot-storm lab (lab).
+// the daemon (serve), its clients (status, leases, neighbors, poe), a host
+// check (doctor) and the boot-storm lab (lab).
 package main
 
 import (
@@ -45,6 +45,7 @@ func newApp() *cli.App {
 			statusCommand(),
 			leasesCommand(),
 			neighborsCommand(),
+			poeCommand(),
 			doctorCommand(),
 			labCommand(),
 		},

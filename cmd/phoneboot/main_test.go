@@ -65,7 +65,7 @@ func phoneboot(t *testing.T, args ...string) result {
 
 func TestHelpListsCommands(t *testing.T) {
 	r := phoneboot(t, "--help")
-	for _, c := range []string{"serve", "status", "doctor", "lab"} {
+	for _, c := range []string{"serve", "status", "poe", "doctor", "lab"} {
 		if !strings.Contains(r.stdout, c) {
 			t.Errorf("--help lacks %s:\n%s", c, r.stdout)
 		}
