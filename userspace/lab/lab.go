@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -32,13 +33,19 @@ import (
 // Options are the lab's knobs; the CLI flags map onto them.
 type Options struct {
 	Phones       int
-	Ports        int // 0: one per phone, at most 48
-	PowerPolicy  string
-	Stagger      time.Duration // interval between stagger steps
-	StaggerPorts int           // ports powered per stagger step
-	TimeScale    float64       // multiplies every simulated delay
-	Timeout      time.Duration // the storm's limit; phones not done by then fail
-	NoXDP        bool
+	Ports        int           // 0: one per phone, at most 48
+	PowerPolicy  string        // all, stagger or adaptive
+	Stagger      time.Duration // interval between stagger (and adaptive) steps
+	StaggerPorts int           // ports powered per step
+	// Adaptive overrides the agent's default thresholds of the adaptive
+	// policy; nil keeps them.
+	Adaptive *agent.AdaptiveConfig
+	// LoadEvery is how often the daemon's load is sampled for the
+	// report's peaks (default 10ms).
+	LoadEvery time.Duration
+	TimeScale float64       // multiplies every simulated delay
+	Timeout   time.Duration // the storm's limit; phones not done by then fail
+	NoXDP     bool
 	// VoiceVLANs is how many voice VLANs the ports are spread over (port i
 	// gets VLAN 100+i%VoiceVLANs, each with its own DHCP pool; at most one
 	// per port); 0 leaves the phones untagged. VLANs need the fast path:
@@ -77,10 +84,14 @@ func (o *Options) normalize() error {
 	if o.Ports > o.Phones {
 		return fmt.Errorf("--ports %d: more ports than --phones %d leaves ports without a phone", o.Ports, o.Phones)
 	}
-	switch o.PowerPolicy {
-	case "all", "stagger":
-	default:
-		return fmt.Errorf("--power-policy %q: must be all or stagger", o.PowerPolicy)
+	if !slices.Contains(powerPolicies, o.PowerPolicy) {
+		return fmt.Errorf("--power-policy %q: must be all, stagger or adaptive", o.PowerPolicy)
+	}
+	if a := o.Adaptive; a != nil && (a.DHCPBacklog < 0 || a.TFTPActive < 0 || a.ProxyQueued < 0) {
+		return fmt.Errorf("--adaptive-* thresholds must not be negative (0 ignores the signal): %+v", *a)
+	}
+	if o.LoadEvery <= 0 {
+		o.LoadEvery = 10 * time.Millisecond
 	}
 	if o.Stagger < 0 || o.Stagger > time.Minute {
 		return fmt.Errorf("--stagger %s: must be 0 to 1m", o.Stagger)
@@ -235,14 +246,20 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		wg.Wait()
 		return Report{}, err
 	}
+	load := sampleLoad(stormCtx, l.controlSocket(), o.LoadEvery, o.Log)
 	l.waitShowingProgress(&wg, rec, names, start)
 	wall := time.Since(start)
+	peak := load.stop()
 
 	mode := "xdp"
 	if o.NoXDP {
 		mode = "userspace"
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
+	rep.PowerPolicy, rep.PeakLoad = o.PowerPolicy, peak
+	if !rec.lastDone.IsZero() {
+		rep.AllDoneSeconds = rec.lastDone.Sub(start).Seconds()
+	}
 	if err := l.stopAgent(); err != nil {
 		return rep, err
 	}
@@ -377,17 +394,12 @@ func (l *lab) watchPower(ctx context.Context) error {
 // code path as `phoneboot serve`.
 func (l *lab) agentConfig() agent.Config {
 	cfg := agent.DefaultConfig()
-	cfg.Control.Socket = filepath.Join(l.runDir, "control.sock")
+	cfg.Control.Socket = l.controlSocket()
 	cfg.Metrics.Listen = "" // inside the appliance namespace nobody scrapes it
 	cfg.FastPath.Enabled = !l.o.NoXDP
 	cfg.FastPath.PinDir = l.pinDir
 	cfg.FastPath.DetachOnStop = true
-	cfg.Power.Backend = "lab"
-	cfg.Power.Policy = l.o.PowerPolicy
-	cfg.Power.StaggerPorts = l.o.StaggerPorts
-	cfg.Power.StaggerInterval = agent.Duration(l.o.Stagger)
-	// A real PSE spends a few hundred ms detecting and classifying.
-	cfg.Power.DetectDelay = agent.Duration(time.Duration(float64(300*time.Millisecond) * l.o.TimeScale))
+	l.applyPower(&cfg)
 	// A pool per voice VLAN (one untagged pool without VLANs); in each the
 	// appliance is .1 and the TFTP server phones are sent to.
 	cfg.DHCP.Enabled = true
@@ -419,6 +431,8 @@ func (l *lab) agentConfig() agent.Config {
 	}
 	return cfg
 }
+
+func (l *lab) controlSocket() string { return filepath.Join(l.runDir, "control.sock") }
 
 // startAgent runs the agent inside the appliance namespace and waits for
 // its sd_notify READY=1, just as systemd would.
