@@ -208,7 +208,7 @@ func (c powerCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	l := serviceLoad{c.a}.Load()
+	l := serviceLoad(c).Load()
 	gauge(descLoad, float64(l.DHCPBacklog), "dhcp_backlog")
 	gauge(descLoad, float64(l.TFTPActive), "tftp_active")
 	gauge(descLoad, float64(l.ProxyQueued), "proxy_queued")
