@@ -25,6 +25,7 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/neighbor"
 	"github.com/phoneboot/phoneboot/userspace/poe"
 	"github.com/phoneboot/phoneboot/userspace/provision"
+	"github.com/phoneboot/phoneboot/userspace/proxy"
 	"github.com/phoneboot/phoneboot/userspace/tftp"
 )
 
@@ -72,6 +73,8 @@ type Agent struct {
 	provision *provision.Service
 	tftp      *tftp.Server
 	http      *httpboot.Server
+
+	proxy *proxy.Proxy
 
 	services []serviceEntry
 
@@ -132,6 +135,13 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	if cfg.DHCP.Enabled {
 		if err := a.newDHCP(cfg, log.With("service", "dhcp")); err != nil {
 			return nil, fmt.Errorf("dhcp: %w", err)
+		}
+	}
+
+	if cfg.Proxy.Enabled {
+		// proxy.New's errors start with "proxy:" already.
+		if err := a.newProxy(cfg, log.With("service", "proxy")); err != nil {
+			return nil, err
 		}
 	}
 

@@ -26,6 +26,11 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
+// The tests run in a network namespace of their own: the registration
+// proxy connects to its CallManagers from whichever thread its goroutines
+// run on, so its test's loopback addresses must be the process's own.
+func TestMain(m *testing.M) { os.Exit(privtest.RunInNetNS(m)) }
+
 func testLogger(t *testing.T) *slog.Logger { return privtest.Logger(t) }
 
 // notifyListener collects sd_notify datagrams sent to NOTIFY_SOCKET.
@@ -97,7 +102,15 @@ func newAgentNet(t *testing.T) *agentNet {
 // and checks that it ran and closed cleanly.
 func (n *agentNet) run(t *testing.T, cfg Config) (a *Agent, stop func()) {
 	t.Helper()
-	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+	return startAgent(t, cfg, n.app.Do)
+}
+
+// startAgent builds the agent inside do (which places its sockets: a
+// namespace's Do, or here) and runs it; stop ends it and checks that it
+// ran and closed cleanly.
+func startAgent(t *testing.T, cfg Config, do func(func() error) error) (a *Agent, stop func()) {
+	t.Helper()
+	if err := do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -450,12 +463,20 @@ dhcp:
 	}
 }
 
-// scrapeMetrics fetches /metrics from a listener inside ns. It dials there
-// itself: the HTTP transport dials on goroutines of its own, outside Do.
+// scrapeMetrics fetches /metrics from a listener inside ns (nil: here).
+// It dials there itself: the HTTP transport dials on goroutines of its
+// own, outside Do.
 func scrapeMetrics(t *testing.T, ns *vnet.NS, addr string) string {
 	t.Helper()
 	var conn net.Conn
-	if err := ns.Do(func() (err error) { conn, err = net.Dial("tcp", addr); return err }); err != nil {
+	dial := func() (err error) { conn, err = net.Dial("tcp", addr); return err }
+	var err error
+	if ns == nil {
+		err = dial()
+	} else {
+		err = ns.Do(dial)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	hc := &http.Client{Transport: &http.Transport{

@@ -34,6 +34,7 @@ type Config struct {
 	Provision provision.Config `yaml:"provision"`
 	TFTP      TFTPConfig       `yaml:"tftp"`
 	HTTP      HTTPConfig       `yaml:"http"`
+	Proxy     ProxyConfig      `yaml:"proxy"`
 }
 
 // DiscoveryConfig controls CDP and LLDP-MED on the phone ports.
@@ -176,6 +177,7 @@ func DefaultConfig() Config {
 		Provision: provision.DefaultConfig(),
 		TFTP:      defaultTFTPConfig(),
 		HTTP:      defaultHTTPConfig(),
+		Proxy:     defaultProxyConfig(),
 	}
 }
 
@@ -279,6 +281,9 @@ func (c *Config) validate(d *strictDecoder) error {
 		return err
 	}
 	if err := c.DHCP.validate(bad); err != nil {
+		return err
+	}
+	if err := c.Proxy.validate(bad); err != nil {
 		return err
 	}
 	return c.validateProvision(bad)

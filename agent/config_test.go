@@ -19,7 +19,7 @@ func TestParseConfigErrors(t *testing.T) {
 		want string // the whole error text
 	}{
 		{"unknown top-level key", "log:\n  level: info\nports_:\n  - name: a\n",
-			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, discovery, fastpath, http, log, metrics, ports, power, provision, tftp, vlan)`},
+			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, discovery, fastpath, http, log, metrics, ports, power, provision, proxy, tftp, vlan)`},
 		{"unknown nested key", "fastpath:\n  enabled: true\n  xdpmode: native\n",
 			`f.yaml:3: fastpath.xdpmode: unknown key (known keys here: detach_on_stop, enabled, pin_dir, xdp_mode)`},
 		{"unknown key in list item", "ports:\n  - name: a\n  - name: b\n    speed: 1000\n",
@@ -231,12 +231,17 @@ func TestExampleConfigShowsDefaults(t *testing.T) {
 	if len(cfg.Provision.Phones) == 0 || cfg.Provision.Enabled {
 		t.Fatal("the example has no provisioning example, or turns it on")
 	}
+	if len(cfg.Proxy.CallManagers) == 0 || cfg.Proxy.Enabled {
+		t.Fatal("the example has no CallManagers for the proxy, or turns it on")
+	}
 	ex := cfg
 	ex.Provision.Enabled = true
+	ex.Proxy.Enabled = true
 	if err := ex.validate(&strictDecoder{file: "example", lines: map[string]int{}}); err != nil {
-		t.Errorf("the provisioning example is not valid once enabled: %v", err)
+		t.Errorf("the provisioning and proxy examples are not valid once enabled: %v", err)
 	}
 	cfg.Provision = provision.DefaultConfig() // marked "example"
+	cfg.Proxy.CallManagers = nil              // marked "example"
 	if want := DefaultConfig(); !reflect.DeepEqual(cfg, want) {
 		t.Errorf("example config differs from the defaults:\n got: %+v\nwant: %+v", cfg, want)
 	}

@@ -86,8 +86,9 @@ func newPowerManager(cfg Config, load poe.LoadSource, log *slog.Logger) (*poe.Ma
 type serviceLoad struct{ a *Agent }
 
 // Load reads the services' queues for the adaptive power policy: the DHCP
-// server's backlog and the TFTP transfers running. The registration proxy
-// is not run by the agent yet; its admission queue stays 0 until it is.
+// server's backlog, the TFTP transfers running, and the phones waiting in
+// the registration proxy's admission queues. A service that is off counts
+// 0.
 func (s serviceLoad) Load() poe.Load {
 	a := s.a
 	var l poe.Load
@@ -96,6 +97,11 @@ func (s serviceLoad) Load() poe.Load {
 	}
 	if a.tftp != nil {
 		l.TFTPActive = int(a.tftp.Stats().Active)
+	}
+	if a.proxy != nil {
+		for _, cm := range a.proxy.Stats().CallManagers {
+			l.ProxyQueued += int(cm.Waiting)
+		}
 	}
 	return l
 }

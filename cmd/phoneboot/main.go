@@ -1,6 +1,6 @@
 // Command phoneboot is the boot-services appliance for Cisco IP phones:
-// the daemon (serve), its clients (status, leases, neighbors, poe), a host
-// check (doctor) and the boot-storm lab (lab).
+// the daemon (serve), its clients (status, leases, neighbors, poe,
+// registrations), a host check (doctor) and the boot-storm lab (lab).
 package main
 
 import (
@@ -46,6 +46,7 @@ func newApp() *cli.App {
 			leasesCommand(),
 			neighborsCommand(),
 			poeCommand(),
+			registrationsCommand(),
 			doctorCommand(),
 			labCommand(),
 		},
@@ -151,6 +152,29 @@ func printNeighbors(w io.Writer, ns []control.Neighbor) error {
 	return tw.Flush()
 }
 
+func registrationsCommand() *cli.Command {
+	return controlCommand("registrations", "list the phones registering through the running daemon's registration proxy",
+		(*control.Client).Registrations, printRegistrations)
+}
+
+func printRegistrations(w io.Writer, rs []control.Registration) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tPHONE\tCALLMANAGER\tPROTO\tSTATE\tSINCE")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.Device), r.Phone, orDash(r.CallManager), r.Protocol, r.State,
+			r.Since.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+// orDash shows an empty column as "-", so the table stays aligned.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
 func printStatus(w io.Writer, st control.Status) error {
 	fmt.Fprintf(w, "phoneboot %s, pid %d, up %s\n\n", st.Version, st.PID, (time.Duration(st.Uptime) * time.Second).Round(time.Second))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -233,6 +257,7 @@ func labCommand() *cli.Command {
 			&cli.Float64Flag{Name: "time-scale", Value: 0.1, Usage: "multiplies every simulated delay (phone boot, PoE detection); 1 is real time"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "phones not done by then fail"},
 			&cli.StringFlag{Name: "json", Usage: "write the report as JSON to this file"},
+			&cli.StringFlag{Name: "html", Usage: "write the report as one self-contained HTML page with plots to this file"},
 			&cli.BoolFlag{Name: "no-xdp", Usage: "run without the XDP fast path (userspace only; the phones then stay untagged)"},
 			&cli.IntFlag{Name: "voice-vlans", Value: 4, Usage: "spread the ports over this many voice VLANs (at most one per port), each with its own DHCP pool; 0: phones stay untagged"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter"},
@@ -276,6 +301,7 @@ func labCommand() *cli.Command {
 				VoiceVLANs:   voiceVLANs,
 				Seed:         c.Uint64("seed"),
 				JSONPath:     c.String("json"),
+				HTMLPath:     c.String("html"),
 				Out:          c.App.Writer,
 				LiveProgress: lab.IsTerminal(os.Stdout),
 				AgentLog:     agentLog,

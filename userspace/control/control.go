@@ -136,6 +136,21 @@ var (
 	ErrBadRequest  = errors.New("bad request")               // 400
 )
 
+// Registration is one phone connection through the registration proxy,
+// as `phoneboot registrations` lists it.
+type Registration struct {
+	Device      string    `json:"device"` // SCCP device name or SIP device/AOR; empty while unknown (TLS)
+	Phone       string    `json:"phone"`  // the phone's address and port
+	CallManager string    `json:"call_manager,omitempty"`
+	Protocol    string    `json:"protocol"` // sccp, sip, sccp-tls, sip-tls
+	State       string    `json:"state"`    // reading, queued, registering, registered, rejected, connected
+	Since       time.Time `json:"since"`    // of the last state change
+	DeviceType  uint32    `json:"device_type,omitempty"`
+	Load        string    `json:"load,omitempty"`
+	// KeepAliveSeconds is the interval the CallManager's RegisterAck gave.
+	KeepAliveSeconds float64 `json:"keepalive_seconds,omitempty"`
+}
+
 // Provider answers the API's questions.
 type Provider interface {
 	Status(ctx context.Context) Status
@@ -150,6 +165,9 @@ type Provider interface {
 	PoEAction(ctx context.Context, port, action, arg string) (PoEPort, error)
 	// Load reports the services' queues.
 	Load(ctx context.Context) Load
+	// Registrations lists the registration proxy's sessions; an error if
+	// the proxy is off.
+	Registrations(ctx context.Context) ([]Registration, error)
 }
 
 // errorStatus is the HTTP status for a Provider's error.
@@ -253,6 +271,17 @@ func NewServer(path string, p Provider, log *slog.Logger) (*Server, error) {
 	})
 	mux.HandleFunc("GET /v1/load", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, p.Load(r.Context()))
+	})
+	mux.HandleFunc("GET /v1/registrations", func(w http.ResponseWriter, r *http.Request) {
+		rs, err := p.Registrations(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if rs == nil {
+			rs = []Registration{}
+		}
+		writeJSON(w, rs)
 	})
 	s := &Server{
 		path: path,
@@ -379,6 +408,12 @@ func (c *Client) PoEAction(ctx context.Context, port, action, arg string) (PoEPo
 func (c *Client) Load(ctx context.Context) (Load, error) {
 	var l Load
 	return l, c.get(ctx, "/v1/load", &l)
+}
+
+// Registrations fetches the registration proxy's table.
+func (c *Client) Registrations(ctx context.Context) ([]Registration, error) {
+	var rs []Registration
+	return rs, c.get(ctx, "/v1/registrations", &rs)
 }
 
 func (c *Client) get(ctx context.Context, path string, out any) error {

@@ -25,6 +25,7 @@ type fakeProvider struct {
 	leases    []Lease
 	neighbors []Neighbor
 	poe       PoEStatus
+	regs      []Registration
 	err       error
 }
 
@@ -52,6 +53,8 @@ func (p fakeProvider) PoEAction(_ context.Context, port, action, arg string) (Po
 func (p fakeProvider) Load(context.Context) Load {
 	return Load{DHCPBacklog: 3, TFTPActive: 2, ProxyQueued: 1}
 }
+
+func (p fakeProvider) Registrations(context.Context) ([]Registration, error) { return p.regs, p.err }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
@@ -701,4 +704,19 @@ func TestPoEActions(t *testing.T) {
 	if err != nil || l != (Load{DHCPBacklog: 3, TFTPActive: 2, ProxyQueued: 1}) {
 		t.Errorf("Load = %+v, %v", l, err)
 	}
+}
+
+func TestRegistrations(t *testing.T) {
+	since := time.Unix(1_800_000_000, 5).UTC()
+	want := []Registration{
+		{Device: "SEP001E7A000001", Phone: "10.64.0.20:51000", CallManager: "cm1", Protocol: "sccp", State: "registered",
+			Since: since, DeviceType: 115, Load: "SCCP41.9-4-2SR3-1S", KeepAliveSeconds: 30},
+		{Phone: "10.64.0.21:40000", Protocol: "sccp-tls", State: "connected", CallManager: "cm2", Since: since},
+		{Phone: "10.64.0.22:40001", Protocol: "sip", State: "reading", Since: since},
+	}
+	checkList(t, (*Client).Registrations, []listCase[Registration]{
+		{"some", fakeProvider{regs: want}, want, ""},
+		{"none", fakeProvider{}, []Registration{}, ""},
+		{"proxy off", fakeProvider{err: errors.New("the registration proxy is not enabled")}, nil, "the registration proxy is not enabled"},
+	})
 }

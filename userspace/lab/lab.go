@@ -33,19 +33,16 @@ import (
 // Options are the lab's knobs; the CLI flags map onto them.
 type Options struct {
 	Phones       int
-	Ports        int           // 0: one per phone, at most 48
-	PowerPolicy  string        // all, stagger or adaptive
-	Stagger      time.Duration // interval between stagger (and adaptive) steps
-	StaggerPorts int           // ports powered per step
-	// Adaptive overrides the agent's default thresholds of the adaptive
-	// policy; nil keeps them.
+	Ports        int // 0: one per phone, at most 48
+	PowerPolicy  string
+	Stagger      time.Duration // interval between stagger and adaptive steps
+	StaggerPorts int           // ports powered per stagger or adaptive step
+	TimeScale    float64       // multiplies every simulated delay
+	Timeout      time.Duration // the storm's limit; phones not done by then fail
+	NoXDP        bool
+	// Adaptive overrides the agent's thresholds of the adaptive power
+	// policy; nil keeps its defaults.
 	Adaptive *agent.AdaptiveConfig
-	// LoadEvery is how often the daemon's load is sampled for the
-	// report's peaks (default 10ms).
-	LoadEvery time.Duration
-	TimeScale float64       // multiplies every simulated delay
-	Timeout   time.Duration // the storm's limit; phones not done by then fail
-	NoXDP     bool
 	// VoiceVLANs is how many voice VLANs the ports are spread over (port i
 	// gets VLAN 100+i%VoiceVLANs, each with its own DHCP pool; at most one
 	// per port); 0 leaves the phones untagged. VLANs need the fast path:
@@ -54,6 +51,7 @@ type Options struct {
 	Seed          uint64
 	ID            string // names the lab's namespaces and directories; default random
 	JSONPath      string
+	HTMLPath      string    // the report as an HTML page with plots
 	AgentCommand  []string  // the agent to run; default: this binary's "serve"
 	AgentLog      io.Writer // also gets the agent's log, if set (it always goes to the run directory)
 	Out           io.Writer // the table and live progress
@@ -89,9 +87,6 @@ func (o *Options) normalize() error {
 	}
 	if a := o.Adaptive; a != nil && (a.DHCPBacklog < 0 || a.TFTPActive < 0 || a.ProxyQueued < 0) {
 		return fmt.Errorf("--adaptive-* thresholds must not be negative (0 ignores the signal): %+v", *a)
-	}
-	if o.LoadEvery <= 0 {
-		o.LoadEvery = 10 * time.Millisecond
 	}
 	if o.Stagger < 0 || o.Stagger > time.Minute {
 		return fmt.Errorf("--stagger %s: must be 0 to 1m", o.Stagger)
@@ -133,6 +128,10 @@ func (o *Options) normalize() error {
 	}
 	return nil
 }
+
+// loadSampleEvery is how often the lab samples the appliance's counters
+// for the report's load plots: fine enough to show a storm of a second.
+const loadSampleEvery = 50 * time.Millisecond
 
 var labIDPattern = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
 
@@ -233,6 +232,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	// wait for power while the agent comes up, so the power phase includes
 	// the agent's own start-up.
 	start := time.Now()
+	sampler := newLoadSampler(l.appNS, labMetricsListen, loadSampleEvery)
+	sampleCtx, stopSampling := context.WithCancel(stormCtx)
+	sampled := make(chan struct{})
+	go func() { defer close(sampled); sampler.run(sampleCtx, start) }()
+	defer stopSampling()
 	var wg sync.WaitGroup
 	for _, ph := range phones {
 		wg.Add(1)
@@ -246,17 +250,18 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		wg.Wait()
 		return Report{}, err
 	}
-	load := sampleLoad(stormCtx, l.controlSocket(), o.LoadEvery, o.Log)
 	l.waitShowingProgress(&wg, rec, names, start)
 	wall := time.Since(start)
-	peak := load.stop()
+	stopSampling()
+	<-sampled
 
 	mode := "xdp"
 	if o.NoXDP {
 		mode = "userspace"
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
-	rep.PowerPolicy, rep.PeakLoad = o.PowerPolicy, peak
+	rep.Series.Load = sampler.samples
+	rep.PowerPolicy, rep.PeakLoad = o.PowerPolicy, peakLoad(sampler.samples)
 	if !rec.lastDone.IsZero() {
 		rep.AllDoneSeconds = rec.lastDone.Sub(start).Seconds()
 	}
@@ -265,6 +270,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	if o.JSONPath != "" {
 		if err := rep.WriteJSONFile(o.JSONPath); err != nil {
+			return rep, err
+		}
+	}
+	if o.HTMLPath != "" {
+		if err := WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep}); err != nil {
 			return rep, err
 		}
 	}
@@ -394,8 +404,8 @@ func (l *lab) watchPower(ctx context.Context) error {
 // code path as `phoneboot serve`.
 func (l *lab) agentConfig() agent.Config {
 	cfg := agent.DefaultConfig()
-	cfg.Control.Socket = l.controlSocket()
-	cfg.Metrics.Listen = "" // inside the appliance namespace nobody scrapes it
+	cfg.Control.Socket = filepath.Join(l.runDir, "control.sock")
+	cfg.Metrics.Listen = labMetricsListen // the lab samples the appliance's load there
 	cfg.FastPath.Enabled = !l.o.NoXDP
 	cfg.FastPath.PinDir = l.pinDir
 	cfg.FastPath.DetachOnStop = true
@@ -431,8 +441,6 @@ func (l *lab) agentConfig() agent.Config {
 	}
 	return cfg
 }
-
-func (l *lab) controlSocket() string { return filepath.Join(l.runDir, "control.sock") }
 
 // startAgent runs the agent inside the appliance namespace and waits for
 // its sd_notify READY=1, just as systemd would.

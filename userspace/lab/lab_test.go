@@ -91,6 +91,7 @@ func TestLabStorm(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			o := testOptions(t)
 			o.NoXDP = noXDP
+			o.HTMLPath = filepath.Join(t.TempDir(), "report.html")
 			if !noXDP {
 				o.VoiceVLANs = 3 // each phone's address is checked against its VLAN's pool
 			}
@@ -111,6 +112,9 @@ func TestLabStorm(t *testing.T) {
 				if !(p.P50ms <= p.P95ms && p.P95ms <= p.P99ms && p.P99ms <= p.MaxMs) {
 					t.Errorf("phase %s percentiles out of order: %+v", p.Name, p)
 				}
+				if n, m := len(rep.Series.PhaseDone[p.Name]), len(rep.Series.LatencyMs[p.Name]); n != p.Done || m != p.Done {
+					t.Errorf("phase %s: %d completion times and %d latencies plotted, want %d", p.Name, n, m, p.Done)
+				}
 			}
 			if !slices.Equal(names, []string{"power", "boot", "cdp", "dhcp"}) {
 				t.Errorf("phases %v", names)
@@ -124,6 +128,16 @@ func TestLabStorm(t *testing.T) {
 				t.Errorf("boot p50 %.1f ms is shorter than any model's scaled boot time", boot.P50ms)
 			}
 			checkJSONSchema(t, o.JSONPath)
+			checkLoadSampled(t, rep.Series.Load, noXDP)
+			page, err := os.ReadFile(o.HTMLPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range names {
+				if !strings.Contains(string(page), "Latency of the "+p+" phase") {
+					t.Errorf("HTML report has no latency chart for %s", p)
+				}
+			}
 		})
 	}
 }
@@ -371,3 +385,22 @@ var modelsForTest = func() []images.Model {
 	}
 	return m
 }()
+
+// checkLoadSampled: the lab sampled the agent's counters during the storm,
+// and the DHCP answers show up on the path that gave them.
+func checkLoadSampled(t *testing.T, load []LoadSample, noXDP bool) {
+	t.Helper()
+	var fast, slow, power float64
+	for _, s := range load {
+		fast, slow, power = max(fast, s.DHCPFastPerS), max(slow, s.DHCPGoPerS), max(power, s.PowerW)
+	}
+	if len(load) < 2 || power <= 0 {
+		t.Errorf("%d load samples, peak power %.1f W; want samples and power drawn", len(load), power)
+	}
+	if noXDP && (fast != 0 || slow <= 0) {
+		t.Errorf("without XDP: peak fast path %.0f/s, Go %.0f/s; want only Go answers", fast, slow)
+	}
+	if !noXDP && fast <= 0 {
+		t.Errorf("with XDP: no fast-path answers sampled (Go %.0f/s)", slow)
+	}
+}

@@ -1,25 +1,22 @@
 package lab
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/phoneboot/phoneboot/agent"
-	"github.com/phoneboot/phoneboot/userspace/control"
 )
 
 // The power side of the lab: the power policies, and what they do to the
 // appliance's services (the peak of the signals the adaptive policy
-// watches, sampled through the daemon's control API).
+// watches, from the lab's load samples).
 
 var powerPolicies = []string{"all", "stagger", "adaptive"}
 
 // PeakLoad is the highest each service's queue got during the storm, as
-// the daemon reported it (`GET /v1/load`) every LoadEvery.
+// the daemon's metrics (phoneboot_service_load) showed it at the lab's
+// load samples.
 type PeakLoad struct {
 	DHCPBacklog int `json:"dhcp_backlog"`
 	TFTPActive  int `json:"tftp_active"`
@@ -44,49 +41,15 @@ func (l *lab) applyPower(cfg *agent.Config) {
 	cfg.Power.StateFile = l.runDir + "/poe-state.json"
 }
 
-// loadSampler records the peak of the daemon's load signals.
-type loadSampler struct {
-	stopOnce sync.Once
-	cancel   context.CancelFunc
-	done     chan struct{}
-	peak     PeakLoad
-}
-
-// sampleLoad asks the daemon for its load every `every` until stopped.
-// A failed sample is skipped (and logged): the storm matters more.
-func sampleLoad(ctx context.Context, socket string, every time.Duration, log *slog.Logger) *loadSampler {
-	ctx, cancel := context.WithCancel(ctx)
-	s := &loadSampler{cancel: cancel, done: make(chan struct{})}
-	client := control.NewClient(socket)
-	go func() {
-		defer close(s.done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			l, err := client.Load(ctx)
-			if err == nil {
-				s.peak.DHCPBacklog = max(s.peak.DHCPBacklog, l.DHCPBacklog)
-				s.peak.TFTPActive = max(s.peak.TFTPActive, l.TFTPActive)
-				s.peak.ProxyQueued = max(s.peak.ProxyQueued, l.ProxyQueued)
-				s.peak.Samples++
-			} else if ctx.Err() == nil {
-				log.Warn("load sample", "error", err)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return s
-}
-
-// stop ends the sampling and returns the peaks.
-func (s *loadSampler) stop() PeakLoad {
-	s.stopOnce.Do(s.cancel)
-	<-s.done
-	return s.peak
+// peakLoad is the highest each queue got over the samples.
+func peakLoad(samples []LoadSample) PeakLoad {
+	p := PeakLoad{Samples: len(samples)}
+	for _, s := range samples {
+		p.DHCPBacklog = max(p.DHCPBacklog, s.DHCPBacklog)
+		p.TFTPActive = max(p.TFTPActive, s.TFTPActive)
+		p.ProxyQueued = max(p.ProxyQueued, s.ProxyQueued)
+	}
+	return p
 }
 
 // writePowerSummary is the report's line on the power policy's effect.
