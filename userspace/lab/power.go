@@ -37,6 +37,9 @@ func (l *lab) applyPower(cfg *agent.Config) {
 	}
 	// A real PSE spends a few hundred ms detecting and classifying.
 	cfg.Power.DetectDelay = agent.Duration(time.Duration(float64(300*time.Millisecond) * l.o.TimeScale))
+	// The lab PSE's status is memory, cheap to read: poll it often, so
+	// the power drawn shows in the lab's load samples during a short storm.
+	cfg.Power.PollInterval = agent.Duration(100 * time.Millisecond)
 	// The lab's own, never the host's operator settings.
 	cfg.Power.StateFile = l.runDir + "/poe-state.json"
 }
