@@ -31,6 +31,7 @@ func newMetricsServer(listen string, a *Agent) (*metricsServer, error) {
 		&agentCollector{a: a},
 		discoveryCollector{a: a},
 		provisionCollector{a: a},
+		powerCollector{a: a},
 		proxyCollector{a: a},
 	)
 	ln, err := net.Listen("tcp", listen)

@@ -191,6 +191,7 @@ proxy:
 		`phoneboot_proxy_register_answers_total{answer="ack"}`:                1,
 		`phoneboot_proxy_failovers_total{callmanager="cm1"}`:                  0,
 		`phoneboot_proxy_admission_queue_depth{callmanager="cm1"}`:            0,
+		`phoneboot_service_load{signal="proxy_queued"}`:                       0,
 		`phoneboot_proxy_admission_rejected_total`:                            0,
 		`phoneboot_service_up{service="proxy"}`:                               1,
 	} {

@@ -1,5 +1,5 @@
 // Command phoneboot is the boot-services appliance for Cisco IP phones:
-// the daemon (serve), its clients (status, leases, neighbors,
+// the daemon (serve), its clients (status, leases, neighbors, poe,
 // registrations), a host check (doctor) and the boot-storm lab (lab).
 package main
 
@@ -45,6 +45,7 @@ func newApp() *cli.App {
 			statusCommand(),
 			leasesCommand(),
 			neighborsCommand(),
+			poeCommand(),
 			registrationsCommand(),
 			doctorCommand(),
 			labCommand(),
@@ -240,15 +241,19 @@ func doctorCommand() *cli.Command {
 }
 
 func labCommand() *cli.Command {
+	adaptive := agent.DefaultConfig().Power.Adaptive
 	return &cli.Command{
 		Name:  "lab",
 		Usage: "run a boot storm of simulated phones against the real agent, in network namespaces",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "phones", Value: 48, Usage: "number of phones"},
 			&cli.IntFlag{Name: "ports", Usage: "number of switch ports (default: one per phone, at most 48)"},
-			&cli.StringFlag{Name: "power-policy", Value: "all", Usage: "all: power every port at once; stagger: --stagger-ports ports every --stagger"},
-			&cli.DurationFlag{Name: "stagger", Value: 100 * time.Millisecond, Usage: "interval between stagger steps"},
-			&cli.IntFlag{Name: "stagger-ports", Value: 1, Usage: "ports powered per stagger step"},
+			&cli.StringFlag{Name: "power-policy", Value: "all", Usage: "all: power every port at once; stagger: --stagger-ports ports every --stagger; adaptive: as stagger, holding a step while a service's queue is at its --adaptive-* threshold"},
+			&cli.DurationFlag{Name: "stagger", Value: 100 * time.Millisecond, Usage: "interval between stagger and adaptive steps"},
+			&cli.IntFlag{Name: "stagger-ports", Value: 1, Usage: "ports powered per stagger or adaptive step"},
+			&cli.IntFlag{Name: "adaptive-dhcp-backlog", Value: adaptive.DHCPBacklog, Usage: "adaptive: hold while the DHCP server has this many requests queued or in hand (0: ignore)"},
+			&cli.IntFlag{Name: "adaptive-tftp-active", Value: adaptive.TFTPActive, Usage: "adaptive: hold while this many TFTP transfers run (0: ignore)"},
+			&cli.IntFlag{Name: "adaptive-proxy-queued", Value: adaptive.ProxyQueued, Usage: "adaptive: hold while this many phones wait for the proxy (0: ignore)"},
 			&cli.Float64Flag{Name: "time-scale", Value: 0.1, Usage: "multiplies every simulated delay (phone boot, PoE detection); 1 is real time"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "phones not done by then fail"},
 			&cli.StringFlag{Name: "json", Usage: "write the report as JSON to this file"},
@@ -286,6 +291,10 @@ func labCommand() *cli.Command {
 				PowerPolicy:  c.String("power-policy"),
 				Stagger:      c.Duration("stagger"),
 				StaggerPorts: c.Int("stagger-ports"),
+				Adaptive: &agent.AdaptiveConfig{
+					DHCPBacklog: c.Int("adaptive-dhcp-backlog"), TFTPActive: c.Int("adaptive-tftp-active"),
+					ProxyQueued: c.Int("adaptive-proxy-queued"), MaxHold: adaptive.MaxHold,
+				},
 				TimeScale:    c.Float64("time-scale"),
 				Timeout:      c.Duration("timeout"),
 				NoXDP:        c.Bool("no-xdp"),

@@ -95,6 +95,7 @@ type Server struct {
 	poolID map[*Pool]uint32        // the pool's ID in the kernel's tables
 
 	kernelDrops atomic.Uint64
+	inFlight    atomic.Int64 // requests read and not yet answered
 }
 
 type phonePort struct {
@@ -715,7 +716,9 @@ func (s *Server) serve(ctx, hctx context.Context, p *phonePort) error {
 			continue
 		}
 		req.Received = time.Now()
+		s.inFlight.Add(1)
 		rep, out := s.h.Handle(hctx, req)
+		s.inFlight.Add(-1)
 		if out.Action == Answered {
 			if err := p.conn.Write(EncodeFrame(p.mac, rep)); err != nil {
 				s.log.Warn("dhcp send", "port", p.name, "error", err)
@@ -805,6 +808,20 @@ func (s *Server) collectSocketStats() {
 // SocketDrops counts requests the kernel dropped because a socket's
 // receive buffer was full (sampled every ReclaimEvery).
 func (s *Server) SocketDrops() uint64 { return s.kernelDrops.Load() }
+
+// Backlog is the work the server has in hand: requests waiting in the
+// ports' receive queues plus those being handled. The fast path's answers
+// never reach it. It is what the power manager's adaptive policy paces
+// the storm by.
+func (s *Server) Backlog() int {
+	n := int(s.inFlight.Load())
+	for _, p := range s.ports {
+		if q, err := p.conn.Queued(); err == nil {
+			n += q
+		}
+	}
+	return n
+}
 
 // Handler is the protocol engine behind the server.
 func (s *Server) Handler() *Handler { return s.h }

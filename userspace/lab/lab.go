@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -34,11 +35,14 @@ type Options struct {
 	Phones       int
 	Ports        int // 0: one per phone, at most 48
 	PowerPolicy  string
-	Stagger      time.Duration // interval between stagger steps
-	StaggerPorts int           // ports powered per stagger step
+	Stagger      time.Duration // interval between stagger and adaptive steps
+	StaggerPorts int           // ports powered per stagger or adaptive step
 	TimeScale    float64       // multiplies every simulated delay
 	Timeout      time.Duration // the storm's limit; phones not done by then fail
 	NoXDP        bool
+	// Adaptive overrides the agent's thresholds of the adaptive power
+	// policy; nil keeps its defaults.
+	Adaptive *agent.AdaptiveConfig
 	// VoiceVLANs is how many voice VLANs the ports are spread over (port i
 	// gets VLAN 100+i%VoiceVLANs, each with its own DHCP pool; at most one
 	// per port); 0 leaves the phones untagged. VLANs need the fast path:
@@ -78,10 +82,11 @@ func (o *Options) normalize() error {
 	if o.Ports > o.Phones {
 		return fmt.Errorf("--ports %d: more ports than --phones %d leaves ports without a phone", o.Ports, o.Phones)
 	}
-	switch o.PowerPolicy {
-	case "all", "stagger":
-	default:
-		return fmt.Errorf("--power-policy %q: must be all or stagger", o.PowerPolicy)
+	if !slices.Contains(powerPolicies, o.PowerPolicy) {
+		return fmt.Errorf("--power-policy %q: must be all, stagger or adaptive", o.PowerPolicy)
+	}
+	if a := o.Adaptive; a != nil && (a.DHCPBacklog < 0 || a.TFTPActive < 0 || a.ProxyQueued < 0) {
+		return fmt.Errorf("--adaptive-* thresholds must not be negative (0 ignores the signal): %+v", *a)
 	}
 	if o.Stagger < 0 || o.Stagger > time.Minute {
 		return fmt.Errorf("--stagger %s: must be 0 to 1m", o.Stagger)
@@ -256,6 +261,10 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
 	rep.Series.Load = sampler.samples
+	rep.PowerPolicy, rep.PeakLoad = o.PowerPolicy, peakLoad(sampler.samples)
+	if !rec.lastDone.IsZero() {
+		rep.AllDoneSeconds = rec.lastDone.Sub(start).Seconds()
+	}
 	if err := l.stopAgent(); err != nil {
 		return rep, err
 	}
@@ -400,12 +409,7 @@ func (l *lab) agentConfig() agent.Config {
 	cfg.FastPath.Enabled = !l.o.NoXDP
 	cfg.FastPath.PinDir = l.pinDir
 	cfg.FastPath.DetachOnStop = true
-	cfg.Power.Backend = "lab"
-	cfg.Power.Policy = l.o.PowerPolicy
-	cfg.Power.StaggerPorts = l.o.StaggerPorts
-	cfg.Power.StaggerInterval = agent.Duration(l.o.Stagger)
-	// A real PSE spends a few hundred ms detecting and classifying.
-	cfg.Power.DetectDelay = agent.Duration(time.Duration(float64(300*time.Millisecond) * l.o.TimeScale))
+	l.applyPower(&cfg)
 	// A pool per voice VLAN (one untagged pool without VLANs); in each the
 	// appliance is .1 and the TFTP server phones are sent to.
 	cfg.DHCP.Enabled = true

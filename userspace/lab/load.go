@@ -29,6 +29,9 @@ type loadCounters struct {
 	httpBytes  float64
 	registered float64 // registrations the proxy saw acknowledged
 	powerW     float64 // drawn now, summed over the ports
+	// The services' queues now (phoneboot_service_load), the adaptive
+	// power policy's signals.
+	dhcpBacklog, tftpActive, proxyQueued float64
 }
 
 // countersFrom reads loadCounters out of a scrape of the agent's metrics.
@@ -74,6 +77,10 @@ func countersFrom(fams map[string]*dto.MetricFamily, at time.Time) loadCounters 
 		return label(m, "answer") == "ack"
 	})
 	c.powerW = sum("phoneboot_poe_port_power_watts", nil)
+	signal := func(name string) float64 {
+		return sum("phoneboot_service_load", func(m *dto.Metric) bool { return label(m, "signal") == name })
+	}
+	c.dhcpBacklog, c.tftpActive, c.proxyQueued = signal("dhcp_backlog"), signal("tftp_active"), signal("proxy_queued")
 	return c
 }
 
@@ -94,6 +101,9 @@ func sampleBetween(prev, cur loadCounters, start time.Time) LoadSample {
 		HTTPMBPerS:        rate(prev.httpBytes, cur.httpBytes) / 1e6,
 		RegistrationsPerS: rate(prev.registered, cur.registered),
 		PowerW:            cur.powerW,
+		DHCPBacklog:       int(cur.dhcpBacklog),
+		TFTPActive:        int(cur.tftpActive),
+		ProxyQueued:       int(cur.proxyQueued),
 	}
 }
 
