@@ -230,7 +230,8 @@ func labCommand() *cli.Command {
 			&cli.StringFlag{Name: "json", Usage: "write the report as JSON to this file"},
 			&cli.BoolFlag{Name: "no-xdp", Usage: "run without the XDP fast path (userspace only; the phones then stay untagged)"},
 			&cli.IntFlag{Name: "voice-vlans", Value: 4, Usage: "spread the ports over this many voice VLANs (at most one per port), each with its own DHCP pool; 0: phones stay untagged"},
-			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter"},
+			&cli.Float64Flag{Name: "upgrade-fraction", Value: 0.1, Usage: "share of phones that boot an older load and download the new one (0 to 1)"},
+			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter and the choice of phones that upgrade"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's steps and show the agent's log"},
 		},
 		Action: func(c *cli.Context) error {
@@ -256,21 +257,22 @@ func labCommand() *cli.Command {
 			ctx, stop := signalContext()
 			defer stop()
 			rep, err := lab.Run(ctx, lab.Options{
-				Phones:       c.Int("phones"),
-				Ports:        c.Int("ports"),
-				PowerPolicy:  c.String("power-policy"),
-				Stagger:      c.Duration("stagger"),
-				StaggerPorts: c.Int("stagger-ports"),
-				TimeScale:    c.Float64("time-scale"),
-				Timeout:      c.Duration("timeout"),
-				NoXDP:        c.Bool("no-xdp"),
-				VoiceVLANs:   voiceVLANs,
-				Seed:         c.Uint64("seed"),
-				JSONPath:     c.String("json"),
-				Out:          c.App.Writer,
-				LiveProgress: lab.IsTerminal(os.Stdout),
-				AgentLog:     agentLog,
-				Log:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+				Phones:          c.Int("phones"),
+				Ports:           c.Int("ports"),
+				PowerPolicy:     c.String("power-policy"),
+				Stagger:         c.Duration("stagger"),
+				StaggerPorts:    c.Int("stagger-ports"),
+				TimeScale:       c.Float64("time-scale"),
+				Timeout:         c.Duration("timeout"),
+				NoXDP:           c.Bool("no-xdp"),
+				VoiceVLANs:      voiceVLANs,
+				UpgradeFraction: c.Float64("upgrade-fraction"),
+				Seed:            c.Uint64("seed"),
+				JSONPath:        c.String("json"),
+				Out:             c.App.Writer,
+				LiveProgress:    lab.IsTerminal(os.Stdout),
+				AgentLog:        agentLog,
+				Log:             slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			})
 			if err != nil {
 				return err

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -43,16 +44,25 @@ type Options struct {
 	// gets VLAN 100+i%VoiceVLANs, each with its own DHCP pool; at most one
 	// per port); 0 leaves the phones untagged. VLANs need the fast path:
 	// its XDP and TC programs do the tagging.
-	VoiceVLANs    int
-	Seed          uint64
-	ID            string // names the lab's namespaces and directories; default random
-	JSONPath      string
-	AgentCommand  []string  // the agent to run; default: this binary's "serve"
-	AgentLog      io.Writer // also gets the agent's log, if set (it always goes to the run directory)
-	Out           io.Writer // the table and live progress
-	LiveProgress  bool      // redraw a progress line while the storm runs
-	ProgressEvery time.Duration
-	Log           *slog.Logger
+	VoiceVLANs int
+	// UpgradeFraction is the share of phones that boot an older load
+	// (their model's previous_load) and must fetch the new one; the rest
+	// run the load their configuration names and skip the download.
+	UpgradeFraction float64
+	Seed            uint64
+	ID              string // names the lab's namespaces and directories; default random
+	JSONPath        string
+	AgentCommand    []string  // the agent to run; default: this binary's "serve"
+	AgentLog        io.Writer // also gets the agent's log, if set (it always goes to the run directory)
+	Out             io.Writer // the table and live progress
+	LiveProgress    bool      // redraw a progress line while the storm runs
+	ProgressEvery   time.Duration
+	Log             *slog.Logger
+
+	// damage, for tests: once the agent has checked the firmware catalog
+	// at start, change a byte of this file among the synthetic loads, so
+	// that phones fetching it must fail its SHA-256 check.
+	damage string
 }
 
 // Limits on the flags, so a typo fails fast instead of exhausting the machine.
@@ -91,6 +101,9 @@ func (o *Options) normalize() error {
 	o.VoiceVLANs = min(o.VoiceVLANs, o.Ports) // a VLAN needs a port to be on
 	if o.VoiceVLANs > 0 && o.NoXDP {
 		return fmt.Errorf("--voice-vlans %d with --no-xdp: the VLAN tagging is done by the XDP and TC programs; use --voice-vlans 0", o.VoiceVLANs)
+	}
+	if !(o.UpgradeFraction >= 0 && o.UpgradeFraction <= 1) {
+		return fmt.Errorf("--upgrade-fraction %v: must be 0 to 1", o.UpgradeFraction)
 	}
 	if o.StaggerPorts < 1 {
 		return fmt.Errorf("--stagger-ports %d: must be at least 1", o.StaggerPorts)
@@ -136,10 +149,25 @@ type Port struct {
 
 	powered     chan struct{} // closed when the phone side's link comes up
 	poweredOnce sync.Once
-	io          *portIO // the phones' raw socket on the port
+	io          *portIO   // the phones' raw socket on the port
+	rt          *rtnl     // the phones' interfaces and addresses
+	thread      *nsThread // opens the phones' sockets in NS
 }
 
 const phoneLink = "eth0"
+
+// The appliance's side of the switch: a bridge whose members are the
+// ports, each isolated (bridge port isolation: what a phone sends is not
+// flooded to other ports, as on a switch with protected ports), holding the
+// appliance's address in every voice subnet, as a switch's SVIs do. The
+// daemon's XDP program and its raw sockets on a port see the port's frames
+// before the bridge does, and its TC egress program tags what the bridge
+// sends out of the port; what XDP passes untagged reaches the bridge's IP
+// stack (TFTP, HTTP, the registration proxy). A fixed MAC keeps the bridge
+// from taking its ports' as they join.
+const bridgeName = "sw0"
+
+var bridgeMAC = net.HardwareAddr{0x02, 0x70, 0x62, 0x00, 0x00, 0x01}
 
 // voiceNet is the phone subnet of the k-th voice VLAN (k = 0 untagged):
 // 10.(64+8k).0.0/13, room for every phone the lab allows, the appliance
@@ -210,7 +238,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err := l.openPorts(watchCtx); err != nil {
 		return Report{}, err
 	}
-	phases := phasesFor(o, l.tagger)
+	phases := l.phases()
 	names := make([]string, len(phases))
 	for i, p := range phases {
 		names[i] = p.Name()
@@ -235,6 +263,13 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		wg.Wait()
 		return Report{}, err
 	}
+	if o.damage != "" {
+		if err := damageFile(filepath.Join(l.tftpRoot, o.damage)); err != nil {
+			cancel()
+			wg.Wait()
+			return Report{}, err
+		}
+	}
 	l.waitShowingProgress(&wg, rec, names, start)
 	wall := time.Since(start)
 
@@ -243,6 +278,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		mode = "userspace"
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
+	rep.upgrades = l.upgradeSummary(phones)
 	if err := l.stopAgent(); err != nil {
 		return rep, err
 	}
@@ -265,6 +301,7 @@ type lab struct {
 	id string
 
 	appNS  *vnet.NS
+	app    *applianceSide
 	ports  []*Port
 	runDir string
 	bpffs  string // mounted by the lab, unmounted in cleanup
@@ -274,6 +311,11 @@ type lab struct {
 	logf   *os.File
 	tagger *phonetag.Tagger
 	notify *net.UnixConn
+
+	phones        []*Phone
+	tftpRoot      string // what the agent serves: the synthetic loads
+	catalogPath   string // their catalog
+	firmwareBytes atomic.Int64
 }
 
 // openPorts gives each port's phones their raw socket, and starts
@@ -318,6 +360,9 @@ func (l *lab) build(models []images.Model) ([]*Phone, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := l.buildBridge(); err != nil {
+		return nil, err
+	}
 	for i := range l.o.Ports {
 		ns, err := vnet.Create(fmt.Sprintf("pb%sp%d", l.id, i+1))
 		if err != nil {
@@ -325,20 +370,101 @@ func (l *lab) build(models []images.Model) ([]*Phone, error) {
 		}
 		p := &Port{Index: i, Name: fmt.Sprintf("p%d", i+1), NS: ns, Link: phoneLink, powered: make(chan struct{})}
 		l.ports = append(l.ports, p)
-		if err := vnet.Veth(l.appNS, p.Name, ns, phoneLink); err != nil {
-			return nil, err
-		}
-		if err := l.appNS.SetUp(p.Name); err != nil {
+		if err := l.buildPort(p); err != nil {
 			return nil, err
 		}
 	}
 	phones := make([]*Phone, l.o.Phones)
+	onPort := make([][]*Phone, len(l.ports))
 	for i := range phones {
 		port := l.ports[i%len(l.ports)]
-		phones[i] = newPhone(i, models[i%len(models)], port, l.o.Seed)
-		port.Class = max(port.Class, phones[i].Model.PoEClass)
+		ph := newPhone(i, models[i%len(models)], port, l.o.Seed)
+		ph.nicIndex = phoneIndexBase + len(onPort[port.Index])
+		ph.listen = ph.listenUDP
+		onPort[port.Index] = append(onPort[port.Index], ph)
+		port.Class = max(port.Class, ph.Model.PoEClass)
+		phones[i] = ph
+	}
+	for _, ph := range pickUpgraders(phones, l.o.UpgradeFraction, l.o.Seed) {
+		ph.Load, ph.bootLoad = ph.Model.PreviousLoad, ph.Model.PreviousLoad
+	}
+	l.phones = phones
+	if err := l.writeLoads(); err != nil {
+		return nil, err
+	}
+	for _, p := range l.ports {
+		if err := createPhoneNICs(p, onPort[p.Index]); err != nil {
+			return nil, err
+		}
 	}
 	return phones, nil
+}
+
+// buildBridge makes the appliance's bridge with its addresses.
+func (l *lab) buildBridge() error {
+	if err := l.appNS.Do(func() error { return writeNetSysctls(noIPv6) }); err != nil {
+		return fmt.Errorf("appliance namespace: %w", err)
+	}
+	h := l.appNS.Netlink()
+	off := false
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName, HardwareAddr: bridgeMAC}, MulticastSnooping: &off}
+	if err := h.LinkAdd(br); err != nil {
+		return fmt.Errorf("appliance bridge: %w", err)
+	}
+	link, err := h.LinkByName(bridgeName)
+	if err != nil {
+		return fmt.Errorf("appliance bridge: %w", err)
+	}
+	servers := map[netip.Prefix]netip.Addr{}
+	for k := range max(l.o.VoiceVLANs, 1) {
+		subnet, server, _, _ := voiceNet(k)
+		servers[subnet] = server
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: server.AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)}}
+		if err := h.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("appliance address %s: %w", server, err)
+		}
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return fmt.Errorf("appliance bridge: %w", err)
+	}
+	rt, err := openRTNL(l.appNS)
+	if err != nil {
+		return err
+	}
+	l.app = &applianceSide{mac: bridgeMAC, index: link.Attrs().Index, rt: rt,
+		server: func(p netip.Prefix) netip.Addr { return servers[p.Masked()] }}
+	return nil
+}
+
+// buildPort makes port p: its veth pair, the appliance's end an isolated
+// member of the bridge, and the phones' namespace set up for their
+// interfaces.
+func (l *lab) buildPort(p *Port) error {
+	if err := vnet.Veth(l.appNS, p.Name, p.NS, phoneLink); err != nil {
+		return err
+	}
+	h := l.appNS.Netlink()
+	link, err := h.LinkByName(p.Name)
+	if err != nil {
+		return fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	if err := h.LinkSetMasterByIndex(link, l.app.index); err != nil {
+		return fmt.Errorf("port %s: join the bridge: %w", p.Name, err)
+	}
+	if err := h.LinkSetIsolated(link, true); err != nil {
+		return fmt.Errorf("port %s: isolate: %w", p.Name, err)
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	if p.thread, err = startNSThread(p.NS); err != nil {
+		return fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	if err := p.thread.do(func() error { return writeNetSysctls(portSysctls) }); err != nil {
+		return fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	p.rt, err = openRTNL(p.NS)
+	return err
 }
 
 // watchPower marks each port powered when its phone side is brought up.
@@ -410,6 +536,7 @@ func (l *lab) agentConfig() agent.Config {
 		}
 		cfg.DHCP.Pools = append(cfg.DHCP.Pools, pool)
 	}
+	l.provisionConfig(&cfg, l.phones)
 	for _, p := range l.ports {
 		cfg.Ports = append(cfg.Ports, agent.PortConfig{
 			Name:      p.Name,
@@ -553,7 +680,16 @@ func (l *lab) cleanup() error {
 		if p.io != nil {
 			p.io.close()
 		}
+		if p.rt != nil {
+			p.rt.close()
+		}
+		if p.thread != nil {
+			p.thread.stop()
+		}
 		errs = append(errs, p.NS.Close())
+	}
+	if l.app != nil {
+		l.app.rt.close()
 	}
 	if l.tagger != nil {
 		l.tagger.Close()

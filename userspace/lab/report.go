@@ -25,6 +25,8 @@ type Report struct {
 	Failed      int           `json:"failed"`
 	Phases      []PhaseReport `json:"phases"`
 	Failures    []Failure     `json:"failures"`
+
+	upgrades upgrades // for the table
 }
 
 // PhaseReport is one phase across all phones. Latencies are of the phones
@@ -144,6 +146,10 @@ func (rep Report) WriteTable(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if u := rep.upgrades; u.Older > 0 {
+		fmt.Fprintf(w, "firmware: %d of %d phones that booted an older load upgraded, %.1f MB fetched and checked\n",
+			u.Upgraded, u.Older, float64(u.Bytes)/1e6)
 	}
 	const shown = 10
 	for i, f := range rep.Failures {
