@@ -52,6 +52,7 @@ type Options struct {
 	Seed            uint64
 	ID              string // names the lab's namespaces and directories; default random
 	JSONPath        string
+	HTMLPath        string    // the report as an HTML page with plots
 	AgentCommand    []string  // the agent to run; default: this binary's "serve"
 	AgentLog        io.Writer // also gets the agent's log, if set (it always goes to the run directory)
 	Out             io.Writer // the table and live progress
@@ -284,6 +285,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	if o.JSONPath != "" {
 		if err := rep.WriteJSONFile(o.JSONPath); err != nil {
+			return rep, err
+		}
+	}
+	if o.HTMLPath != "" {
+		if err := WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep}); err != nil {
 			return rep, err
 		}
 	}

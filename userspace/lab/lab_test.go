@@ -90,6 +90,7 @@ func TestLabStorm(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			o := testOptions(t)
 			o.NoXDP = noXDP
+			o.HTMLPath = filepath.Join(t.TempDir(), "report.html")
 			if !noXDP {
 				o.VoiceVLANs = 3 // each phone's address is checked against its VLAN's pool
 			}
@@ -110,6 +111,9 @@ func TestLabStorm(t *testing.T) {
 				if !(p.P50ms <= p.P95ms && p.P95ms <= p.P99ms && p.P99ms <= p.MaxMs) {
 					t.Errorf("phase %s percentiles out of order: %+v", p.Name, p)
 				}
+				if n, m := len(rep.Series.PhaseDone[p.Name]), len(rep.Series.LatencyMs[p.Name]); n != p.Done || m != p.Done {
+					t.Errorf("phase %s: %d completion times and %d latencies plotted, want %d", p.Name, n, m, p.Done)
+				}
 			}
 			if !slices.Equal(names, []string{"power", "boot", "cdp", "dhcp"}) {
 				t.Errorf("phases %v", names)
@@ -120,6 +124,15 @@ func TestLabStorm(t *testing.T) {
 				t.Errorf("boot p50 %.1f ms is shorter than any model's scaled boot time", boot.P50ms)
 			}
 			checkJSONSchema(t, o.JSONPath)
+			page, err := os.ReadFile(o.HTMLPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range names {
+				if !strings.Contains(string(page), "Latency of the "+p+" phase") {
+					t.Errorf("HTML report has no latency chart for %s", p)
+				}
+			}
 		})
 	}
 }

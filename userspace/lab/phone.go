@@ -123,13 +123,14 @@ func (l *lab) phases() []Phase {
 // runPhone takes one phone through the phases. A phase's latency counts
 // from the end of the previous one; the first phase's from the storm's start.
 func runPhone(ctx context.Context, ph *Phone, phases []Phase, rec *recorder, start time.Time) {
+	stormStart := start
 	for _, p := range phases {
 		if err := p.Run(ctx, ph); err != nil {
 			rec.fail(ph.Name, p.Name(), err)
 			return
 		}
 		now := time.Now()
-		rec.done(p.Name(), now.Sub(start))
+		rec.done(p.Name(), now.Sub(start), now.Sub(stormStart))
 		start = now
 	}
 	rec.complete()

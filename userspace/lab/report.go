@@ -25,6 +25,11 @@ type Report struct {
 	Failed      int           `json:"failed"`
 	Phases      []PhaseReport `json:"phases"`
 	Failures    []Failure     `json:"failures"`
+	// Label names the run in a report that compares runs (the HTML
+	// report's columns); empty for a single run.
+	Label string `json:"label,omitempty"`
+	// Series is what the HTML report plots; not part of the JSON.
+	Series *Series `json:"-"`
 
 	upgrades upgrades // for the table
 }
@@ -54,18 +59,22 @@ type recorder struct {
 
 	mu        sync.Mutex
 	durations map[string][]time.Duration
+	doneAt    map[string][]time.Duration // since the storm's start
 	failed    map[string]int
 	failures  []Failure
 	completed int
 }
 
 func newRecorder(phases []string) *recorder {
-	return &recorder{phases: phases, durations: map[string][]time.Duration{}, failed: map[string]int{}}
+	return &recorder{phases: phases, durations: map[string][]time.Duration{}, doneAt: map[string][]time.Duration{}, failed: map[string]int{}}
 }
 
-func (r *recorder) done(phase string, d time.Duration) {
+// done records a phone finishing phase after latency d, at since the
+// storm's start.
+func (r *recorder) done(phase string, d, at time.Duration) {
 	r.mu.Lock()
 	r.durations[phase] = append(r.durations[phase], d)
+	r.doneAt[phase] = append(r.doneAt[phase], at)
 	r.mu.Unlock()
 }
 
@@ -108,9 +117,16 @@ func (r *recorder) report(phones, ports int, mode string, wall time.Duration) Re
 		rep.Failures = []Failure{}
 	}
 	sort.Slice(rep.Failures, func(i, j int) bool { return rep.Failures[i].Phone < rep.Failures[j].Phone })
+	rep.Series = &Series{PhaseDone: map[string][]float64{}, LatencyMs: map[string][]float64{}}
 	for _, p := range r.phases {
 		ds := slices.Clone(r.durations[p])
 		slices.Sort(ds)
+		rep.Series.LatencyMs[p] = milliseconds(ds)
+		at := slices.Clone(r.doneAt[p])
+		slices.Sort(at)
+		for _, d := range at {
+			rep.Series.PhaseDone[p] = append(rep.Series.PhaseDone[p], d.Seconds())
+		}
 		rep.Phases = append(rep.Phases, PhaseReport{
 			Name:   p,
 			Done:   len(ds),
@@ -122,6 +138,14 @@ func (r *recorder) report(phones, ports int, mode string, wall time.Duration) Re
 		})
 	}
 	return rep
+}
+
+func milliseconds(ds []time.Duration) []float64 {
+	ms := make([]float64, len(ds))
+	for i, d := range ds {
+		ms[i] = float64(d) / float64(time.Millisecond)
+	}
+	return ms
 }
 
 // percentileMs is the nearest-rank percentile of sorted durations, in ms.
