@@ -26,6 +26,7 @@ import (
 
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/phonetag"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -279,7 +280,8 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		mode = "userspace"
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
-	rep.upgrades = l.upgradeSummary(phones)
+	rep.provisioned = l.provisionSummary(phones)
+	rep.agentCounters = l.readAgentCounters(ctx)
 	if err := l.stopAgent(); err != nil {
 		return rep, err
 	}
@@ -609,6 +611,23 @@ func (l *lab) startAgent(ctx context.Context) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
+}
+
+// readAgentCounters asks the agent for its data-path counters, as
+// `phoneboot status` does.
+func (l *lab) readAgentCounters(ctx context.Context) map[string]uint64 {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := control.NewClient(filepath.Join(l.runDir, "control.sock")).Status(ctx)
+	if err != nil {
+		l.o.Log.Warn("agent status", "error", err)
+		return nil
+	}
+	counters := map[string]uint64{}
+	for _, c := range st.Counters {
+		counters[c.Name] = c.Packets
+	}
+	return counters
 }
 
 func (l *lab) agentLogTail() string {

@@ -119,16 +119,26 @@ func damageFile(path string) error {
 	return nil
 }
 
-// upgrades summarises the firmware phase for the report's table.
-type upgrades struct {
-	Older    int   // phones that booted an older load
-	Upgraded int   // of them, phones that fetched and checked the new one
-	Bytes    int64 // firmware bytes fetched and checked
+// provisioned summarises the config and firmware phases for the
+// report's table.
+type provisioned struct {
+	OwnConfig     int   // phones configured from their SEP<MAC>.cnf.xml
+	DefaultConfig int   // phones configured from XMLDefault.cnf.xml
+	Older         int   // phones that booted an older load
+	Upgraded      int   // of them, phones that fetched and checked the new one
+	Bytes         int64 // firmware bytes fetched and checked
 }
 
-func (l *lab) upgradeSummary(phones []*Phone) upgrades {
-	u := upgrades{Bytes: l.firmwareBytes.Load()}
+func (l *lab) provisionSummary(phones []*Phone) provisioned {
+	u := provisioned{Bytes: l.firmwareBytes.Load()}
 	for _, ph := range phones {
+		switch {
+		case ph.Config == nil:
+		case ph.Config.File == "XMLDefault.cnf.xml":
+			u.DefaultConfig++
+		default:
+			u.OwnConfig++
+		}
 		if ph.Model.PreviousLoad == ph.bootLoad {
 			u.Older++
 		}

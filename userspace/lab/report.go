@@ -31,7 +31,10 @@ type Report struct {
 	// Series is what the HTML report plots; not part of the JSON.
 	Series *Series `json:"-"`
 
-	upgrades upgrades // for the table
+	provisioned provisioned // for the table
+	// agentCounters are the agent's data-path counters at the end of the
+	// storm (packets), for tests; nil if they could not be read.
+	agentCounters map[string]uint64
 }
 
 // PhaseReport is one phase across all phones. Latencies are of the phones
@@ -171,7 +174,8 @@ func (rep Report) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if u := rep.upgrades; u.Older > 0 {
+	if u := rep.provisioned; u.OwnConfig+u.DefaultConfig > 0 {
+		fmt.Fprintf(w, "config: %d phones from SEP<MAC>.cnf.xml, %d from XMLDefault.cnf.xml\n", u.OwnConfig, u.DefaultConfig)
 		fmt.Fprintf(w, "firmware: %d of %d phones that booted an older load upgraded, %.1f MB fetched and checked\n",
 			u.Upgraded, u.Older, float64(u.Bytes)/1e6)
 	}
