@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"time"
 
@@ -75,8 +74,9 @@ func (e *finalError) Unwrap() error { return e.err }
 var errNotFound = errors.New("file not found")
 
 // fetchFile fetches name into s with the phone's TFTP options, trying
-// again as described above. A RemoteError other than "not found" is
-// returned at once; errNotFound wraps "not found".
+// again as described above. A RemoteError other than "not found" or
+// "busy" is returned at once, as is a *finalError from s or check;
+// errNotFound wraps "not found".
 func (f *fetcher) fetchFile(ctx context.Context, ph *Phone, name string, s sink, check fileCheck) (tftp.FetchResult, error) {
 	if len(ph.TFTPServers) == 0 {
 		return tftp.FetchResult{}, fmt.Errorf("%s: no TFTP server (option 150)", name)
@@ -115,11 +115,11 @@ func (f *fetcher) fetchFile(ctx context.Context, ph *Phone, name string, s sink,
 		if ctx.Err() != nil {
 			return res, fmt.Errorf("%s: %d attempts, the last: %v: %w", name, attempt+1, err, context.Cause(ctx))
 		}
-		var ne net.Error
+		// Anything else is tried again: no answer, a server busy or whose
+		// transfer timed out and closed its port (an ICMP port unreachable
+		// on the phone's socket: ECONNREFUSED), a file failing its check.
 		var fe *finalError
-		if errors.As(err, &fe) || errors.As(err, &ne) && !ne.Timeout() {
-			// No retry will fix it (the phone's own socket failed, for
-			// one).
+		if errors.As(err, &fe) {
 			return res, fmt.Errorf("%s: %w", name, err)
 		}
 		ph.FetchRetries++

@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"log/slog"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/phoneboot/phoneboot/images"
 	"github.com/phoneboot/phoneboot/userspace/tftp"
@@ -25,6 +27,7 @@ import (
 type firmwarePhase struct {
 	f     *fetcher
 	bytes *atomic.Int64 // firmware bytes fetched and checked, all phones
+	log   *slog.Logger
 }
 
 // maxVerifyAttempts bounds the downloads of a file that keeps failing its
@@ -41,6 +44,7 @@ func (p firmwarePhase) Run(ctx context.Context, ph *Phone) error {
 	if load == "" || strings.EqualFold(load, ph.Load) {
 		return nil
 	}
+	start := time.Now()
 	buf := &bufferSink{max: images.MaxLoadsSize}
 	name := load + ".loads"
 	if _, err := p.f.fetchFile(ctx, ph, name, buf, nil); err != nil {
@@ -73,6 +77,8 @@ func (p firmwarePhase) Run(ctx context.Context, ph *Phone) error {
 		total += s.n
 	}
 	p.bytes.Add(total)
+	p.log.Info("upgraded", "phone", ph.Name, "model", ph.Model.Model, "from", ph.Load, "to", lf.ID,
+		"files", len(lf.Files)+1, "bytes", total, "took", time.Since(start).Round(time.Millisecond), "retransmits", ph.Retransmits)
 	ph.Load = lf.ID
 	ph.Upgraded = true
 	return nil

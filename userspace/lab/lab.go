@@ -4,17 +4,20 @@
 package lab
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -282,6 +285,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
 	rep.provisioned = l.provisionSummary(phones)
 	rep.agentCounters = l.readAgentCounters(ctx)
+	l.logAgentMetrics(ctx)
 	if err := l.stopAgent(); err != nil {
 		return rep, err
 	}
@@ -475,16 +479,31 @@ func (l *lab) buildPort(p *Port) error {
 	return err
 }
 
-// watchPower marks each port powered when its phone side is brought up.
+// watchPower marks each port powered when its phone side is brought up,
+// and stops watching that port then.
 func (l *lab) watchPower(ctx context.Context) error {
 	for _, p := range l.ports {
 		updates := make(chan netlink.LinkUpdate, 16)
+		done := make(chan struct{})
+		go func() {
+			select {
+			case <-ctx.Done():
+			case <-p.powered:
+			}
+			close(done)
+		}()
 		h := p.NS.Handle()
-		err := netlink.LinkSubscribeWithOptions(updates, ctx.Done(), netlink.LinkSubscribeOptions{
+		err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
 			Namespace:    &h,
 			ListExisting: true,
+			// The phones' interfaces change with the link: hundreds of
+			// messages at once on a port with many phones.
+			ReceiveBufferSize:      4 << 20,
+			ReceiveBufferForceSize: true,
 			ErrorCallback: func(err error) {
-				if ctx.Err() == nil { // the socket errors out when the watch is stopped
+				select {
+				case <-done: // the socket errors out when the watch is stopped
+				default:
 					l.o.Log.Warn("link watch", "port", p.Name, "error", err)
 				}
 			},
@@ -512,7 +531,9 @@ func (l *lab) watchPower(ctx context.Context) error {
 func (l *lab) agentConfig() agent.Config {
 	cfg := agent.DefaultConfig()
 	cfg.Control.Socket = filepath.Join(l.runDir, "control.sock")
-	cfg.Metrics.Listen = "" // inside the appliance namespace nobody scrapes it
+	// On the appliance namespace's loopback: only the lab reads it, at the
+	// end of the storm.
+	cfg.Metrics.Listen = agentMetricsAddr
 	cfg.FastPath.Enabled = !l.o.NoXDP
 	cfg.FastPath.PinDir = l.pinDir
 	cfg.FastPath.DetachOnStop = true
@@ -630,6 +651,48 @@ func (l *lab) readAgentCounters(ctx context.Context) map[string]uint64 {
 	return counters
 }
 
+const agentMetricsAddr = "127.0.0.1:9617"
+
+// agentMetricsShown are the metric families logged at the end of a storm
+// (--verbose): how the file servers and the DHCP server fared.
+var agentMetricsShown = regexp.MustCompile(`^phoneboot_(tftp|http|dhcp_(dropped|silent|socket_drops|sent))_`)
+
+// logAgentMetrics logs the agent's file-server and DHCP metrics.
+func (l *lab) logAgentMetrics(ctx context.Context) {
+	if !l.o.Log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = l.appNS.Do(func() error {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentMetricsAddr+"/metrics", nil)
+	if err != nil {
+		return
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		l.o.Log.Warn("agent metrics", "error", err)
+		return
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if agentMetricsShown.MatchString(line) && !strings.HasSuffix(line, " 0") {
+			l.o.Log.Info("agent metric", "sample", line)
+		}
+	}
+}
+
 func (l *lab) agentLogTail() string {
 	data, err := os.ReadFile(l.logf.Name())
 	if err != nil {
@@ -660,6 +723,14 @@ func (l *lab) stopAgent() error {
 	if !cmd.ProcessState.Success() {
 		return fmt.Errorf("agent exited with %s; its log:\n%s", cmd.ProcessState, l.agentLogTail())
 	}
+	// Where the machine's time went: the agent's CPU, and the lab's own
+	// (the simulated phones, their kernel interfaces, the taggers).
+	var self unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &self)
+	l.o.Log.Info("cpu", "agent_user", cmd.ProcessState.UserTime().Round(time.Millisecond),
+		"agent_sys", cmd.ProcessState.SystemTime().Round(time.Millisecond),
+		"lab_user", time.Duration(self.Utime.Nano()).Round(time.Millisecond),
+		"lab_sys", time.Duration(self.Stime.Nano()).Round(time.Millisecond))
 	return nil
 }
 

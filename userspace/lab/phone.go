@@ -116,7 +116,7 @@ func (l *lab) phases() []Phase {
 		cdpPhase{timeScale: l.o.TimeScale, tagger: l.tagger},
 		dhcpPhase{timeScale: l.o.TimeScale, subnetOf: l.o.subnetOf},
 		configPhase{f: f, bringUp: func(ph *Phone) error { return ph.bringUpNIC(l.app) }},
-		firmwarePhase{f: f, bytes: &l.firmwareBytes},
+		firmwarePhase{f: f, bytes: &l.firmwareBytes, log: l.o.Log},
 	}
 }
 

@@ -131,7 +131,7 @@ func createPhoneNICs(p *Port, phones []*Phone) error {
 	}
 	for _, ph := range phones {
 		msgs = append(msgs, macvlanRequest(ph.nicName(), ph.nicIndex, link.Attrs().Index, ph.MAC))
-		if len(msgs) == 256 {
+		if len(msgs) == rtnlBatchMsgs {
 			if err := flush(); err != nil {
 				return err
 			}

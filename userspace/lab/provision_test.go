@@ -5,11 +5,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -180,7 +182,7 @@ func TestFirmwarePhase(t *testing.T) {
 	fx := startProvisioning(t, labProvisionConfig(phones...), nil)
 	var fetched atomic.Int64
 	cfg := configPhase{f: fx.f, bringUp: noBringUp}
-	fw := firmwarePhase{f: fx.f, bytes: &fetched}
+	fw := firmwarePhase{f: fx.f, bytes: &fetched, log: privtest.Logger(t)}
 	var want int64
 	for _, ph := range phones {
 		ph.Load, ph.bootLoad = ph.Model.PreviousLoad, ph.Model.PreviousLoad
@@ -229,7 +231,7 @@ func TestFirmwareDamaged(t *testing.T) {
 		t.Fatal(err)
 	}
 	var fetched atomic.Int64
-	err := firmwarePhase{f: fx.f, bytes: &fetched}.Run(context.Background(), ph)
+	err := firmwarePhase{f: fx.f, bytes: &fetched, log: privtest.Logger(t)}.Run(context.Background(), ph)
 	if err == nil || !strings.Contains(err.Error(), "rootfs88xx.14-2-1-0001-14.sbn: sha256") || !strings.Contains(err.Error(), "downloaded 3 times") {
 		t.Fatalf("got %v, want the sha256 check failed after 3 downloads", err)
 	}
@@ -288,9 +290,11 @@ func TestFetchRetries(t *testing.T) {
 	}
 	timeout := errors.New("tftp: no answer to the request")
 	busy := &tftp.RemoteError{Code: tftp.ErrUndefined, Message: "server busy, try again"}
-	servers, err := run([]error{timeout, busy, nil})
-	if err != nil || strings.Join(servers, " ") != "10.0.0.1 10.0.0.2 10.0.0.1" {
-		t.Errorf("timeout, busy, success: servers %v, %v", servers, err)
+	// The server timed the transfer out and closed its port.
+	refused := &net.OpError{Op: "read", Net: "udp4", Err: os.NewSyscallError("recvmmsg", syscall.ECONNREFUSED)}
+	servers, err := run([]error{timeout, busy, refused, nil})
+	if err != nil || strings.Join(servers, " ") != "10.0.0.1 10.0.0.2 10.0.0.1 10.0.0.2" {
+		t.Errorf("timeout, busy, refused, success: servers %v, %v", servers, err)
 	}
 	servers, err = run([]error{&tftp.RemoteError{Code: tftp.ErrFileNotFound}})
 	if !errors.Is(err, errNotFound) || len(servers) != 1 {

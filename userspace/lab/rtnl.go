@@ -36,9 +36,14 @@ type rtnlJob struct {
 	errc chan error
 }
 
-// rtnlBatchBytes bounds a batch, well inside the socket's buffers (the
-// acknowledgements of a full batch are a fraction of it: NETLINK_CAP_ACK).
-const rtnlBatchBytes = 64 << 10
+// A batch is bounded so that its acknowledgements fit the receive buffer
+// together: each is a small message, but counts as a whole socket buffer
+// (about 1 KB) there, and one that does not fit is lost with an ENOBUFS.
+const (
+	rtnlBatchBytes = 64 << 10
+	rtnlBatchMsgs  = 256
+	rtnlRecvBuffer = 1 << 20
+)
 
 func openRTNL(ns *vnet.NS) (*rtnl, error) {
 	r := &rtnl{name: ns.Name, queue: make(chan rtnlJob, 1024), done: make(chan struct{}), exited: make(chan struct{})}
@@ -53,8 +58,12 @@ func openRTNL(ns *vnet.NS) (*rtnl, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rtnetlink in %s: %w", ns.Name, err)
 	}
-	for _, o := range []struct{ opt, v int }{{unix.NETLINK_CAP_ACK, 1}, {unix.NETLINK_EXT_ACK, 1}} {
-		if err := unix.SetsockoptInt(r.fd, unix.SOL_NETLINK, o.opt, o.v); err != nil {
+	for _, o := range []struct{ level, opt, v int }{
+		{unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1},
+		{unix.SOL_NETLINK, unix.NETLINK_EXT_ACK, 1},
+		{unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rtnlRecvBuffer},
+	} {
+		if err := unix.SetsockoptInt(r.fd, o.level, o.opt, o.v); err != nil {
 			unix.Close(r.fd)
 			return nil, fmt.Errorf("rtnetlink in %s: %w", ns.Name, err)
 		}
@@ -111,13 +120,14 @@ func (r *rtnl) run() {
 		case <-r.done:
 			return
 		}
-		size := batchSize(batch[0])
+		size, msgs := batchSize(batch[0]), len(batch[0].msgs)
 	more:
-		for size < rtnlBatchBytes {
+		for size < rtnlBatchBytes && msgs < rtnlBatchMsgs {
 			select {
 			case j := <-r.queue:
 				batch = append(batch, j)
 				size += batchSize(j)
+				msgs += len(j.msgs)
 			default:
 				break more
 			}
