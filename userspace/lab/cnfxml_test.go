@@ -174,7 +174,7 @@ func TestParseConfigManyMembers(t *testing.T) {
 	}
 }
 
-func FuzzParseConfig(f *testing.F) {
+func FuzzParseCnfXML(f *testing.F) {
 	for _, s := range []string{sccpCnf, sipCnf, defaultCnf, "<device/>", "<Default></Default>"} {
 		f.Add([]byte(s))
 	}
