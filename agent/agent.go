@@ -25,6 +25,7 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/neighbor"
 	"github.com/phoneboot/phoneboot/userspace/poe"
 	"github.com/phoneboot/phoneboot/userspace/provision"
+	"github.com/phoneboot/phoneboot/userspace/proxy"
 	"github.com/phoneboot/phoneboot/userspace/tftp"
 )
 
@@ -73,6 +74,8 @@ type Agent struct {
 	tftp      *tftp.Server
 	http      *httpboot.Server
 
+	proxy *proxy.Proxy
+
 	services []serviceEntry
 
 	mu     sync.Mutex
@@ -110,7 +113,7 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	}
 
 	if cfg.Power.Backend != "none" {
-		a.power, err = newPowerManager(cfg, log.With("service", "power"))
+		a.power, err = newPowerManager(cfg, serviceLoad{a}, log.With("service", "power"))
 		if err != nil {
 			return nil, fmt.Errorf("power: %w", err)
 		}
@@ -132,6 +135,13 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 	if cfg.DHCP.Enabled {
 		if err := a.newDHCP(cfg, log.With("service", "dhcp")); err != nil {
 			return nil, fmt.Errorf("dhcp: %w", err)
+		}
+	}
+
+	if cfg.Proxy.Enabled {
+		// proxy.New's errors start with "proxy:" already.
+		if err := a.newProxy(cfg, log.With("service", "proxy")); err != nil {
+			return nil, err
 		}
 	}
 
@@ -183,42 +193,6 @@ func (a *Agent) newDHCP(cfg Config, log *slog.Logger) error {
 	}
 	a.add("dhcp", a.dhcp)
 	return nil
-}
-
-func newPowerManager(cfg Config, log *slog.Logger) (*poe.Manager, error) {
-	var ports []string
-	labPorts := map[string]poe.LabPort{}
-	for _, p := range cfg.Ports {
-		if !p.PoEEnabled() {
-			continue
-		}
-		ports = append(ports, p.Name)
-		if p.Lab != nil {
-			labPorts[p.Name] = poe.LabPort{Netns: p.Lab.Netns, Link: p.Lab.Link, Class: p.Lab.Class}
-		}
-	}
-	var ctrl poe.Controller
-	switch cfg.Power.Backend {
-	case "lab":
-		lab, err := poe.NewLab(labPorts, time.Duration(cfg.Power.DetectDelay), log)
-		if err != nil {
-			return nil, err
-		}
-		ctrl = lab
-	default:
-		return nil, fmt.Errorf("power backend %q is not supported", cfg.Power.Backend)
-	}
-	m, err := poe.NewManager(ctrl, poe.ManagerConfig{
-		Ports:           ports,
-		Policy:          poe.Policy(cfg.Power.Policy),
-		StaggerPorts:    cfg.Power.StaggerPorts,
-		StaggerInterval: time.Duration(cfg.Power.StaggerInterval),
-	}, log)
-	if err != nil {
-		ctrl.Close()
-		return nil, err
-	}
-	return m, nil
 }
 
 // idleService holds a resource that works without a serving loop (the XDP
@@ -335,7 +309,7 @@ func (a *Agent) Status(ctx context.Context) control.Status {
 		}
 	}
 	if a.power != nil {
-		for _, ps := range a.power.Status(ctx) {
+		for _, ps := range a.power.Status().Ports {
 			if p := ports[ps.Port]; p != nil {
 				p.PoEState = string(ps.State)
 				p.PoEClass = ps.Class

@@ -26,6 +26,11 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
+// The tests run in a network namespace of their own: the registration
+// proxy connects to its CallManagers from whichever thread its goroutines
+// run on, so its test's loopback addresses must be the process's own.
+func TestMain(m *testing.M) { os.Exit(privtest.RunInNetNS(m)) }
+
 func testLogger(t *testing.T) *slog.Logger { return privtest.Logger(t) }
 
 // notifyListener collects sd_notify datagrams sent to NOTIFY_SOCKET.
@@ -97,7 +102,15 @@ func newAgentNet(t *testing.T) *agentNet {
 // and checks that it ran and closed cleanly.
 func (n *agentNet) run(t *testing.T, cfg Config) (a *Agent, stop func()) {
 	t.Helper()
-	if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+	return startAgent(t, cfg, n.app.Do)
+}
+
+// startAgent builds the agent inside do (which places its sockets: a
+// namespace's Do, or here) and runs it; stop ends it and checks that it
+// ran and closed cleanly.
+func startAgent(t *testing.T, cfg Config, do func(func() error) error) (a *Agent, stop func()) {
+	t.Helper()
+	if err := do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -450,12 +463,20 @@ dhcp:
 	}
 }
 
-// scrapeMetrics fetches /metrics from a listener inside ns. It dials there
-// itself: the HTTP transport dials on goroutines of its own, outside Do.
+// scrapeMetrics fetches /metrics from a listener inside ns (nil: here).
+// It dials there itself: the HTTP transport dials on goroutines of its
+// own, outside Do.
 func scrapeMetrics(t *testing.T, ns *vnet.NS, addr string) string {
 	t.Helper()
 	var conn net.Conn
-	if err := ns.Do(func() (err error) { conn, err = net.Dial("tcp", addr); return err }); err != nil {
+	dial := func() (err error) { conn, err = net.Dial("tcp", addr); return err }
+	var err error
+	if ns == nil {
+		err = dial()
+	} else {
+		err = ns.Do(dial)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	hc := &http.Client{Transport: &http.Transport{
@@ -557,5 +578,132 @@ discovery: {device_id: testswitch}
 		if st, err = client.Status(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestAgentPower: the lab PSE powers the port through the power manager;
+// a phone's CDP power request is granted within the budget and refused
+// past it; the control API and the metrics show it; an operator's change
+// is kept in the state file.
+func TestAgentPower(t *testing.T) {
+	n := newAgentNet(t)
+	dir := runDir(t)
+	socket := filepath.Join(dir, "control.sock")
+	state := filepath.Join(dir, "poe-state.json")
+	cfg, err := ParseConfig("test.yaml", []byte(`
+control: {socket: `+socket+`}
+metrics: {listen: "127.0.0.1:19620"}
+fastpath: {enabled: false}
+discovery: {lldp: false}
+ports: [{name: swp1, lab: {netns: `+n.phone.Name+`, link: eth0, class: 2}}]
+power:
+  backend: lab
+  budget_mw: 20000
+  detect_delay: 10ms
+  poll_interval: 100ms
+  state_file: `+state+`
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stop := n.run(t, cfg)
+	defer stop()
+	client := control.NewClient(socket)
+	ctx := context.Background()
+	var st control.PoEStatus
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if st, err = client.PoE(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Ports) == 1 && st.Ports[0].State == "delivering" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("swp1 never delivering: %+v", st)
+		}
+	}
+	if p := st.Ports[0]; p.Class != 2 || p.PowerMW != 6490 || p.AllocatedMW != 7000 || st.BudgetMW != 20000 {
+		t.Errorf("PoE status %+v", st)
+	}
+
+	var conn *rawsock.Conn
+	if err := n.phone.Do(func() (err error) {
+		conn, err = rawsock.Listen("eth0", rawsock.Options{Filter: cdp.Filter()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	mac := net.HardwareAddr{0x00, 0x1e, 0x7a, 0x00, 0x00, 0x02}
+	ask := func(id uint16, mw uint32) *cdp.PowerAvailable {
+		t.Helper()
+		frame, err := cdp.PhoneAdvertisement(cdp.PhoneConfig{MAC: mac, DeviceID: "SEP001E7A000002", PortID: "Port 1",
+			PowerRequested: &cdp.PowerRequest{RequestID: id, ManagementID: 1, MilliWatts: []uint32{mw}}}).AppendFrame(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Sent again every half second, as a phone does, should a frame
+		// be lost on a machine busy with other tests' storms (the veth
+		// backlog is per CPU); a repeat is answered, not decided again.
+		buf := make([]byte, 2048)
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if err := n.phone.Do(func() error { return sendFrame("eth0", frame) }); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			for {
+				f, err := conn.Read(buf)
+				if err != nil {
+					break
+				}
+				if m, err := cdp.Decode(f.Data); err == nil && m.PowerAvailable != nil && m.PowerAvailable.RequestID == id {
+					return m.PowerAvailable
+				}
+			}
+		}
+		t.Fatalf("no answer to power request %d", id)
+		return nil
+	}
+	if pa := ask(1, 12950); pa.MilliWatts != 12950 {
+		t.Errorf("12.95 W within a 20 W budget: Power Available %d mW", pa.MilliWatts)
+	}
+	if pa := ask(2, 25500); pa.MilliWatts != 12950 {
+		t.Errorf("25.5 W past the budget: Power Available %d mW, want the 12950 granted before", pa.MilliWatts)
+	}
+	body := scrapeMetrics(t, n.app, "127.0.0.1:19620")
+	for _, want := range []string{
+		"phoneboot_poe_budget_watts 20\n",
+		"phoneboot_poe_allocated_watts 12.95\n",
+		"phoneboot_poe_budget_remaining_watts 7.05\n",
+		"phoneboot_poe_drawn_watts 6.49\n",
+		`phoneboot_poe_port_state{port="swp1",state="delivering"} 1`,
+		`phoneboot_poe_port_state{port="swp1",state="fault"} 0`,
+		`phoneboot_poe_port_held{port="swp1"} 0`,
+		`phoneboot_poe_power_requests_total{result="granted"} 1`,
+		`phoneboot_poe_power_requests_total{result="refused"} 1`,
+		`phoneboot_service_load{signal="dhcp_backlog"} 0`,
+		`phoneboot_poe_port_delivering{port="swp1"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	p, err := client.PoEAction(ctx, "swp1", control.PoEDisable, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.State != "disabled" || p.Enabled || p.AllocatedMW != 0 {
+		t.Errorf("after disable: %+v", p)
+	}
+	if data, err := os.ReadFile(state); err != nil || !strings.Contains(string(data), `"swp1"`) {
+		t.Errorf("state file after disable: %s, %v", data, err)
+	}
+	if _, err := client.PoEAction(ctx, "swp9", control.PoEEnable, ""); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("enable of an unmanaged port: %v, want 404", err)
+	}
+	if _, err := client.PoEAction(ctx, "swp1", control.PoEPriority, "urgent"); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("a bad priority: %v, want 400", err)
 	}
 }

@@ -34,6 +34,7 @@ type Config struct {
 	Provision provision.Config `yaml:"provision"`
 	TFTP      TFTPConfig       `yaml:"tftp"`
 	HTTP      HTTPConfig       `yaml:"http"`
+	Proxy     ProxyConfig      `yaml:"proxy"`
 }
 
 // DiscoveryConfig controls CDP and LLDP-MED on the phone ports.
@@ -83,6 +84,8 @@ type PortConfig struct {
 	// PoE says whether the power manager powers this port (when power
 	// management is on). Defaults to true.
 	PoE *bool `yaml:"poe"`
+	// Power is how the power manager treats the port.
+	Power PortPowerConfig `yaml:"power"`
 	// Lab wires the port to the lab's simulated PSE; only with power.backend lab.
 	Lab *LabPortConfig `yaml:"lab"`
 	// VoiceVLAN is the VLAN phones on this port tag with (and are told by
@@ -131,20 +134,6 @@ type LabPortConfig struct {
 	Class int    `yaml:"class"` // IEEE 802.3 power class the phone presents, 0-4
 }
 
-// PowerConfig controls PoE.
-type PowerConfig struct {
-	// Backend is the PoE controller: none (no power management) or lab.
-	Backend string `yaml:"backend"`
-	// Policy is how ports are powered at start: all at once, or stagger
-	// (StaggerPorts ports every StaggerInterval).
-	Policy          string   `yaml:"policy"`
-	StaggerPorts    int      `yaml:"stagger_ports"`
-	StaggerInterval Duration `yaml:"stagger_interval"`
-	// DetectDelay is the lab PSE's detection and classification time
-	// before it delivers power.
-	DetectDelay Duration `yaml:"detect_delay"`
-}
-
 // Duration is a time.Duration written as "1.5s", "200ms".
 type Duration time.Duration
 
@@ -182,18 +171,13 @@ func DefaultConfig() Config {
 			XDPMode: "auto",
 			PinDir:  DefaultPinDir,
 		},
-		Power: PowerConfig{
-			Backend:         "none",
-			Policy:          "all",
-			StaggerPorts:    1,
-			StaggerInterval: Duration(2 * time.Second),
-			DetectDelay:     Duration(300 * time.Millisecond),
-		},
+		Power:     defaultPowerConfig(),
 		Discovery: DiscoveryConfig{CDP: true, LLDP: true, Interval: Duration(60 * time.Second), VoiceDSCP: 46},
 		DHCP:      defaultDHCPConfig(),
 		Provision: provision.DefaultConfig(),
 		TFTP:      defaultTFTPConfig(),
 		HTTP:      defaultHTTPConfig(),
+		Proxy:     defaultProxyConfig(),
 	}
 }
 
@@ -274,22 +258,6 @@ func (c *Config) validate(d *strictDecoder) error {
 			return bad(key+".name", "port %q is listed twice", p.Name)
 		}
 		seen[p.Name] = true
-		if p.Lab != nil {
-			if c.Power.Backend != "lab" {
-				return bad(key+".lab", "only allowed with power.backend lab")
-			}
-			if p.Lab.Netns == "" || strings.ContainsAny(p.Lab.Netns, "/\x00") {
-				return bad(key+".lab.netns", "%q is not a namespace name", p.Lab.Netns)
-			}
-			if err := checkIfName(p.Lab.Link); err != nil {
-				return bad(key+".lab.link", "%v", err)
-			}
-			if p.Lab.Class < 0 || p.Lab.Class > 4 {
-				return bad(key+".lab.class", "%d is not a power class 0-4", p.Lab.Class)
-			}
-		} else if c.Power.Backend == "lab" && p.PoEEnabled() {
-			return bad(key, "power.backend lab needs a lab section (netns, link) for every PoE port")
-		}
 		if err := p.validateVLANs(key, c.FastPath.Enabled, bad); err != nil {
 			return err
 		}
@@ -309,26 +277,13 @@ func (c *Config) validate(d *strictDecoder) error {
 			return bad(fmt.Sprintf("vlan.phone_ouis[%d]", i), "%v", err)
 		}
 	}
-	switch c.Power.Backend {
-	case "none", "lab":
-	default:
-		return bad("power.backend", "%q is not one of none, lab", c.Power.Backend)
-	}
-	switch c.Power.Policy {
-	case "all", "stagger":
-	default:
-		return bad("power.policy", "%q is not one of all, stagger", c.Power.Policy)
-	}
-	if c.Power.StaggerPorts < 1 {
-		return bad("power.stagger_ports", "%d must be at least 1", c.Power.StaggerPorts)
-	}
-	if c.Power.StaggerInterval < 0 {
-		return bad("power.stagger_interval", "must not be negative")
-	}
-	if c.Power.DetectDelay < 0 || time.Duration(c.Power.DetectDelay) > time.Minute {
-		return bad("power.detect_delay", "%s is outside 0 to 1m", time.Duration(c.Power.DetectDelay))
+	if err := c.validatePower(d, bad); err != nil {
+		return err
 	}
 	if err := c.DHCP.validate(bad); err != nil {
+		return err
+	}
+	if err := c.Proxy.validate(bad); err != nil {
 		return err
 	}
 	return c.validateProvision(bad)

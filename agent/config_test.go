@@ -19,11 +19,11 @@ func TestParseConfigErrors(t *testing.T) {
 		want string // the whole error text
 	}{
 		{"unknown top-level key", "log:\n  level: info\nports_:\n  - name: a\n",
-			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, discovery, fastpath, http, log, metrics, ports, power, provision, tftp, vlan)`},
+			`f.yaml:3: ports_: unknown key (known keys here: control, dhcp, discovery, fastpath, http, log, metrics, ports, power, provision, proxy, tftp, vlan)`},
 		{"unknown nested key", "fastpath:\n  enabled: true\n  xdpmode: native\n",
 			`f.yaml:3: fastpath.xdpmode: unknown key (known keys here: detach_on_stop, enabled, pin_dir, xdp_mode)`},
 		{"unknown key in list item", "ports:\n  - name: a\n  - name: b\n    speed: 1000\n",
-			`f.yaml:4: ports[1].speed: unknown key (known keys here: auto_voice, lab, name, native_vlan, poe, trunk_vlans, voice_priority, voice_vlan)`},
+			`f.yaml:4: ports[1].speed: unknown key (known keys here: auto_voice, lab, name, native_vlan, poe, power, trunk_vlans, voice_priority, voice_vlan)`},
 		{"bad enum", "fastpath:\n  xdp_mode: fast\n",
 			`f.yaml:2: fastpath.xdp_mode: "fast" is not one of native, generic, auto`},
 		{"bad type", "fastpath:\n  enabled: maybe\n",
@@ -52,8 +52,8 @@ func TestParseConfigErrors(t *testing.T) {
 			`f.yaml:2: metrics.listen: "localhost" is not host:port (address localhost: missing port in address)`},
 		{"relative pin dir", "fastpath:\n  pin_dir: bpf/pb\n",
 			`f.yaml:2: fastpath.pin_dir: "bpf/pb" must be an absolute directory on bpffs, such as /sys/fs/bpf/phoneboot`},
-		{"bad power backend", "power:\n  backend: pd69200\n",
-			`f.yaml:2: power.backend: "pd69200" is not one of none, lab`},
+		{"bad power backend", "power:\n  backend: tps23881\n",
+			`f.yaml:2: power.backend: "tps23881" is not one of none, lab, netlink, pd69200, sysfs`},
 		{"lab port without lab backend", "ports:\n  - name: p1\n    lab: {netns: x, link: eth0}\n",
 			`f.yaml:3: ports[0].lab: only allowed with power.backend lab`},
 		{"lab backend without lab section", "power:\n  backend: lab\nports:\n  - name: p1\n",
@@ -231,12 +231,17 @@ func TestExampleConfigShowsDefaults(t *testing.T) {
 	if len(cfg.Provision.Phones) == 0 || cfg.Provision.Enabled {
 		t.Fatal("the example has no provisioning example, or turns it on")
 	}
+	if len(cfg.Proxy.CallManagers) == 0 || cfg.Proxy.Enabled {
+		t.Fatal("the example has no CallManagers for the proxy, or turns it on")
+	}
 	ex := cfg
 	ex.Provision.Enabled = true
+	ex.Proxy.Enabled = true
 	if err := ex.validate(&strictDecoder{file: "example", lines: map[string]int{}}); err != nil {
-		t.Errorf("the provisioning example is not valid once enabled: %v", err)
+		t.Errorf("the provisioning and proxy examples are not valid once enabled: %v", err)
 	}
 	cfg.Provision = provision.DefaultConfig() // marked "example"
+	cfg.Proxy.CallManagers = nil              // marked "example"
 	if want := DefaultConfig(); !reflect.DeepEqual(cfg, want) {
 		t.Errorf("example config differs from the defaults:\n got: %+v\nwant: %+v", cfg, want)
 	}

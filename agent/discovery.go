@@ -20,10 +20,6 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/neighbor"
 )
 
-// poeAvailableMW is the power a PoE port offers in CDP and LLDP-MED until
-// the power manager budgets per port: 802.3af's 15.4 W at the PSE.
-const poeAvailableMW = 15400
-
 // discoveryPorts builds what each port advertises: CDP and LLDP-MED always
 // name the same voice VLAN for a port (a phone that hears two can keep
 // rebooting), at the port's voice priority.
@@ -63,7 +59,9 @@ func discoveryPorts(cfg Config) ([]discovery.PortConfig, error) {
 				TTL: uint8(ttl),
 			}
 			if poe {
-				c.PoE, c.PowerAvailableMW = true, poeAvailableMW
+				// Until a phone asks for more or less, it is offered what the
+				// power manager reserves for an unclassified port.
+				c.PoE, c.PowerAvailableMW = true, uint32(cfg.Power.ReserveMW)
 			}
 			pc.CDP = c
 		}
@@ -80,7 +78,7 @@ func discoveryPorts(cfg Config) ([]discovery.PortConfig, error) {
 				}}
 			}
 			if poe {
-				l.PoE, l.PowerAvailableMW = true, poeAvailableMW
+				l.PoE, l.PowerAvailableMW = true, uint32(cfg.Power.ReserveMW)
 			}
 			pc.LLDP = l
 		}
@@ -98,10 +96,15 @@ func (a *Agent) newDiscovery(cfg Config, log *slog.Logger) error {
 	}
 	a.neighbors = neighbor.NewTable(nil, 0)
 	var phones sync.Map // MACs already marked, so a phone is written once
+	var powerRequest func(string, []uint32) uint32
+	if a.power != nil {
+		powerRequest = a.powerRequest
+	}
 	svc, err := discovery.New(discovery.Config{
-		Ports:     ports,
-		Interval:  time.Duration(cfg.Discovery.Interval),
-		Neighbors: a.neighbors,
+		PowerRequest: powerRequest,
+		Ports:        ports,
+		Interval:     time.Duration(cfg.Discovery.Interval),
+		Neighbors:    a.neighbors,
 		OnNeighbor: func(n neighbor.Neighbor) {
 			if a.fastpath == nil || !isPhone(n) {
 				return

@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/phoneboot/phoneboot/userspace/proxy"
 )
 
 // metricsServer serves Prometheus metrics. Its collectors read the agent's
@@ -29,6 +31,8 @@ func newMetricsServer(listen string, a *Agent) (*metricsServer, error) {
 		&agentCollector{a: a},
 		discoveryCollector{a: a},
 		provisionCollector{a: a},
+		powerCollector{a: a},
+		proxyCollector{a: a},
 	)
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -158,5 +162,111 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 			recovered = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descLeaseRecovered, prometheus.GaugeValue, recovered)
+	}
+}
+
+var (
+	descProxyRegistrations = prometheus.NewDesc("phoneboot_proxy_registrations",
+		"Phone connections through the registration proxy now, by state and CallManager (\"none\" before one is chosen).",
+		[]string{"state", "callmanager"}, nil)
+	descProxySessions = prometheus.NewDesc("phoneboot_proxy_sessions_open",
+		"Phone connections the registration proxy holds open.", nil, nil)
+	descProxyAccepted = prometheus.NewDesc("phoneboot_proxy_accepted_total",
+		"Phone connections accepted, by protocol.", []string{"protocol"}, nil)
+	descProxyAnswers = prometheus.NewDesc("phoneboot_proxy_register_answers_total",
+		"Answers to registrations seen (ack: RegisterAck or 2xx; reject: RegisterReject or a final refusal).", []string{"answer"}, nil)
+	descProxyClosed = prometheus.NewDesc("phoneboot_proxy_sessions_closed_total",
+		"Sessions the proxy ended, by reason; upstream_down are those a failover closed.", []string{"reason"}, nil)
+	descProxyDialFailures = prometheus.NewDesc("phoneboot_proxy_dial_failures_total",
+		"Connections to a CallManager that failed (the next one was tried).", nil, nil)
+	descProxyAcceptErrors = prometheus.NewDesc("phoneboot_proxy_accept_errors_total",
+		"Errors accepting phone connections (such as running out of descriptors).", nil, nil)
+	descProxyAdmissionQueued = prometheus.NewDesc("phoneboot_proxy_admission_waits_total",
+		"Phone connections that waited in an admission queue before going on to their CallManager.", nil, nil)
+	descProxyAdmissionRejected = prometheus.NewDesc("phoneboot_proxy_admission_rejected_total",
+		"Phone connections closed because the admission queue was full (also in sessions_closed_total{reason=\"queue_full\"}).", nil, nil)
+	descProxyAdmissionWaiting = prometheus.NewDesc("phoneboot_proxy_admission_queue_depth",
+		"Phone connections waiting for admission toward the CallManager now.", []string{"callmanager"}, nil)
+	descProxyCMUp = prometheus.NewDesc("phoneboot_proxy_callmanager_up",
+		"1 while the health checks hold the CallManager healthy.", []string{"callmanager"}, nil)
+	descProxyCMSessions = prometheus.NewDesc("phoneboot_proxy_callmanager_sessions",
+		"Sessions relayed to the CallManager now.", []string{"callmanager"}, nil)
+	descProxyCMFailovers = prometheus.NewDesc("phoneboot_proxy_failovers_total",
+		"Times the health checks took the CallManager down, closing its sessions so their phones register on the next.", []string{"callmanager"}, nil)
+	descProxyCMProbes = prometheus.NewDesc("phoneboot_proxy_health_probes_total",
+		"Health probes of the CallManager, by result.", []string{"callmanager", "result"}, nil)
+	descProxyCMVetoes = prometheus.NewDesc("phoneboot_proxy_health_vetoes_total",
+		"Times failed probes would have taken the CallManager down while its phones still heard from it (kept up).", []string{"callmanager"}, nil)
+)
+
+// proxyCollector exports the registration proxy's table and counters.
+type proxyCollector struct{ a *Agent }
+
+func (c proxyCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descProxyRegistrations, descProxySessions, descProxyAccepted, descProxyAnswers,
+		descProxyClosed, descProxyDialFailures, descProxyAcceptErrors, descProxyAdmissionQueued, descProxyAdmissionRejected,
+		descProxyAdmissionWaiting, descProxyCMUp, descProxyCMSessions, descProxyCMFailovers, descProxyCMProbes, descProxyCMVetoes} {
+		ch <- d
+	}
+}
+
+func (c proxyCollector) Collect(ch chan<- prometheus.Metric) {
+	p := c.a.proxy
+	if p == nil {
+		return
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	st := p.Stats()
+	// Every state of every CallManager, zeros included, so that a series
+	// does not vanish when its last phone moves. A phone still being read
+	// has no CallManager yet.
+	type key struct{ state, cm string }
+	regs := map[key]int{{string(proxy.StateReading), "none"}: 0}
+	for _, s := range []proxy.State{proxy.StateQueued, proxy.StateRegistering, proxy.StateRegistered,
+		proxy.StateRejected, proxy.StateConnected} {
+		for _, cm := range st.CallManagers {
+			regs[key{string(s), cm.Name}] = 0
+		}
+	}
+	for _, r := range p.Registrations() {
+		cm := r.CallManager
+		if cm == "" {
+			cm = "none"
+		}
+		regs[key{string(r.State), cm}]++
+	}
+	for k, n := range regs {
+		gauge(descProxyRegistrations, float64(n), k.state, k.cm)
+	}
+	gauge(descProxySessions, float64(st.Active))
+	for proto, n := range st.Accepted {
+		counter(descProxyAccepted, n, string(proto))
+	}
+	counter(descProxyAnswers, st.Registered, "ack")
+	counter(descProxyAnswers, st.Rejected, "reject")
+	for reason, n := range st.Closed {
+		counter(descProxyClosed, n, reason)
+	}
+	counter(descProxyDialFailures, st.DialFailures)
+	counter(descProxyAcceptErrors, st.AcceptErrors)
+	counter(descProxyAdmissionQueued, st.Queued)
+	counter(descProxyAdmissionRejected, st.Closed["queue_full"])
+	for _, cm := range st.CallManagers {
+		up := 0.0
+		if cm.Healthy {
+			up = 1
+		}
+		gauge(descProxyCMUp, up, cm.Name)
+		gauge(descProxyCMSessions, float64(cm.Sessions), cm.Name)
+		gauge(descProxyAdmissionWaiting, float64(cm.Waiting), cm.Name)
+		counter(descProxyCMFailovers, cm.Failovers, cm.Name)
+		counter(descProxyCMProbes, cm.ProbesOK, cm.Name, "ok")
+		counter(descProxyCMProbes, cm.ProbesFail, cm.Name, "failed")
+		counter(descProxyCMVetoes, cm.Vetoes, cm.Name)
 	}
 }

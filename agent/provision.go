@@ -52,7 +52,11 @@ func (c *Config) validateProvision(bad func(string, string, ...any) error) error
 	if !c.Provision.Enabled {
 		return nil
 	}
-	if err := c.Provision.Validate(); err != nil {
+	if err := c.validateProxyRoute(bad); err != nil {
+		return err
+	}
+	pc := c.ProvisionConfig()
+	if err := pc.Validate(); err != nil {
 		var fe *provision.FieldError
 		if errors.As(err, &fe) {
 			return bad("provision."+fe.Key, "%s", fe.Msg)
@@ -93,7 +97,7 @@ func (a *Agent) newProvision(cfg Config, log *slog.Logger) error {
 	if a.neighbors != nil {
 		nb = neighborList{a.neighbors}
 	}
-	src, err := provision.New(context.Background(), cfg.Provision, nb, log)
+	src, err := provision.New(context.Background(), cfg.ProvisionConfig(), nb, log)
 	if err != nil {
 		return err
 	}

@@ -256,6 +256,7 @@ type result struct {
 	avDone      bool
 	avNote      string
 	genLimited  bool // the best rate was limited by the generator, not the server
+	live        *liveCost
 }
 
 // sweep climbs the rate ladder until a step loses 0.1 % or more of its
@@ -500,6 +501,15 @@ func (b *bench) benchServer(ctx context.Context, k serverKind) ([]result, error)
 			return nil, err
 		}
 		pg.genLimited = pg.best != nil && pg.best.GenLimited
+		if k.xdp && pg.best != nil {
+			progress("%s: the XDP program's run time at %d DORA/s (BPF statistics on)", k.name, pg.best.Requested)
+			c, err := b.measureLiveCost(ctx, k, t, g, pg.best.Requested)
+			if err != nil {
+				return nil, err
+			}
+			pg.live = &c
+			progress("%s  %.0f ns per run over %d runs (%d OFFER + %d ACK by the kernel)", k.name, c.NsPerRun, c.Runs, c.Offers, c.Acks)
+		}
 		progress("%s: pbgen avalanche, %d clients", k.name, b.avalanche)
 		err = b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
 			st, err := g.runAvalanche(ctx, b.avalanche, b.avLimit)

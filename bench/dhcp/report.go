@@ -120,6 +120,11 @@ func (r *report) printGenerators(w io.Writer) {
 }
 
 func (r *report) printKernel(w io.Writer) {
+	if x := r.find("phoneboot-xdp", "pbgen"); x != nil && x.live != nil {
+		c := x.live
+		fmt.Fprintf(w, "\nFast path live (BPF run-time statistics while pbgen offered %d DORA/s for %v): %.0f ns per program run,\n", c.Rate, r.period, c.NsPerRun)
+		fmt.Fprintf(w, "  %d runs (every frame the port received), %d OFFER + %d ACK answered by the kernel.\n", c.Runs, c.Offers, c.Acks)
+	}
 	if c := r.fastpath; c != nil {
 		fmt.Fprintf(w, "\nFast path under BPF_PROG_RUN (%d runs each, Repeat 1, kernel-reported time per run, JIT %s):\n", c.Runs, c.JIT)
 		fmt.Fprintf(w, "  DISCOVER -> OFFER (new client, queued address): mean %.0f ns, p50 %.0f, p99 %.0f\n", c.Offer.Mean, c.Offer.P50, c.Offer.P99)
@@ -176,6 +181,10 @@ func (r *report) targets() []string {
 		worst := max(c.Offer.Mean, c.Ack.Mean)
 		out = append(out, fmt.Sprintf("fast path < %.0f ns per request (BPF_PROG_RUN): %s (OFFER %.0f ns, ACK %.0f ns)", targetFastpathNs, verdict(worst < targetFastpathNs), c.Offer.Mean, c.Ack.Mean))
 	}
+	if x := r.find("phoneboot-xdp", "pbgen"); x != nil && x.live != nil {
+		out = append(out, fmt.Sprintf("fast path < %.0f ns per request (live, BPF run-time statistics at %d DORA/s): %s (%.0f ns per run)",
+			targetFastpathNs, x.live.Rate, verdict(x.live.NsPerRun < targetFastpathNs), x.live.NsPerRun))
+	}
 	if m := r.rss; m != nil {
 		out = append(out, fmt.Sprintf("100,000 leases in < %.0f MiB RSS: %s (%.1f MiB)", targetRSSMiB, verdict(m.RSSMiB < targetRSSMiB), m.RSSMiB))
 	}
@@ -214,6 +223,9 @@ func (r *report) json() map[string]map[string]any {
 			if m := r.rss; m != nil {
 				o["rss_mib_100k_leases"] = round(m.RSSMiB, 1)
 			}
+		}
+		if x.live != nil {
+			o["fastpath_ns_live"] = round(x.live.NsPerRun, 1)
 		}
 		out[name] = o
 	}

@@ -1,6 +1,6 @@
 // Command phoneboot is the boot-services appliance for Cisco IP phones:
-// the daemon (serve), its client (status), a host check (doctor) and the
-// boot-storm lab (lab).
+// the daemon (serve), its clients (status, leases, neighbors, poe,
+// registrations), a host check (doctor) and the boot-storm lab (lab).
 package main
 
 import (
@@ -45,6 +45,8 @@ func newApp() *cli.App {
 			statusCommand(),
 			leasesCommand(),
 			neighborsCommand(),
+			poeCommand(),
+			registrationsCommand(),
 			doctorCommand(),
 			labCommand(),
 		},
@@ -150,6 +152,29 @@ func printNeighbors(w io.Writer, ns []control.Neighbor) error {
 	return tw.Flush()
 }
 
+func registrationsCommand() *cli.Command {
+	return controlCommand("registrations", "list the phones registering through the running daemon's registration proxy",
+		(*control.Client).Registrations, printRegistrations)
+}
+
+func printRegistrations(w io.Writer, rs []control.Registration) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tPHONE\tCALLMANAGER\tPROTO\tSTATE\tSINCE")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.Device), r.Phone, orDash(r.CallManager), r.Protocol, r.State,
+			r.Since.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+// orDash shows an empty column as "-", so the table stays aligned.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
 func printStatus(w io.Writer, st control.Status) error {
 	fmt.Fprintf(w, "phoneboot %s, pid %d, up %s\n\n", st.Version, st.PID, (time.Duration(st.Uptime) * time.Second).Round(time.Second))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -216,15 +241,19 @@ func doctorCommand() *cli.Command {
 }
 
 func labCommand() *cli.Command {
+	adaptive := agent.DefaultConfig().Power.Adaptive
 	return &cli.Command{
 		Name:  "lab",
 		Usage: "run a boot storm of simulated phones against the real agent, in network namespaces",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "phones", Value: 48, Usage: "number of phones"},
 			&cli.IntFlag{Name: "ports", Usage: "number of switch ports (default: one per phone, at most 48)"},
-			&cli.StringFlag{Name: "power-policy", Value: "all", Usage: "all: power every port at once; stagger: --stagger-ports ports every --stagger"},
-			&cli.DurationFlag{Name: "stagger", Value: 100 * time.Millisecond, Usage: "interval between stagger steps"},
-			&cli.IntFlag{Name: "stagger-ports", Value: 1, Usage: "ports powered per stagger step"},
+			&cli.StringFlag{Name: "power-policy", Value: "all", Usage: "all: power every port at once; stagger: --stagger-ports ports every --stagger; adaptive: as stagger, holding a step while a service's queue is at its --adaptive-* threshold"},
+			&cli.DurationFlag{Name: "stagger", Value: 100 * time.Millisecond, Usage: "interval between stagger and adaptive steps"},
+			&cli.IntFlag{Name: "stagger-ports", Value: 1, Usage: "ports powered per stagger or adaptive step"},
+			&cli.IntFlag{Name: "adaptive-dhcp-backlog", Value: adaptive.DHCPBacklog, Usage: "adaptive: hold while the DHCP server has this many requests queued or in hand (0: ignore)"},
+			&cli.IntFlag{Name: "adaptive-tftp-active", Value: adaptive.TFTPActive, Usage: "adaptive: hold while this many TFTP transfers run (0: ignore)"},
+			&cli.IntFlag{Name: "adaptive-proxy-queued", Value: adaptive.ProxyQueued, Usage: "adaptive: hold while this many phones wait for the proxy (0: ignore)"},
 			&cli.Float64Flag{Name: "time-scale", Value: 0.1, Usage: "multiplies every simulated delay (phone boot, PoE detection); 1 is real time"},
 			&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "phones not done by then fail"},
 			&cli.StringFlag{Name: "json", Usage: "write the report as JSON to this file"},
@@ -258,11 +287,15 @@ func labCommand() *cli.Command {
 			ctx, stop := signalContext()
 			defer stop()
 			rep, err := lab.Run(ctx, lab.Options{
-				Phones:          c.Int("phones"),
-				Ports:           c.Int("ports"),
-				PowerPolicy:     c.String("power-policy"),
-				Stagger:         c.Duration("stagger"),
-				StaggerPorts:    c.Int("stagger-ports"),
+				Phones:       c.Int("phones"),
+				Ports:        c.Int("ports"),
+				PowerPolicy:  c.String("power-policy"),
+				Stagger:      c.Duration("stagger"),
+				StaggerPorts: c.Int("stagger-ports"),
+				Adaptive: &agent.AdaptiveConfig{
+					DHCPBacklog: c.Int("adaptive-dhcp-backlog"), TFTPActive: c.Int("adaptive-tftp-active"),
+					ProxyQueued: c.Int("adaptive-proxy-queued"), MaxHold: adaptive.MaxHold,
+				},
 				TimeScale:       c.Float64("time-scale"),
 				Timeout:         c.Duration("timeout"),
 				NoXDP:           c.Bool("no-xdp"),

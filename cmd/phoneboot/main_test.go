@@ -65,7 +65,7 @@ func phoneboot(t *testing.T, args ...string) result {
 
 func TestHelpListsCommands(t *testing.T) {
 	r := phoneboot(t, "--help")
-	for _, c := range []string{"serve", "status", "doctor", "lab"} {
+	for _, c := range []string{"serve", "status", "poe", "doctor", "lab"} {
 		if !strings.Contains(r.stdout, c) {
 			t.Errorf("--help lacks %s:\n%s", c, r.stdout)
 		}
@@ -94,7 +94,7 @@ func TestBadInputExitsNonZero(t *testing.T) {
 		{"serve argument", []string{"serve", "extra"}, `serve takes no arguments`},
 		{"unknown command", []string{"frobnicate"}, "frobnicate"},
 		{"lab no phones", []string{"lab", "--phones", "0"}, "--phones 0: must be 1 to 100000"},
-		{"lab bad policy", []string{"lab", "--power-policy", "sometimes"}, `--power-policy "sometimes": must be all or stagger`},
+		{"lab bad policy", []string{"lab", "--power-policy", "sometimes"}, `--power-policy "sometimes": must be all, stagger or adaptive`},
 		{"lab ports over phones", []string{"lab", "--phones", "2", "--ports", "3"}, "--ports 3: more ports than --phones 2"},
 		{"lab bad time scale", []string{"lab", "--time-scale", "-1"}, "--time-scale -1: must be above 0"},
 		{"lab bad number", []string{"lab", "--phones", "many"}, "many"},

@@ -163,6 +163,15 @@ func (p *Port) Receive(m *Message) (advertiseNow bool) {
 	return advertiseNow
 }
 
+// NewPowerRequest reports whether m carries a power request the port has
+// not answered yet (a Request-ID other than the last one), so that the
+// budget is asked once per request, not at every advertisement that
+// repeats it.
+func (p *Port) NewPowerRequest(m *Message) bool {
+	r := m.PowerRequested
+	return r != nil && p.cfg.PoE && len(r.MilliWatts) > 0 && r.RequestID != p.requestID
+}
+
 // SetPowerAvailable changes the power the port offers, as the PoE budget
 // decides, and reports whether it changed (advertise now if so).
 func (p *Port) SetPowerAvailable(mw uint32) (changed bool) {

@@ -225,3 +225,44 @@ func TestNeighbor(t *testing.T) {
 		t.Errorf("neighbor\n%+v\nwant\n%+v", got, want)
 	}
 }
+
+func TestNewPowerRequest(t *testing.T) {
+	cfg := testPortConfig()
+	cfg.PoE = true
+	p, err := NewPort(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := func(id uint16, mw ...uint32) *Message {
+		return &Message{PowerRequested: &PowerRequest{RequestID: id, MilliWatts: mw}}
+	}
+	steps := []struct {
+		name string
+		m    *Message
+		want bool
+	}{
+		{"no request", &Message{}, false},
+		{"no levels", req(2), false},
+		{"first request", req(3, 7000), true},
+		{"the same, repeated", req(3, 7000), false},
+		{"a new one", req(4, 9000), true},
+	}
+	for _, s := range steps {
+		if got := p.NewPowerRequest(s.m); got != s.want {
+			t.Errorf("%s: NewPowerRequest = %v, want %v", s.name, got, s.want)
+		}
+		p.Receive(s.m)
+	}
+	p.LinkDown()
+	if !p.NewPowerRequest(req(4, 9000)) {
+		t.Error("after link down the last request is new again")
+	}
+	cfg.PoE = false
+	np, err := NewPort(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if np.NewPowerRequest(req(1, 7000)) {
+		t.Error("a port without PoE takes power requests")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -82,6 +83,74 @@ type Neighbor struct {
 	Expires          time.Time `json:"expires"`
 }
 
+// PoEStatus is the power manager's budget and ports, as `phoneboot poe
+// status` shows them.
+type PoEStatus struct {
+	Policy          string    `json:"policy"`
+	Accounting      string    `json:"accounting"`
+	BudgetMW        int       `json:"budget_mw"` // 0: no limit
+	AllocatedMW     int       `json:"allocated_mw"`
+	DrawnMW         int       `json:"drawn_mw"`
+	RequestsGranted uint64    `json:"requests_granted"` // CDP/LLDP power requests
+	RequestsRefused uint64    `json:"requests_refused"`
+	AdaptiveHolds   uint64    `json:"adaptive_holds"`
+	Ports           []PoEPort `json:"ports"`
+}
+
+// PoEPort is one managed PoE port.
+type PoEPort struct {
+	Port        string `json:"port"`
+	State       string `json:"state"` // disabled, searching, delivering, fault
+	Class       int    `json:"class"` // -1: not classified
+	PowerMW     int    `json:"power_mw"`
+	LimitMW     int    `json:"limit_mw,omitempty"`
+	Fault       string `json:"fault,omitempty"`
+	Enabled     bool   `json:"enabled"` // wanted on
+	Priority    string `json:"priority"`
+	AllocatedMW int    `json:"allocated_mw"`
+	Held        string `json:"held,omitempty"` // why a wanted port is off
+	RequestedMW int    `json:"requested_mw,omitempty"`
+	GrantedMW   int    `json:"granted_mw,omitempty"`
+}
+
+// Load is what the services have queued: the signals the adaptive power
+// policy paces the storm by.
+type Load struct {
+	DHCPBacklog int `json:"dhcp_backlog"`
+	TFTPActive  int `json:"tftp_active"`
+	ProxyQueued int `json:"proxy_queued"`
+}
+
+// PoE actions a client may ask for.
+const (
+	PoEEnable   = "enable"
+	PoEDisable  = "disable"
+	PoECycle    = "cycle"
+	PoEPriority = "priority" // with the priority as argument
+)
+
+// Errors a Provider wraps to give the client the right HTTP status.
+var (
+	ErrNotFound    = errors.New("not found")                 // 404
+	ErrUnavailable = errors.New("not enabled on the daemon") // 503
+	ErrBadRequest  = errors.New("bad request")               // 400
+)
+
+// Registration is one phone connection through the registration proxy,
+// as `phoneboot registrations` lists it.
+type Registration struct {
+	Device      string    `json:"device"` // SCCP device name or SIP device/AOR; empty while unknown (TLS)
+	Phone       string    `json:"phone"`  // the phone's address and port
+	CallManager string    `json:"call_manager,omitempty"`
+	Protocol    string    `json:"protocol"` // sccp, sip, sccp-tls, sip-tls
+	State       string    `json:"state"`    // reading, queued, registering, registered, rejected, connected
+	Since       time.Time `json:"since"`    // of the last state change
+	DeviceType  uint32    `json:"device_type,omitempty"`
+	Load        string    `json:"load,omitempty"`
+	// KeepAliveSeconds is the interval the CallManager's RegisterAck gave.
+	KeepAliveSeconds float64 `json:"keepalive_seconds,omitempty"`
+}
+
 // Provider answers the API's questions.
 type Provider interface {
 	Status(ctx context.Context) Status
@@ -89,6 +158,29 @@ type Provider interface {
 	Leases(ctx context.Context) ([]Lease, error)
 	// Neighbors lists the CDP and LLDP neighbours; an error if discovery is off.
 	Neighbors(ctx context.Context) ([]Neighbor, error)
+	// PoE reports the power manager; an error if power management is off.
+	PoE(ctx context.Context) (PoEStatus, error)
+	// PoEAction carries out an operator's action on a port (arg is the
+	// priority for PoEPriority) and returns the port afterwards.
+	PoEAction(ctx context.Context, port, action, arg string) (PoEPort, error)
+	// Load reports the services' queues.
+	Load(ctx context.Context) Load
+	// Registrations lists the registration proxy's sessions; an error if
+	// the proxy is off.
+	Registrations(ctx context.Context) ([]Registration, error)
+}
+
+// errorStatus is the HTTP status for a Provider's error.
+func errorStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrBadRequest):
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
 }
 
 // Server serves the control API on a unix socket.
@@ -146,6 +238,50 @@ func NewServer(path string, p Provider, log *slog.Logger) (*Server, error) {
 			ns = []Neighbor{}
 		}
 		writeJSON(w, ns)
+	})
+	mux.HandleFunc("GET /v1/poe", func(w http.ResponseWriter, r *http.Request) {
+		st, err := p.PoE(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), errorStatus(err))
+			return
+		}
+		if st.Ports == nil {
+			st.Ports = []PoEPort{}
+		}
+		writeJSON(w, st)
+	})
+	poeAction := func(w http.ResponseWriter, r *http.Request, action, arg string) {
+		port, err := p.PoEAction(r.Context(), r.PathValue("port"), action, arg)
+		if err != nil {
+			http.Error(w, err.Error(), errorStatus(err))
+			return
+		}
+		writeJSON(w, port)
+	}
+	mux.HandleFunc("POST /v1/poe/{port}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		switch a := r.PathValue("action"); a {
+		case PoEEnable, PoEDisable, PoECycle:
+			poeAction(w, r, a, "")
+		default:
+			http.Error(w, fmt.Sprintf("unknown PoE action %q (enable, disable, cycle, priority/LEVEL)", a), http.StatusNotFound)
+		}
+	})
+	mux.HandleFunc("POST /v1/poe/{port}/priority/{level}", func(w http.ResponseWriter, r *http.Request) {
+		poeAction(w, r, PoEPriority, r.PathValue("level"))
+	})
+	mux.HandleFunc("GET /v1/load", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, p.Load(r.Context()))
+	})
+	mux.HandleFunc("GET /v1/registrations", func(w http.ResponseWriter, r *http.Request) {
+		rs, err := p.Registrations(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if rs == nil {
+			rs = []Registration{}
+		}
+		writeJSON(w, rs)
 	})
 	s := &Server{
 		path: path,
@@ -251,8 +387,41 @@ func (c *Client) Neighbors(ctx context.Context) ([]Neighbor, error) {
 	return ns, c.get(ctx, "/v1/neighbors", &ns)
 }
 
+// PoE fetches the power manager's status.
+func (c *Client) PoE(ctx context.Context) (PoEStatus, error) {
+	var st PoEStatus
+	return st, c.get(ctx, "/v1/poe", &st)
+}
+
+// PoEAction asks for an action on a PoE port (arg: the priority for
+// PoEPriority) and returns the port afterwards.
+func (c *Client) PoEAction(ctx context.Context, port, action, arg string) (PoEPort, error) {
+	var p PoEPort
+	path := "/v1/poe/" + url.PathEscape(port) + "/" + url.PathEscape(action)
+	if action == PoEPriority {
+		path += "/" + url.PathEscape(arg)
+	}
+	return p, c.do(ctx, http.MethodPost, path, &p)
+}
+
+// Load fetches the services' queues.
+func (c *Client) Load(ctx context.Context) (Load, error) {
+	var l Load
+	return l, c.get(ctx, "/v1/load", &l)
+}
+
+// Registrations fetches the registration proxy's table.
+func (c *Client) Registrations(ctx context.Context) ([]Registration, error) {
+	var rs []Registration
+	return rs, c.get(ctx, "/v1/registrations", &rs)
+}
+
 func (c *Client) get(ctx context.Context, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://phoneboot"+path, nil)
+	return c.do(ctx, http.MethodGet, path, out)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://phoneboot"+path, nil)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -23,6 +24,8 @@ type fakeProvider struct {
 	st        Status
 	leases    []Lease
 	neighbors []Neighbor
+	poe       PoEStatus
+	regs      []Registration
 	err       error
 }
 
@@ -31,6 +34,27 @@ func (p fakeProvider) Status(context.Context) Status { return p.st }
 func (p fakeProvider) Leases(context.Context) ([]Lease, error) { return p.leases, p.err }
 
 func (p fakeProvider) Neighbors(context.Context) ([]Neighbor, error) { return p.neighbors, p.err }
+
+func (p fakeProvider) PoE(context.Context) (PoEStatus, error) { return p.poe, p.err }
+
+func (p fakeProvider) PoEAction(_ context.Context, port, action, arg string) (PoEPort, error) {
+	if p.err != nil {
+		return PoEPort{}, p.err
+	}
+	switch port {
+	case "swp1":
+		return PoEPort{Port: port, State: action + "d", Priority: arg}, nil
+	case "busy":
+		return PoEPort{}, errors.New("controller timeout")
+	}
+	return PoEPort{}, fmt.Errorf("%w: port %s", ErrNotFound, port)
+}
+
+func (p fakeProvider) Load(context.Context) Load {
+	return Load{DHCPBacklog: 3, TFTPActive: 2, ProxyQueued: 1}
+}
+
+func (p fakeProvider) Registrations(context.Context) ([]Registration, error) { return p.regs, p.err }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
@@ -587,5 +611,112 @@ func TestNeighbors(t *testing.T) {
 		{"some", fakeProvider{neighbors: want}, want, ""},
 		{"none", fakeProvider{}, []Neighbor{}, ""},
 		{"discovery off", fakeProvider{err: errors.New("discovery is not enabled")}, nil, "discovery is not enabled"},
+	})
+}
+
+func TestPoE(t *testing.T) {
+	want := PoEStatus{
+		Policy: "adaptive", Accounting: "class", BudgetMW: 370000, AllocatedMW: 22400, DrawnMW: 9100,
+		RequestsGranted: 3, RequestsRefused: 1, AdaptiveHolds: 12,
+		Ports: []PoEPort{
+			{Port: "swp1", State: "delivering", Class: 2, PowerMW: 6100, Enabled: true, Priority: "high", AllocatedMW: 7000, RequestedMW: 7000, GrantedMW: 7000},
+			{Port: "swp2", State: "disabled", Class: -1, Enabled: true, Priority: "low", Held: "not enough power budget"},
+		},
+	}
+	for _, tc := range []struct {
+		name    string
+		p       fakeProvider
+		want    PoEStatus
+		wantErr string
+	}{
+		{"some", fakeProvider{poe: want}, want, ""},
+		{"no ports", fakeProvider{poe: PoEStatus{Policy: "all"}}, PoEStatus{Policy: "all", Ports: []PoEPort{}}, ""},
+		{"power off", fakeProvider{err: fmt.Errorf("%w: power.backend is none", ErrUnavailable)}, PoEStatus{}, "503 Service Unavailable: not enabled on the daemon: power.backend is none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "c.sock")
+			s, err := NewServer(path, tc.p, discard())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			go s.Run(t.Context())
+			got, err := NewClient(path).PoE(t.Context())
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPoEActions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.sock")
+	s, err := NewServer(path, fakeProvider{}, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	go s.Run(t.Context())
+	c := NewClient(path)
+	for _, tc := range []struct {
+		port, action, arg string
+		want              PoEPort
+		wantErr           string
+	}{
+		{"swp1", PoEEnable, "", PoEPort{Port: "swp1", State: "enabled"}, ""},
+		{"swp1", PoEDisable, "", PoEPort{Port: "swp1", State: "disabled"}, ""},
+		{"swp1", PoECycle, "", PoEPort{Port: "swp1", State: "cycled"}, ""},
+		{"swp1", PoEPriority, "critical", PoEPort{Port: "swp1", State: "priorityd", Priority: "critical"}, ""},
+		{"swp9", PoEEnable, "", PoEPort{}, "404 Not Found: not found: port swp9"},
+		{"busy", PoECycle, "", PoEPort{}, "500 Internal Server Error: controller timeout"},
+		{"swp1", "explode", "", PoEPort{}, `404 Not Found: unknown PoE action "explode"`},
+		{"a/b", PoEEnable, "", PoEPort{}, "not found: port a/b"}, // escaped, reaches the provider whole
+	} {
+		t.Run(tc.port+" "+tc.action, func(t *testing.T) {
+			got, err := c.PoEAction(t.Context(), tc.port, tc.action, tc.arg)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	if code, _ := rawRequest(t, path, http.MethodGet, "/v1/poe/swp1/enable"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET of an action: %d, want 405", code)
+	}
+	l, err := c.Load(t.Context())
+	if err != nil || l != (Load{DHCPBacklog: 3, TFTPActive: 2, ProxyQueued: 1}) {
+		t.Errorf("Load = %+v, %v", l, err)
+	}
+}
+
+func TestRegistrations(t *testing.T) {
+	since := time.Unix(1_800_000_000, 5).UTC()
+	want := []Registration{
+		{Device: "SEP001E7A000001", Phone: "10.64.0.20:51000", CallManager: "cm1", Protocol: "sccp", State: "registered",
+			Since: since, DeviceType: 115, Load: "SCCP41.9-4-2SR3-1S", KeepAliveSeconds: 30},
+		{Phone: "10.64.0.21:40000", Protocol: "sccp-tls", State: "connected", CallManager: "cm2", Since: since},
+		{Phone: "10.64.0.22:40001", Protocol: "sip", State: "reading", Since: since},
+	}
+	checkList(t, (*Client).Registrations, []listCase[Registration]{
+		{"some", fakeProvider{regs: want}, want, ""},
+		{"none", fakeProvider{}, []Registration{}, ""},
+		{"proxy off", fakeProvider{err: errors.New("the registration proxy is not enabled")}, nil, "the registration proxy is not enabled"},
 	})
 }

@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -58,12 +59,21 @@ func TestLoadBindings(t *testing.T) {
 			}
 		}
 	}
-	// What an earlier run left: a client the store has since forgotten,
-	// one on a VLAN with no pool, and an outdated binding of a known one.
+	// What an earlier run left: a client the store has since forgotten
+	// with an address outside the pool, one on a VLAN with no pool, and
+	// an outdated binding of a known one; and what a run killed between
+	// the kernel's ACK and the store's commit leaves: ACKed clients the
+	// store lacks (adopted unless another client holds the address, or
+	// the lease ran out) or holds as offered (adopted).
+	lease1 := u32Addr(addrU32(ip("10.9.0.10")) + 1)
 	for _, b := range []fastpath.DHCPBinding{
 		{VLAN: 0, MAC: macN(50000), IP: ip("10.9.9.9"), Bound: true, Expires: now.Add(time.Hour)},
 		{VLAN: 7, MAC: macN(0), IP: ip("10.9.9.8"), Bound: true, Expires: now.Add(time.Hour)},
 		{VLAN: 0, MAC: macN(3), IP: ip("10.9.9.7")},
+		{VLAN: 0, MAC: macN(50001), IP: ip("10.9.7.200"), Bound: true, Expires: now.Add(time.Hour), Ifindex: 1},
+		{VLAN: 0, MAC: macN(1), IP: lease1, Bound: true, Expires: now.Add(2 * time.Hour), Ifindex: 1},
+		{VLAN: 0, MAC: macN(50002), IP: ip("10.9.0.10"), Bound: true, Expires: now.Add(time.Hour)},
+		{VLAN: 0, MAC: macN(50003), IP: ip("10.9.7.201"), Bound: true, Expires: now.Add(-time.Minute)},
 	} {
 		if err := tb.PutBinding(b); err != nil {
 			t.Fatal(err)
@@ -81,6 +91,9 @@ func TestLoadBindings(t *testing.T) {
 	}
 
 	for i := range n {
+		if i == 1 {
+			continue // adopted from the kernel: checked below
+		}
 		b, ok, err := tb.Binding(0, macN(i))
 		if err != nil || !ok {
 			t.Fatalf("lease %d: binding %v, %v", i, ok, err)
@@ -97,10 +110,26 @@ func TestLoadBindings(t *testing.T) {
 	for _, k := range []struct {
 		vlan uint16
 		mac  int
-	}{{0, 50000}, {7, 0}} {
+	}{{0, 50000}, {7, 0}, {0, 50002}, {0, 50003}} {
 		if _, ok, err := tb.Binding(k.vlan, macN(k.mac)); err != nil || ok {
 			t.Errorf("binding of VLAN %d MAC %v the store does not know: still there (%v)", k.vlan, macN(k.mac), err)
 		}
+	}
+	for _, a := range []struct {
+		mac     int
+		ip      netip.Addr
+		expires time.Time
+	}{{50001, ip("10.9.7.200"), now.Add(time.Hour)}, {1, lease1, now.Add(2 * time.Hour)}} {
+		l, err := store.ByMAC(ctx, "small", macN(a.mac))
+		if err != nil || l.IP != a.ip || l.State != lease.StateBound || l.Expires.Sub(a.expires).Abs() > time.Second || l.Port != "p1" {
+			t.Errorf("client %v the kernel ACKed: store has %+v (%v), want bound to %v until %v on p1", macN(a.mac), l, err, a.ip, a.expires)
+		}
+		if b, ok, err := tb.Binding(0, macN(a.mac)); err != nil || !ok || b.IP != a.ip || !b.Bound {
+			t.Errorf("client %v the kernel ACKed: binding %+v (%v, %v), want it kept", macN(a.mac), b, ok, err)
+		}
+	}
+	if l, err := store.ByIP(ctx, ip("10.9.0.10")); err != nil || !bytes.Equal(l.MAC, macN(0)) {
+		t.Errorf("10.9.0.10 is held by %+v, want still by %v", l, macN(0))
 	}
 }
 

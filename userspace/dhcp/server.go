@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -94,6 +95,7 @@ type Server struct {
 	poolID map[*Pool]uint32        // the pool's ID in the kernel's tables
 
 	kernelDrops atomic.Uint64
+	inFlight    atomic.Int64 // requests read and not yet answered
 }
 
 type phonePort struct {
@@ -236,14 +238,20 @@ func (s *Server) loadKernel(ctx context.Context) error {
 
 // loadBindings writes every lease the store holds into the kernel, live or
 // not (a lapsed one still sends its client's DISCOVER to userspace, for
-// its previous address), and removes bindings the store does not know.
-// It streams: bindings go to the kernel in batches as the store is read,
-// and what it remembers of each client is one uint64 (bindingKey).
+// its previous address), and removes bindings the store does not know,
+// except those the kernel acknowledged and the store never heard of: it
+// adopts them (see kernelAhead). It streams: bindings go to the kernel in
+// batches as the store is read, and what it remembers of each client is
+// one uint64 (bindingKey), besides the kernel's live bound clients.
 func (s *Server) loadBindings(ctx context.Context) error {
 	t := s.cfg.FastPath
+	ahead, err := s.kernelBound(time.Now())
+	if err != nil {
+		return err
+	}
 	var want []uint64
 	var batch fastpath.BindingBatch
-	err := s.h.store.Iterate(ctx, func(l lease.Lease) error {
+	err = s.h.store.Iterate(ctx, func(l lease.Lease) error {
 		p := s.h.byName[l.Pool]
 		if p == nil || len(l.MAC) != 6 {
 			return nil
@@ -259,7 +267,17 @@ func (s *Server) loadBindings(ctx context.Context) error {
 		if idx, ok := s.portIndex(l.Port); ok {
 			b.Ifindex = idx
 		}
-		want = append(want, bindingKey(b.VLAN, [6]byte(b.MAC)))
+		k := bindingKey(b.VLAN, [6]byte(b.MAC))
+		want = append(want, k)
+		if kb := ahead.find(k); kb != nil {
+			kb.inStore = true
+			// The kernel acknowledged more than the store holds: keep
+			// the kernel's binding, to be adopted below.
+			kb.adopt = !(b.Bound && b.IP == kb.ip && !b.Expires.Before(kb.expires.Add(-time.Second)))
+			if kb.adopt {
+				return nil
+			}
+		}
 		if err := batch.Add(b); err != nil {
 			return err
 		}
@@ -274,6 +292,11 @@ func (s *Server) loadBindings(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	adopted, err := s.adoptKernelLeases(ctx, ahead)
+	if err != nil {
+		return err
+	}
+	want = append(want, adopted...)
 	slices.Sort(want)
 	known := func(k uint64) bool { _, ok := slices.BinarySearch(want, k); return ok }
 	resv, err := s.h.store.Reservations(ctx)
@@ -304,8 +327,130 @@ func (s *Server) loadBindings(ctx context.Context) error {
 	return err
 }
 
+// kernelBinding is a live bound client in the kernel's binding map, as
+// loadBindings compares it with the store.
+type kernelBinding struct {
+	key     uint64 // bindingKey
+	ip      netip.Addr
+	expires time.Time
+	ifindex int
+	inStore bool // the store has a lease for the client
+	adopt   bool // ... which is behind the kernel's
+}
+
+// kernelAhead is the kernel's live bound clients, sorted by key. The
+// kernel acknowledges before the store commits: a daemon killed between
+// reading the ring buffer's events and committing them leaves ACKed
+// clients in the pinned map that the store lacks, or holds as offered.
+// Those phones use their addresses, so the next run adopts the kernel's
+// bindings rather than deleting them and handing the addresses out again.
+type kernelAhead []kernelBinding
+
+func (a kernelAhead) find(k uint64) *kernelBinding {
+	i, ok := slices.BinarySearchFunc(a, k, func(b kernelBinding, k uint64) int { return cmp.Compare(b.key, k) })
+	if !ok {
+		return nil
+	}
+	return &a[i]
+}
+
+// kernelBound reads the kernel's bound clients whose leases run past now.
+func (s *Server) kernelBound(now time.Time) (kernelAhead, error) {
+	var out kernelAhead
+	err := s.cfg.FastPath.WalkBindings(func(b fastpath.DHCPBinding) {
+		if b.Bound && b.Expires.After(now) {
+			out = append(out, kernelBinding{key: bindingKey(b.VLAN, [6]byte(b.MAC)), ip: b.IP, expires: b.Expires, ifindex: b.Ifindex})
+		}
+	})
+	slices.SortFunc(out, func(a, b kernelBinding) int { return cmp.Compare(a.key, b.key) })
+	return out, err
+}
+
+// adoptKernelLeases records in the store the kernel's bindings it lacks
+// or holds behind the kernel, where the pool allows the address, and
+// returns the keys of those it adopted that the store did not know. One
+// it cannot adopt (no pool, an address outside the range or reserved for
+// another client, or held by another client in the store) is deleted from
+// the kernel, so that the client's next request goes to the Go server,
+// which answers from the store.
+func (s *Server) adoptKernelLeases(ctx context.Context, ahead kernelAhead) ([]uint64, error) {
+	var ks []KernelLease
+	var keys []uint64
+	refused := 0
+	refuse := func(k KernelLease, why error) error {
+		refused++
+		if s.h.logs.allow("fastpath-adopt") {
+			s.log.Warn("fast path lease not adopted; its client is sent to the Go server", "mac", k.MAC.String(), "ip", k.IP, "vlan", k.VLAN, "error", why)
+		}
+		return s.cfg.FastPath.DeleteBinding(k.VLAN, k.MAC)
+	}
+	for i := range ahead {
+		kb := &ahead[i]
+		if kb.inStore && !kb.adopt {
+			continue
+		}
+		vlan, mac := unpackBindingKey(kb.key)
+		k := KernelLease{VLAN: vlan, MAC: mac, IP: kb.ip, Bound: true, Expires: kb.expires}
+		if p := s.byIdx[kb.ifindex]; p != nil {
+			k.Port = p.name
+		}
+		p := s.h.byVLAN[vlan]
+		switch {
+		case p == nil:
+			err := refuse(k, fmt.Errorf("no pool for VLAN %d", vlan))
+			if err != nil {
+				return nil, err
+			}
+			continue
+		case p.reservedForOther(kb.ip, mac) || !(p.inRange(kb.ip) || reservedIs(p, mac, kb.ip)):
+			if err := refuse(k, fmt.Errorf("address not in pool %s for this client", p.Name())); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		ks = append(ks, k)
+		keys = append(keys, kb.key)
+	}
+	if len(ks) == 0 {
+		return nil, nil // the usual start: nothing to commit
+	}
+	var newKeys []uint64
+	adopted := 0
+	for i, err := range s.h.RecordKernelLeases(ctx, ks) {
+		if err != nil {
+			if err := refuse(ks[i], err); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		adopted++
+		if !ahead.find(keys[i]).inStore {
+			newKeys = append(newKeys, keys[i])
+		}
+	}
+	if adopted > 0 || refused > 0 {
+		s.log.Info("fast path leases the store lacked at start", "adopted", adopted, "refused", refused)
+	}
+	return newKeys, nil
+}
+
 // bindingBatch is how many bindings loadBindings hands the kernel at once.
 const bindingBatch = 256
+
+// reservedIs reports whether ip is the address reserved for mac in p.
+func reservedIs(p *Pool, mac net.HardwareAddr, ip netip.Addr) bool {
+	r, ok := p.reservedFor(mac)
+	return ok && r == ip
+}
+
+// unpackBindingKey is bindingKey's inverse.
+func unpackBindingKey(k uint64) (vlan uint16, mac net.HardwareAddr) {
+	mac = make(net.HardwareAddr, 6)
+	for i := range mac {
+		mac[i] = byte(k >> (40 - 8*i))
+	}
+	return uint16(k >> 48), mac
+}
 
 // bindingKey packs a binding's VLAN and MAC into one comparable word.
 func bindingKey(vlan uint16, mac [6]byte) uint64 {
@@ -571,7 +716,9 @@ func (s *Server) serve(ctx, hctx context.Context, p *phonePort) error {
 			continue
 		}
 		req.Received = time.Now()
+		s.inFlight.Add(1)
 		rep, out := s.h.Handle(hctx, req)
+		s.inFlight.Add(-1)
 		if out.Action == Answered {
 			if err := p.conn.Write(EncodeFrame(p.mac, rep)); err != nil {
 				s.log.Warn("dhcp send", "port", p.name, "error", err)
@@ -661,6 +808,20 @@ func (s *Server) collectSocketStats() {
 // SocketDrops counts requests the kernel dropped because a socket's
 // receive buffer was full (sampled every ReclaimEvery).
 func (s *Server) SocketDrops() uint64 { return s.kernelDrops.Load() }
+
+// Backlog is the work the server has in hand: requests waiting in the
+// ports' receive queues plus those being handled. The fast path's answers
+// never reach it. It is what the power manager's adaptive policy paces
+// the storm by.
+func (s *Server) Backlog() int {
+	n := int(s.inFlight.Load())
+	for _, p := range s.ports {
+		if q, err := p.conn.Queued(); err == nil {
+			n += q
+		}
+	}
+	return n
+}
 
 // Handler is the protocol engine behind the server.
 func (s *Server) Handler() *Handler { return s.h }

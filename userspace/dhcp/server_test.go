@@ -376,6 +376,40 @@ func TestServerDropsStaleRequests(t *testing.T) {
 	}
 }
 
+// TestServerBacklog: requests that arrive while nobody reads count in the
+// backlog until the server has answered them.
+func TestServerBacklog(t *testing.T) {
+	e := newUserEnv(t, lease.NewMemory(), time.Minute)
+	if n := e.srv.Backlog(); n != 0 {
+		t.Fatalf("Backlog = %d before any request", n)
+	}
+	const sent = 7
+	for i := range sent {
+		e.discover(t, i)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.srv.Backlog() != sent {
+		if time.Now().After(deadline) {
+			t.Fatalf("Backlog = %d, want the %d requests nobody read yet", e.srv.Backlog(), sent)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Run(ctx) }()
+	waitStats(t, e.srv.Handler(), func(st Stats) bool { return st.Offers == sent })
+	// The last answer is counted just before its handler returns.
+	for deadline := time.Now().Add(5 * time.Second); e.srv.Backlog() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Backlog = %d after every request was answered", e.srv.Backlog())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestServerStopsInOrder: stopped in the middle of a burst, the server
 // finishes what it is handling, answers it, and logs no warning.
 func TestServerStopsInOrder(t *testing.T) {

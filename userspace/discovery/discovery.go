@@ -46,6 +46,14 @@ type Config struct {
 	// OnNeighbor, if set, is called with each neighbour heard, after the
 	// table has it (from the port's reading goroutine: keep it short).
 	OnNeighbor func(neighbor.Neighbor)
+	// PowerRequest, if set, decides a powered device's request on a PoE
+	// port (CDP Power Requested; LLDP-MED Extended Power-via-MDI sent as
+	// a PD): it gets the levels in mW, most preferred first, and returns
+	// the power available to the port, which the port advertises from
+	// then on (at once when it changed, and always in answer to a new CDP
+	// request). It is asked once per new request, from the port's reading
+	// goroutine: keep it short.
+	PowerRequest func(port string, levelsMW []uint32) (availableMW uint32)
 }
 
 // Stats counts frames; every frame read lands in exactly one Rx counter.
@@ -92,7 +100,10 @@ type port struct {
 	cdp     *cdp.Port  // nil: CDP not advertised
 	lldpP   *lldp.Port // nil: LLDP not advertised
 	up      bool       // the link's last known operational state
-	buf     []byte
+	// lldpPowerMW is the last LLDP-MED power request heard, so that a
+	// request repeated in every LLDPDU is decided once.
+	lldpPowerMW uint32
+	buf         []byte
 }
 
 // New opens the ports' raw sockets and subscribes to link changes, in the
@@ -233,6 +244,9 @@ func (s *Service) Run(ctx context.Context) error {
 			if was && !up && p.cdp != nil {
 				p.cdp.LinkDown()
 			}
+			if was && !up {
+				p.lldpPowerMW = 0 // the next device asks afresh
+			}
 			p.mu.Unlock()
 			if up && !was {
 				s.advertise(p, "link up")
@@ -334,6 +348,9 @@ func (s *Service) onCDP(p *port, frame []byte) {
 	s.heard(m.Neighbor(p.name))
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.cdp != nil && s.cfg.PowerRequest != nil && p.cdp.NewPowerRequest(m) {
+		p.cdp.SetPowerAvailable(s.cfg.PowerRequest(p.name, m.PowerRequested.MilliWatts))
+	}
 	if p.cdp != nil && p.cdp.Receive(m) {
 		s.stats.immediate.Add(1)
 		s.send(p, p.cdpConn, p.cdp.Advertisement(), "query")
@@ -349,6 +366,21 @@ func (s *Service) onLLDP(p *port, frame []byte) {
 	}
 	s.stats.lldpReceived.Add(1)
 	s.heard(m.Neighbor(p.name))
+	ep := m.ExtendedPower
+	if ep == nil || ep.Type != lldp.PowerPD || s.cfg.PowerRequest == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	mw := ep.MilliWatts()
+	if p.lldpP == nil || mw == 0 || mw == p.lldpPowerMW {
+		return
+	}
+	p.lldpPowerMW = mw
+	if p.lldpP.SetPowerAvailable(s.cfg.PowerRequest(p.name, []uint32{mw})) {
+		s.stats.immediate.Add(1)
+		s.send(p, p.lldp, p.lldpP.Advertisement(), "power request")
+	}
 }
 
 func (s *Service) heard(n neighbor.Neighbor) {

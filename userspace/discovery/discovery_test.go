@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -237,6 +238,92 @@ func TestNewFailsAsAWhole(t *testing.T) {
 	}
 	if _, err := New(Config{}, privtest.Logger(t)); err == nil {
 		t.Error("New without a neighbour table succeeded")
+	}
+}
+
+// TestPowerRequests: a phone's power request, over CDP and over LLDP-MED,
+// is decided by Config.PowerRequest once per request, and the answer is
+// advertised at once.
+func TestPowerRequests(t *testing.T) {
+	app, phoneNS := privtest.VethPair(t, "swp1", "eth0")
+	if err := phoneNS.SetUp("eth0"); err != nil {
+		t.Fatal(err)
+	}
+	ph := newPhoneSide(t, phoneNS)
+	type ask struct {
+		port   string
+		levels []uint32
+	}
+	asked := make(chan ask, 16)
+	cfg := Config{
+		Ports: []PortConfig{{
+			Name: "swp1",
+			CDP:  &cdp.PortConfig{DeviceID: "phoneboot", PortID: "swp1", PoE: true, PowerAvailableMW: 15400},
+			LLDP: &lldp.PortConfig{ChassisMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, PortName: "swp1", PoE: true, PowerAvailableMW: 15400},
+		}},
+		Interval:  time.Hour,
+		Neighbors: neighbor.NewTable(nil, 0),
+		// The budget grants the second level asked for, or the one level.
+		PowerRequest: func(port string, levels []uint32) uint32 {
+			asked <- ask{port, levels}
+			return levels[len(levels)-1]
+		},
+	}
+	var s *Service
+	if err := app.Do(func() (err error) { s, err = New(cfg, privtest.Logger(t)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	next(t, ph.cdp, cdp.Decode)
+	next(t, ph.lldp, lldp.Decode)
+
+	req := &cdp.Message{Source: ph.mac, Version: cdp.Version, TTL: 180, DeviceID: "SEP" + macHex(ph.mac), PortID: "Port 1",
+		PowerRequested: &cdp.PowerRequest{RequestID: 7, ManagementID: 1, MilliWatts: []uint32{25500, 12950}}}
+	frame, err := req.AppendFrame(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the same request twice: decided once, acknowledged once
+		if err := ph.cdp.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := <-asked; a.port != "swp1" || fmt.Sprint(a.levels) != "[25500 12950]" {
+		t.Errorf("CDP request asked as %+v", a)
+	}
+	ans := next(t, ph.cdp, cdp.Decode)
+	if pa := ans.PowerAvailable; pa == nil || pa.RequestID != 7 || pa.MilliWatts != 12950 {
+		t.Errorf("Power Available %+v, want request 7 granted 12950 mW", ans.PowerAvailable)
+	}
+	quiet(t, ph.cdp, 300*time.Millisecond)
+
+	lm := &lldp.Message{
+		Source: ph.mac, ChassisID: lldp.ChassisID{Subtype: lldp.ChassisMAC, ID: ph.mac},
+		PortID: lldp.PortID{Subtype: lldp.PortMAC, ID: ph.mac}, TTL: 180,
+		ExtendedPower: &lldp.ExtendedPower{Type: lldp.PowerPD, Source: lldp.PowerSourcePSE, Priority: lldp.PriorityHigh, DeciWatts: 64},
+	}
+	if frame, err = lm.AppendFrame(nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := ph.lldp.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := <-asked; fmt.Sprint(a.levels) != "[6400]" {
+		t.Errorf("LLDP request asked as %+v", a)
+	}
+	if m := next(t, ph.lldp, lldp.Decode); m.ExtendedPower == nil || m.ExtendedPower.MilliWatts() != 6400 || m.ExtendedPower.Type != lldp.PowerPSE {
+		t.Errorf("LLDP answer %+v, want a PSE offering 6.4 W", m.ExtendedPower)
+	}
+	quiet(t, ph.lldp, 300*time.Millisecond)
+	select {
+	case a := <-asked:
+		t.Errorf("a repeated request was decided again: %+v", a)
+	default:
 	}
 }
 

@@ -448,36 +448,54 @@ func (t *DHCPTables) Binding(vlan uint16, mac net.HardwareAddr) (DHCPBinding, bo
 	}, true, nil
 }
 
-// PruneBindings deletes every binding for which keep returns false and
-// returns how many it deleted. It reads the map a chunk at a time, so a
-// map of a hundred thousand bindings is never copied into memory, and in
-// a hundred system calls rather than one per binding.
-func (t *DHCPTables) PruneBindings(keep func(vlan uint16, mac [6]byte) bool) (int, error) {
-	m := t.objs.PbDhcpBindings
+// WalkBindings calls fn with every binding the kernel holds. It reads the
+// map a chunk at a time, so a map of a hundred thousand bindings is never
+// copied into memory, and in a hundred system calls rather than one per
+// binding. fn must not change the map (that would disturb the kernel's
+// walk of its buckets) and must copy b.MAC to keep it.
+func (t *DHCPTables) WalkBindings(fn func(b DHCPBinding)) error {
 	const chunk = 1024 // far more than a hash bucket holds, which batch lookups need
 	keys := make([]phonePortPbDhcpBindingKey, chunk)
 	vals := make([]phonePortPbDhcpBinding, chunk)
-	// Deleting while reading would disturb the kernel's walk of its
-	// buckets, so the walk comes first; the bindings to drop are the few
-	// the store no longer knows.
-	var drop []phonePortPbDhcpBindingKey
+	mac := make(net.HardwareAddr, 6)
+	bootWall := time.Now().Add(-bootNow())
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for _, k := range keys[:n] {
-			if !keep(k.Vlan, k.Mac) {
-				drop = append(drop, k)
-			}
+		n, err := t.objs.PbDhcpBindings.BatchLookup(&cursor, keys, vals, nil)
+		for i, k := range keys[:n] {
+			v := vals[i]
+			copy(mac, k.Mac[:])
+			fn(DHCPBinding{
+				VLAN: k.Vlan, MAC: mac, IP: nativeIP4(v.Ip),
+				Bound:   v.State == uint32(phonePortPbDhcpStatePB_DHCP_BOUND),
+				Expires: bootWall.Add(time.Duration(v.ExpiresNs)), Ifindex: int(v.Ifindex),
+			})
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
+			return nil
 		}
 		if err != nil {
-			return 0, fmt.Errorf("dhcp fast path: reading the bindings: %w", err)
+			return fmt.Errorf("dhcp fast path: reading the bindings: %w", err)
 		}
 	}
+}
+
+// PruneBindings deletes every binding for which keep returns false and
+// returns how many it deleted.
+func (t *DHCPTables) PruneBindings(keep func(vlan uint16, mac [6]byte) bool) (int, error) {
+	// The walk comes first, then the deletes: the bindings to drop are
+	// the few the store no longer knows.
+	var drop []phonePortPbDhcpBindingKey
+	err := t.WalkBindings(func(b DHCPBinding) {
+		if !keep(b.VLAN, [6]byte(b.MAC)) {
+			drop = append(drop, phonePortPbDhcpBindingKey{Vlan: b.VLAN, Mac: [6]byte(b.MAC)})
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
 	if len(drop) > 0 {
-		if _, err := m.BatchDelete(drop, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if _, err := t.objs.PbDhcpBindings.BatchDelete(drop, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, fmt.Errorf("dhcp fast path: deleting %d bindings: %w", len(drop), err)
 		}
 	}

@@ -32,6 +32,9 @@ type LoadSample struct {
 	HTTPMBPerS        float64 // HTTP 6970 payload served
 	RegistrationsPerS float64 // registrations acknowledged through the proxy
 	PowerW            float64 // power drawn on the ports, the sample's end
+	// The services' queues at the sample's end (the adaptive power
+	// policy's signals).
+	DHCPBacklog, TFTPActive, ProxyQueued int
 }
 
 // loadMetric is one plotted quantity of a LoadSample.

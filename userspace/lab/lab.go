@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,11 +40,14 @@ type Options struct {
 	Phones       int
 	Ports        int // 0: one per phone, at most 48
 	PowerPolicy  string
-	Stagger      time.Duration // interval between stagger steps
-	StaggerPorts int           // ports powered per stagger step
+	Stagger      time.Duration // interval between stagger and adaptive steps
+	StaggerPorts int           // ports powered per stagger or adaptive step
 	TimeScale    float64       // multiplies every simulated delay
 	Timeout      time.Duration // the storm's limit; phones not done by then fail
 	NoXDP        bool
+	// Adaptive overrides the agent's thresholds of the adaptive power
+	// policy; nil keeps its defaults.
+	Adaptive *agent.AdaptiveConfig
 	// VoiceVLANs is how many voice VLANs the ports are spread over (port i
 	// gets VLAN 100+i%VoiceVLANs, each with its own DHCP pool; at most one
 	// per port); 0 leaves the phones untagged. VLANs need the fast path:
@@ -92,10 +96,11 @@ func (o *Options) normalize() error {
 	if o.Ports > o.Phones {
 		return fmt.Errorf("--ports %d: more ports than --phones %d leaves ports without a phone", o.Ports, o.Phones)
 	}
-	switch o.PowerPolicy {
-	case "all", "stagger":
-	default:
-		return fmt.Errorf("--power-policy %q: must be all or stagger", o.PowerPolicy)
+	if !slices.Contains(powerPolicies, o.PowerPolicy) {
+		return fmt.Errorf("--power-policy %q: must be all, stagger or adaptive", o.PowerPolicy)
+	}
+	if a := o.Adaptive; a != nil && (a.DHCPBacklog < 0 || a.TFTPActive < 0 || a.ProxyQueued < 0) {
+		return fmt.Errorf("--adaptive-* thresholds must not be negative (0 ignores the signal): %+v", *a)
 	}
 	if o.Stagger < 0 || o.Stagger > time.Minute {
 		return fmt.Errorf("--stagger %s: must be 0 to 1m", o.Stagger)
@@ -140,6 +145,10 @@ func (o *Options) normalize() error {
 	}
 	return nil
 }
+
+// loadSampleEvery is how often the lab samples the appliance's counters
+// for the report's load plots: fine enough to show a storm of a second.
+const loadSampleEvery = 50 * time.Millisecond
 
 var labIDPattern = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
 
@@ -255,6 +264,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	// wait for power while the agent comes up, so the power phase includes
 	// the agent's own start-up.
 	start := time.Now()
+	sampler := newLoadSampler(l.appNS, labMetricsListen, loadSampleEvery)
+	sampleCtx, stopSampling := context.WithCancel(stormCtx)
+	sampled := make(chan struct{})
+	go func() { defer close(sampled); sampler.run(sampleCtx, start) }()
+	defer stopSampling()
 	var wg sync.WaitGroup
 	for _, ph := range phones {
 		wg.Add(1)
@@ -277,6 +291,8 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	l.waitShowingProgress(&wg, rec, names, start)
 	wall := time.Since(start)
+	stopSampling()
+	<-sampled
 
 	mode := "xdp"
 	if o.NoXDP {
@@ -286,6 +302,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	rep.provisioned = l.provisionSummary(phones)
 	rep.agentCounters = l.readAgentCounters(ctx)
 	l.logAgentMetrics(ctx)
+	rep.Series.Load = sampler.samples
+	rep.PowerPolicy, rep.PeakLoad = o.PowerPolicy, peakLoad(sampler.samples)
+	if !rec.lastDone.IsZero() {
+		rep.AllDoneSeconds = rec.lastDone.Sub(start).Seconds()
+	}
 	if err := l.stopAgent(); err != nil {
 		return rep, err
 	}
@@ -531,18 +552,11 @@ func (l *lab) watchPower(ctx context.Context) error {
 func (l *lab) agentConfig() agent.Config {
 	cfg := agent.DefaultConfig()
 	cfg.Control.Socket = filepath.Join(l.runDir, "control.sock")
-	// On the appliance namespace's loopback: only the lab reads it, at the
-	// end of the storm.
-	cfg.Metrics.Listen = agentMetricsAddr
+	cfg.Metrics.Listen = labMetricsListen // the lab samples the appliance's load there
 	cfg.FastPath.Enabled = !l.o.NoXDP
 	cfg.FastPath.PinDir = l.pinDir
 	cfg.FastPath.DetachOnStop = true
-	cfg.Power.Backend = "lab"
-	cfg.Power.Policy = l.o.PowerPolicy
-	cfg.Power.StaggerPorts = l.o.StaggerPorts
-	cfg.Power.StaggerInterval = agent.Duration(l.o.Stagger)
-	// A real PSE spends a few hundred ms detecting and classifying.
-	cfg.Power.DetectDelay = agent.Duration(time.Duration(float64(300*time.Millisecond) * l.o.TimeScale))
+	l.applyPower(&cfg)
 	// A pool per voice VLAN (one untagged pool without VLANs); in each the
 	// appliance is .1 and the TFTP server phones are sent to.
 	cfg.DHCP.Enabled = true
@@ -651,8 +665,6 @@ func (l *lab) readAgentCounters(ctx context.Context) map[string]uint64 {
 	return counters
 }
 
-const agentMetricsAddr = "127.0.0.1:9617"
-
 // agentMetricsShown are the metric families logged at the end of a storm
 // (--verbose): how the file servers and the DHCP server fared.
 var agentMetricsShown = regexp.MustCompile(`^phoneboot_(tftp|http|dhcp_(dropped|silent|socket_drops|sent))_`)
@@ -674,7 +686,7 @@ func (l *lab) logAgentMetrics(ctx context.Context) {
 		},
 	}}
 	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentMetricsAddr+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+labMetricsListen+"/metrics", nil)
 	if err != nil {
 		return
 	}

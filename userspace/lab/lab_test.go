@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
@@ -142,12 +143,16 @@ func TestLabStorm(t *testing.T) {
 					t.Errorf("agent counters %v: want at least 96 frames untagged and 96 tagged, none dropped", c)
 				}
 			}
+			if rep.PowerPolicy != "all" || rep.AllDoneSeconds <= 0 || rep.AllDoneSeconds > rep.WallSeconds || rep.PeakLoad.Samples == 0 {
+				t.Errorf("power summary: policy %q, all done after %.3fs of %.3fs, %d load samples", rep.PowerPolicy, rep.AllDoneSeconds, rep.WallSeconds, rep.PeakLoad.Samples)
+			}
 			// The shortest model boots in 18 s; at time scale 0.01 with
 			// -10% jitter no phone can boot in under 162 ms.
 			if boot := rep.Phases[1]; boot.P50ms < 162 {
 				t.Errorf("boot p50 %.1f ms is shorter than any model's scaled boot time", boot.P50ms)
 			}
 			checkJSONSchema(t, o.JSONPath)
+			checkLoadSampled(t, rep.Series.Load, noXDP)
 			page, err := os.ReadFile(o.HTMLPath)
 			if err != nil {
 				t.Fatal(err)
@@ -180,7 +185,7 @@ func checkJSONSchema(t *testing.T, path string) {
 		slices.Sort(k)
 		return k
 	}
-	if got, want := keys(top), []string{"completed", "failed", "failures", "mode", "phases", "phones", "ports", "wall_seconds"}; !reflect.DeepEqual(got, want) {
+	if got, want := keys(top), []string{"all_done_seconds", "completed", "failed", "failures", "mode", "peak_load", "phases", "phones", "ports", "power_policy", "wall_seconds"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("report keys %v, want %v", got, want)
 	}
 	phases, _ := top["phases"].([]any)
@@ -192,6 +197,10 @@ func checkJSONSchema(t *testing.T, path string) {
 		if got, want := keys(pm), []string{"done", "failed", "max_ms", "name", "p50_ms", "p95_ms", "p99_ms"}; !reflect.DeepEqual(got, want) {
 			t.Errorf("phase keys %v, want %v", got, want)
 		}
+	}
+	peak, _ := top["peak_load"].(map[string]any)
+	if got, want := keys(peak), []string{"dhcp_backlog", "proxy_queued", "samples", "tftp_active"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("peak_load keys %v, want %v", got, want)
 	}
 	if _, ok := top["failures"].([]any); !ok {
 		t.Errorf("failures is %T, want a list (empty, not null)", top["failures"])
@@ -245,6 +254,50 @@ func TestLabStaggerPacesPower(t *testing.T) {
 	}
 }
 
+// TestLabAdaptive: the adaptive policy powers every port and reports the
+// load it paced by. A DHCP backlog threshold of 1 holds a step whenever the
+// Go server has a request in hand (the storm runs without the fast path,
+// so every request is Go's).
+func TestLabAdaptive(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 16, 8
+	o.NoXDP = true
+	o.PowerPolicy = "adaptive"
+	o.StaggerPorts = 2
+	o.Stagger = 20 * time.Millisecond
+	o.Adaptive = &agent.AdaptiveConfig{DHCPBacklog: 1, MaxHold: agent.Duration(time.Second)}
+	rep, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 16 || rep.PowerPolicy != "adaptive" || rep.PeakLoad.Samples == 0 {
+		t.Errorf("report %+v", rep)
+	}
+	// 8 ports, 2 per step: at least 3 steps after the first.
+	if power := rep.Phases[0]; power.MaxMs < 60 {
+		t.Errorf("power max %.1f ms: 4 steps 20 ms apart take at least 60 ms", power.MaxMs)
+	}
+	checkJSONSchema(t, o.JSONPath)
+}
+
+func TestReportPowerSummary(t *testing.T) {
+	rep := Report{Phones: 3, Completed: 3, PowerPolicy: "stagger", AllDoneSeconds: 4.25,
+		PeakLoad: PeakLoad{DHCPBacklog: 12, TFTPActive: 30, ProxyQueued: 2, Samples: 420}}
+	var b strings.Builder
+	rep.writePowerSummary(&b)
+	if want := "power policy stagger: every phone done after 4.2s; peak load: DHCP backlog 12, TFTP transfers 30, proxy queue 2 (420 samples)\n"; b.String() != want {
+		t.Errorf("summary %q, want %q", b.String(), want)
+	}
+	rep.Completed = 2
+	b.Reset()
+	rep.writePowerSummary(&b)
+	if !strings.Contains(b.String(), "not every phone completed") {
+		t.Errorf("summary with a failed phone: %q", b.String())
+	}
+}
+
 func TestLabInterrupted(t *testing.T) {
 	privtest.Require(t)
 	o := testOptions(t)
@@ -293,7 +346,8 @@ func TestOptionsValidation(t *testing.T) {
 		{"too many phones", func(o *Options) { o.Phones = 100001 }, "--phones 100001: must be 1 to 100000"},
 		{"more ports than phones", func(o *Options) { o.Ports = 11 }, "--ports 11: more ports than --phones 10"},
 		{"negative ports", func(o *Options) { o.Ports = -1 }, "--ports -1: must be 1 to 1024"},
-		{"bad policy", func(o *Options) { o.PowerPolicy = "random" }, `--power-policy "random": must be all or stagger`},
+		{"bad policy", func(o *Options) { o.PowerPolicy = "random" }, `--power-policy "random": must be all, stagger or adaptive`},
+		{"negative threshold", func(o *Options) { o.Adaptive = &agent.AdaptiveConfig{DHCPBacklog: -1} }, "--adaptive-* thresholds must not be negative"},
 		{"zero time scale", func(o *Options) { o.TimeScale = 0 }, "--time-scale 0: must be above 0"},
 		{"negative stagger", func(o *Options) { o.Stagger = -time.Second }, "--stagger -1s: must be 0 to 1m"},
 		{"zero stagger ports", func(o *Options) { o.StaggerPorts = 0 }, "--stagger-ports 0: must be at least 1"},
@@ -408,5 +462,24 @@ func TestPickUpgraders(t *testing.T) {
 	}
 	if c := pickUpgraders(phones, 0.1, 8); slices.Equal(a, c) {
 		t.Error("another seed picks the same phones")
+	}
+}
+
+// checkLoadSampled: the lab sampled the agent's counters during the storm,
+// and the DHCP answers show up on the path that gave them.
+func checkLoadSampled(t *testing.T, load []LoadSample, noXDP bool) {
+	t.Helper()
+	var fast, slow, power float64
+	for _, s := range load {
+		fast, slow, power = max(fast, s.DHCPFastPerS), max(slow, s.DHCPGoPerS), max(power, s.PowerW)
+	}
+	if len(load) < 2 || power <= 0 {
+		t.Errorf("%d load samples, peak power %.1f W; want samples and power drawn", len(load), power)
+	}
+	if noXDP && (fast != 0 || slow <= 0) {
+		t.Errorf("without XDP: peak fast path %.0f/s, Go %.0f/s; want only Go answers", fast, slow)
+	}
+	if !noXDP && fast <= 0 {
+		t.Errorf("with XDP: no fast-path answers sampled (Go %.0f/s)", slow)
 	}
 }

@@ -25,6 +25,12 @@ type Report struct {
 	Failed      int           `json:"failed"`
 	Phases      []PhaseReport `json:"phases"`
 	Failures    []Failure     `json:"failures"`
+	// PowerPolicy is how the ports were powered; AllDoneSeconds when the
+	// last phone completed, from the storm's start; PeakLoad the most the
+	// services had queued meanwhile.
+	PowerPolicy    string   `json:"power_policy"`
+	AllDoneSeconds float64  `json:"all_done_seconds"`
+	PeakLoad       PeakLoad `json:"peak_load"`
 	// Label names the run in a report that compares runs (the HTML
 	// report's columns); empty for a single run.
 	Label string `json:"label,omitempty"`
@@ -66,6 +72,7 @@ type recorder struct {
 	failed    map[string]int
 	failures  []Failure
 	completed int
+	lastDone  time.Time // when the last phone completed
 }
 
 func newRecorder(phases []string) *recorder {
@@ -91,6 +98,7 @@ func (r *recorder) fail(phone, phase string, err error) {
 func (r *recorder) complete() {
 	r.mu.Lock()
 	r.completed++
+	r.lastDone = time.Now()
 	r.mu.Unlock()
 }
 
@@ -174,6 +182,7 @@ func (rep Report) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	rep.writePowerSummary(w)
 	if u := rep.provisioned; u.OwnConfig+u.DefaultConfig > 0 {
 		fmt.Fprintf(w, "config: %d phones from SEP<MAC>.cnf.xml, %d from XMLDefault.cnf.xml\n", u.OwnConfig, u.DefaultConfig)
 		fmt.Fprintf(w, "firmware: %d of %d phones that booted an older load upgraded, %.1f MB fetched and checked\n",

@@ -18,6 +18,9 @@ type LabPort struct {
 	Netns string
 	Link  string
 	Class int
+	// DrawMW is what the phone draws once powered; 0: the most its class
+	// allows (ClassDrawMW).
+	DrawMW int
 }
 
 // Lab is a simulated PSE for `phoneboot lab`. Enabling a port waits the
@@ -35,9 +38,10 @@ type Lab struct {
 }
 
 type labPort struct {
-	cfg    LabPort
-	status PortStatus
-	cancel context.CancelFunc // pending power-up, if any
+	cfg     LabPort
+	status  PortStatus
+	limitMW int
+	cancel  context.CancelFunc // pending power-up, if any
 }
 
 // NewLab makes the simulated PSE for the given ports.
@@ -46,6 +50,12 @@ func NewLab(ports map[string]LabPort, detectDelay time.Duration, log *slog.Logge
 	for name, p := range ports {
 		if p.Class < 0 || p.Class >= len(ClassPowerMW) {
 			return nil, fmt.Errorf("lab port %s: class %d is not 0-4", name, p.Class)
+		}
+		if p.DrawMW < 0 || p.DrawMW > ClassPowerMW[p.Class] {
+			return nil, fmt.Errorf("lab port %s: draw %d mW is outside 0 to the %d mW class %d allows", name, p.DrawMW, ClassPowerMW[p.Class], p.Class)
+		}
+		if p.DrawMW == 0 {
+			p.DrawMW = ClassDrawMW[p.Class]
 		}
 		l.ports[name] = &labPort{cfg: p, status: PortStatus{Port: name, State: StateDisabled, Class: -1}}
 	}
@@ -78,7 +88,7 @@ func (l *Lab) Enable(ctx context.Context, port string) error {
 	if p.status.State == StateSearching || p.status.State == StateDelivering {
 		return nil
 	}
-	p.status = PortStatus{Port: port, State: StateSearching, Class: -1}
+	p.status = PortStatus{Port: port, State: StateSearching, Class: -1, LimitMW: p.limitMW}
 	pctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	l.wg.Add(1)
@@ -91,6 +101,16 @@ func (l *Lab) Enable(ctx context.Context, port string) error {
 			return
 		case <-t.C:
 		}
+		l.mu.Lock()
+		if limit := p.limitMW; limit > 0 && p.cfg.DrawMW > limit {
+			// A PSE cuts a port whose device draws past its limit.
+			p.cancel = nil
+			p.status = PortStatus{Port: port, State: StateFault, Class: p.cfg.Class, LimitMW: limit,
+				Fault: fmt.Sprintf("overload: the device draws %d mW, over the %d mW limit", p.cfg.DrawMW, limit)}
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Unlock()
 		began := time.Now()
 		err := setLink(p.cfg, true)
 		l.mu.Lock()
@@ -100,11 +120,11 @@ func (l *Lab) Enable(ctx context.Context, port string) error {
 		}
 		p.cancel = nil
 		if err != nil {
-			p.status = PortStatus{Port: port, State: StateFault, Class: -1, Fault: err.Error()}
+			p.status = PortStatus{Port: port, State: StateFault, Class: -1, LimitMW: p.limitMW, Fault: err.Error()}
 			l.log.Warn("lab PSE could not power port", "port", port, "error", err)
 			return
 		}
-		p.status = PortStatus{Port: port, State: StateDelivering, Class: p.cfg.Class, PowerMW: ClassPowerMW[p.cfg.Class]}
+		p.status = PortStatus{Port: port, State: StateDelivering, Class: p.cfg.Class, PowerMW: p.cfg.DrawMW, LimitMW: p.limitMW}
 		l.log.Info("port powered", "port", port, "class", p.cfg.Class, "linkUpTook", time.Since(began))
 	}()
 	return nil
@@ -122,11 +142,58 @@ func (l *Lab) Disable(ctx context.Context, port string) error {
 		p.cancel()
 		p.cancel = nil
 	}
-	p.status = PortStatus{Port: port, State: StateDisabled, Class: -1}
+	p.status = PortStatus{Port: port, State: StateDisabled, Class: -1, LimitMW: p.limitMW}
 	cfg := p.cfg
 	l.mu.Unlock()
 	return setLink(cfg, false)
 }
+
+// PowerCycle takes the port's power away for off, then gives it back.
+func (l *Lab) PowerCycle(ctx context.Context, port string, off time.Duration) error {
+	return cycle(ctx, l, port, off)
+}
+
+// SetLimit sets the port's power limit; a phone drawing more than it is
+// cut off, now or when it is next powered.
+func (l *Lab) SetLimit(ctx context.Context, port string, mw int) error {
+	if mw < 0 || mw > maxPortMW {
+		return fmt.Errorf("lab port %s: limit %d mW out of range", port, mw)
+	}
+	l.mu.Lock()
+	p, ok := l.ports[port]
+	if !ok {
+		l.mu.Unlock()
+		return fmt.Errorf("%w %q", ErrUnknownPort, port)
+	}
+	p.limitMW = mw
+	p.status.LimitMW = mw
+	over := p.status.State == StateDelivering && mw > 0 && p.cfg.DrawMW > mw
+	if over {
+		p.status = PortStatus{Port: port, State: StateFault, Class: p.cfg.Class, LimitMW: mw,
+			Fault: fmt.Sprintf("overload: the device draws %d mW, over the %d mW limit", p.cfg.DrawMW, mw)}
+	}
+	cfg := p.cfg
+	l.mu.Unlock()
+	if over {
+		return setLink(cfg, false)
+	}
+	return nil
+}
+
+// SetPriority accepts any priority for a known port: the lab PSE has no
+// power management of its own, so the Manager's is the only one.
+func (l *Lab) SetPriority(ctx context.Context, port string, prio Priority) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.ports[port]; !ok {
+		return fmt.Errorf("%w %q", ErrUnknownPort, port)
+	}
+	return nil
+}
+
+// Budget is 0: the lab PSE has no supply limit of its own; the Manager's
+// configured budget applies.
+func (l *Lab) Budget(context.Context) (int, error) { return 0, nil }
 
 // Status reports the port's simulated state.
 func (l *Lab) Status(ctx context.Context, port string) (PortStatus, error) {

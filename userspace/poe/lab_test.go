@@ -152,6 +152,65 @@ func TestNewLab(t *testing.T) {
 	}
 }
 
+func TestNewLabDraw(t *testing.T) {
+	for _, tc := range []struct {
+		draw int
+		ok   bool
+	}{{-1, false}, {0, true}, {7000, true}, {7001, false}} {
+		l, err := poe.NewLab(map[string]poe.LabPort{"swp1": {Netns: "x", Link: "eth0", Class: 2, DrawMW: tc.draw}}, 0, testLogger(t))
+		if (err == nil) != tc.ok {
+			t.Errorf("class 2 drawing %d mW: %v, want ok=%v", tc.draw, err, tc.ok)
+		}
+		if err == nil {
+			l.Close()
+		}
+	}
+}
+
+// TestLabLimitAndCycle: a phone drawing past its port's limit is cut, as a
+// PSE does; a power cycle takes the link down and brings it back.
+func TestLabLimitAndCycle(t *testing.T) {
+	phone := phoneNet(t, 1)
+	l := newLab(t, map[string]poe.LabPort{"swp0": {Netns: phone.Name, Link: "eth0", Class: 3, DrawMW: 9000}}, 0)
+	ctx := context.Background()
+	if err := l.Enable(ctx, "swp0"); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, l, "swp0", poe.StateDelivering)
+	if err := l.SetLimit(ctx, "swp0", 8000); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, l, "swp0")
+	if st.State != poe.StateFault || !strings.Contains(st.Fault, "overload") || st.LimitMW != 8000 {
+		t.Errorf("over its limit: %+v, want an overload fault", st)
+	}
+	if isUp(t, phone, "eth0") {
+		t.Error("eth0 still up after the port was cut")
+	}
+	if err := l.SetLimit(ctx, "swp0", 10000); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.PowerCycle(ctx, "swp0", time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	st = waitState(t, l, "swp0", poe.StateDelivering)
+	if st.PowerMW != 9000 || st.LimitMW != 10000 || !isUp(t, phone, "eth0") {
+		t.Errorf("after a power cycle within the limit: %+v, eth0 up %v", st, isUp(t, phone, "eth0"))
+	}
+	if err := l.SetPriority(ctx, "swp0", poe.PriorityHigh); err != nil {
+		t.Errorf("SetPriority: %v", err)
+	}
+	if err := l.SetPriority(ctx, "swp9", poe.PriorityHigh); !errors.Is(err, poe.ErrUnknownPort) {
+		t.Errorf("SetPriority(swp9) = %v", err)
+	}
+	if err := l.SetLimit(ctx, "swp9", 1); !errors.Is(err, poe.ErrUnknownPort) {
+		t.Errorf("SetLimit(swp9) = %v", err)
+	}
+	if b, err := l.Budget(ctx); b != 0 || err != nil {
+		t.Errorf("Budget = %d, %v; want 0 (none of its own)", b, err)
+	}
+}
+
 func TestLabPortsSorted(t *testing.T) {
 	ports := map[string]poe.LabPort{}
 	for _, n := range []string{"swp10", "swp2", "swp1", "a"} {
@@ -219,7 +278,7 @@ func TestLabPowerCycle(t *testing.T) {
 		ports[fmt.Sprintf("swp%d", class)] = poe.LabPort{Netns: phone.Name, Link: fmt.Sprintf("eth%d", class), Class: class}
 	}
 	l := newLab(t, ports, detectDelay)
-	for class, mw := range poe.ClassPowerMW {
+	for class, mw := range poe.ClassDrawMW { // each phone draws the most its class allows
 		port, link := fmt.Sprintf("swp%d", class), fmt.Sprintf("eth%d", class)
 		t.Run(fmt.Sprint("class ", class), func(t *testing.T) {
 			ctx := context.Background()

@@ -81,17 +81,21 @@ type Member struct {
 	Priority int    `yaml:"priority"`  // 0-2, lowest tried first
 }
 
-// Proxy is the registration proxy as phones reach it.
+// Proxy is the registration proxy as phones reach it. The daemon turns it
+// on and sets its ports from its own proxy section (which runs the proxy),
+// and adds the addresses it derives from there; the config file gives
+// only the addresses it cannot derive.
 type Proxy struct {
-	Enabled bool `yaml:"enabled"`
+	Enabled bool `yaml:"-"`
 	// Host is the proxy's address for phones in no listed subnet.
 	Host string `yaml:"host"`
 	// Subnets give the proxy's address by the phone's own: the appliance
 	// has one address per voice VLAN, and a phone reaches the one in its
-	// subnet. The longest matching prefix wins.
+	// subnet. The longest matching prefix wins; among equal prefixes, the
+	// first listed.
 	Subnets  []ProxySubnet `yaml:"subnets"`
-	SCCPPort int           `yaml:"sccp_port"` // 0: 2000
-	SIPPort  int           `yaml:"sip_port"`  // 0: 5060
+	SCCPPort int           `yaml:"-"` // 0: 2000
+	SIPPort  int           `yaml:"-"` // 0: 5060
 }
 
 // ProxySubnet is the proxy's address for the phones of one subnet.

@@ -106,7 +106,8 @@ func TestFailover(t *testing.T) {
 			}
 			waitFor(t, 3*time.Second, "cm1 marked down", func() bool { return !r.p.Stats().CallManagers[0].Healthy })
 			st := r.p.Stats()
-			if st.CallManagers[0].Healthy || st.CallManagers[0].Sessions != 0 || st.CallManagers[1].Sessions != storm || r.cms[2].Registered() != 0 {
+			if st.CallManagers[0].Healthy || st.CallManagers[0].Failovers != 1 || st.CallManagers[0].Sessions != 0 ||
+				st.CallManagers[1].Sessions != storm || st.CallManagers[1].Failovers != 0 || r.cms[2].Registered() != 0 {
 				t.Errorf("after failover: %+v, cm3 has %d", st.CallManagers, r.cms[2].Registered())
 			}
 			t.Logf("closed: %v", st.Closed)

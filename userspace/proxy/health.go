@@ -25,6 +25,7 @@ type upstream struct {
 	healthy     atomic.Bool
 	sessions    atomic.Int64
 	transitions atomic.Uint64
+	failovers   atomic.Uint64 // times the health checks took it down
 	probesOK    atomic.Uint64
 	probesFail  atomic.Uint64
 	vetoes      atomic.Uint64
@@ -198,6 +199,7 @@ func (p *Proxy) setHealthy(u *upstream, up bool, why error) {
 		}
 		return
 	}
+	u.failovers.Add(1)
 	p.mu.Lock()
 	u.healthy.Store(false)
 	var victims []*session

@@ -71,11 +71,14 @@ type Stats struct {
 type CallManagerStats struct {
 	Name        string `json:"name"`
 	Healthy     bool   `json:"healthy"`
-	Sessions    int64  `json:"sessions"` // open now
-	Waiting     int64  `json:"waiting"`  // in the admission queue now
-	Transitions uint64 `json:"transitions"`
-	ProbesOK    uint64 `json:"probes_ok"`
-	ProbesFail  uint64 `json:"probes_failed"`
+	Sessions    int64  `json:"sessions"`    // open now
+	Waiting     int64  `json:"waiting"`     // in the admission queue now
+	Transitions uint64 `json:"transitions"` // up and down
+	// Failovers counts times the health checks took it down, closing
+	// its sessions so that their phones register elsewhere.
+	Failovers  uint64 `json:"failovers"`
+	ProbesOK   uint64 `json:"probes_ok"`
+	ProbesFail uint64 `json:"probes_failed"`
 	// Vetoes counts times failed probes would have taken it down while
 	// its sessions still received data from it.
 	Vetoes uint64 `json:"vetoes"`
@@ -98,7 +101,7 @@ func (p *Proxy) Stats() Stats {
 	for _, u := range p.cms {
 		st.CallManagers = append(st.CallManagers, CallManagerStats{
 			Name: u.cfg.Name, Healthy: u.healthy.Load(), Sessions: u.sessions.Load(), Waiting: u.bucket.waiting.Load(),
-			Transitions: u.transitions.Load(), ProbesOK: u.probesOK.Load(), ProbesFail: u.probesFail.Load(),
+			Transitions: u.transitions.Load(), Failovers: u.failovers.Load(), ProbesOK: u.probesOK.Load(), ProbesFail: u.probesFail.Load(),
 			Vetoes: u.vetoes.Load(),
 		})
 	}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -40,6 +41,11 @@ type Conn struct {
 	ifindex int
 	name    string
 	mac     net.HardwareAddr
+	reads   atomic.Uint64 // frames taken off the receive queue
+
+	statsMu  sync.Mutex
+	total    Stats // the kernel's counters since the socket was made
+	reported Stats // total as of the last Stats call
 }
 
 // Options for Listen.
@@ -143,6 +149,9 @@ func (c *Conn) Read(buf []byte) (Frame, error) {
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
 		n, oobn, _, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_TRUNC)
+		if rerr == nil {
+			c.reads.Add(1)
+		}
 		return rerr != unix.EAGAIN
 	})
 	if err != nil {
@@ -219,11 +228,40 @@ type Stats struct {
 	Dropped  uint64 // frames lost because the receive buffer was full
 }
 
-// Stats reads and resets the kernel's counters (PACKET_STATISTICS).
+// Stats returns the kernel's counters since the last call.
 func (c *Conn) Stats() (Stats, error) {
+	c.statsMu.Lock()
+	defer c.statsMu.Unlock()
+	if err := c.readKernelStats(); err != nil {
+		return Stats{}, err
+	}
+	d := Stats{Received: c.total.Received - c.reported.Received, Dropped: c.total.Dropped - c.reported.Dropped}
+	c.reported = c.total
+	return d, nil
+}
+
+// Queued is how many frames wait in the socket's receive queue: those the
+// kernel queued (PACKET_STATISTICS, less its drops) and Read has not taken
+// yet. Frames arriving while it counts can make it off by those.
+func (c *Conn) Queued() (int, error) {
+	c.statsMu.Lock()
+	defer c.statsMu.Unlock()
+	if err := c.readKernelStats(); err != nil {
+		return 0, err
+	}
+	queued := c.total.Received - c.total.Dropped
+	if r := c.reads.Load(); r < queued {
+		return int(queued - r), nil
+	}
+	return 0, nil
+}
+
+// readKernelStats adds the kernel's counters, which PACKET_STATISTICS
+// resets on every read, to the totals; statsMu is held.
+func (c *Conn) readKernelStats() error {
 	rc, err := c.f.SyscallConn()
 	if err != nil {
-		return Stats{}, err
+		return err
 	}
 	var st *unix.TpacketStats
 	var serr error
@@ -231,12 +269,14 @@ func (c *Conn) Stats() (Stats, error) {
 		st, serr = unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
 	})
 	if err != nil {
-		return Stats{}, err
+		return err
 	}
 	if serr != nil {
-		return Stats{}, fmt.Errorf("stats %s: %w", c.name, serr)
+		return fmt.Errorf("stats %s: %w", c.name, serr)
 	}
-	return Stats{Received: uint64(st.Packets), Dropped: uint64(st.Drops)}, nil
+	c.total.Received += uint64(st.Packets)
+	c.total.Dropped += uint64(st.Drops)
+	return nil
 }
 
 // Close closes the socket; blocked Reads return os.ErrClosed.

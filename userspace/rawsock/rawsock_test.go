@@ -200,3 +200,74 @@ func TestReadReportsArrival(t *testing.T) {
 		t.Errorf("received at %v: sent after %v, read at %v after a wait of %v", received, sent, read, wait)
 	}
 }
+
+// TestQueued counts what waits in the receive queue: frames the kernel
+// queued, less those Read took and those it dropped for a full buffer;
+// Stats keeps returning what changed since its last call meanwhile.
+func TestQueued(t *testing.T) {
+	a, b := privtest.VethPair(t, "pba", "pbb")
+	if err := b.SetUp("pbb"); err != nil {
+		t.Fatal(err)
+	}
+	var rx *Conn
+	// A receive buffer this small (the kernel doubles it to 4 KiB) holds
+	// only a few frames: the rest are dropped.
+	if err := a.Do(func() (err error) {
+		rx, err = Listen("pba", Options{Filter: udpDstPort67, RecvBuffer: 2048})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	tx := listenIn(t, b, "pbb")
+	queued := func() int {
+		t.Helper()
+		n, err := rx.Queued()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := queued(); n != 0 {
+		t.Fatalf("Queued = %d on a fresh socket", n)
+	}
+	const sent = 50
+	for i := range sent {
+		if err := tx.Write(frame(nil, 67, byte(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := rx.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Received != sent || st.Dropped == 0 {
+		t.Fatalf("stats %+v, want %d received (veth delivers at once) and some dropped", st, sent)
+	}
+	inQueue := int(st.Received - st.Dropped)
+	if n := queued(); n != inQueue {
+		t.Errorf("Queued = %d, want %d (received %d, dropped %d)", n, inQueue, st.Received, st.Dropped)
+	}
+	buf := make([]byte, 2048)
+	for i := range 2 {
+		rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := rx.Read(buf); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	if n := queued(); n != inQueue-2 {
+		t.Errorf("Queued after 2 reads = %d, want %d", n, inQueue-2)
+	}
+	if st, err := rx.Stats(); err != nil || st != (Stats{}) {
+		t.Errorf("second Stats = %+v, %v; want nothing new", st, err)
+	}
+	for range inQueue - 2 {
+		rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := rx.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := queued(); n != 0 {
+		t.Errorf("Queued after reading everything = %d", n)
+	}
+}
