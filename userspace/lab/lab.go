@@ -30,6 +30,7 @@ import (
 
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/cmsim"
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/phonetag"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
@@ -68,10 +69,15 @@ type Options struct {
 	ProgressEvery   time.Duration
 	Log             *slog.Logger
 
-	// damage, for tests: once the agent has checked the firmware catalog
+	// For tests. damage: once the agent has checked the firmware catalog
 	// at start, change a byte of this file among the synthetic loads, so
-	// that phones fetching it must fail its SHA-256 check.
-	damage string
+	// that phones fetching it must fail its SHA-256 check. cmKeepAlive:
+	// the CallManagers' keepalive interval instead of cmKeepAlive.
+	// beforeReport runs when every phone is done, while the phones stay
+	// registered and the agent runs.
+	damage       string
+	cmKeepAlive  time.Duration
+	beforeReport func(ctx context.Context, l *lab) error
 }
 
 // Limits on the flags, so a typo fails fast instead of exhausting the machine.
@@ -228,6 +234,9 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err != nil {
 		return Report{}, err
 	}
+	if err := raiseFileLimit(o.Phones); err != nil {
+		return Report{}, err
+	}
 
 	id := o.ID
 	if id == "" {
@@ -252,6 +261,13 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err := l.openPorts(watchCtx); err != nil {
 		return Report{}, err
 	}
+	if err := l.startCallManagers(watchCtx); err != nil {
+		return Report{}, err
+	}
+	// Registered phones keep alive until the report is taken.
+	var stopPhones context.CancelFunc
+	l.phonesCtx, stopPhones = context.WithCancel(watchCtx)
+	defer stopPhones()
 	phases := l.phases()
 	names := make([]string, len(phases))
 	for i, p := range phases {
@@ -291,6 +307,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	l.waitShowingProgress(&wg, rec, names, start)
 	wall := time.Since(start)
+	if o.beforeReport != nil {
+		if err := o.beforeReport(stormCtx, l); err != nil {
+			return Report{}, err
+		}
+	}
 	stopSampling()
 	<-sampled
 
@@ -300,8 +321,10 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
 	rep.provisioned = l.provisionSummary(phones)
+	rep.registrations = l.registrationSummary()
 	rep.agentCounters = l.readAgentCounters(ctx)
 	l.logAgentMetrics(ctx)
+	stopPhones()
 	rep.Series.Load = sampler.samples
 	rep.PowerPolicy, rep.PeakLoad = o.PowerPolicy, peakLoad(sampler.samples)
 	if !rec.lastDone.IsZero() {
@@ -346,8 +369,12 @@ type lab struct {
 	notify *net.UnixConn
 
 	phones        []*Phone
-	tftpRoot      string // what the agent serves: the synthetic loads
-	catalogPath   string // their catalog
+	cmNS          *vnet.NS        // the CallManagers'
+	cms           []*cmsim.Server // the CallManagers, by priority
+	phonesCtx     context.Context // registered phones keep alive under it
+	registrations registrations   // their events
+	tftpRoot      string          // what the agent serves: the synthetic loads
+	catalogPath   string          // their catalog
 	firmwareBytes atomic.Int64
 }
 
@@ -580,6 +607,7 @@ func (l *lab) agentConfig() agent.Config {
 		cfg.DHCP.Pools = append(cfg.DHCP.Pools, pool)
 	}
 	l.provisionConfig(&cfg, l.phones)
+	l.proxyConfig(&cfg)
 	for _, p := range l.ports {
 		cfg.Ports = append(cfg.Ports, agent.PortConfig{
 			Name:      p.Name,
@@ -799,6 +827,12 @@ func (l *lab) cleanup() error {
 	if l.app != nil {
 		l.app.rt.close()
 	}
+	for _, s := range l.cms {
+		s.Close()
+	}
+	if l.cmNS != nil {
+		errs = append(errs, l.cmNS.Close())
+	}
 	if l.tagger != nil {
 		l.tagger.Close()
 	}
@@ -816,6 +850,28 @@ func (l *lab) cleanup() error {
 		errs = append(errs, os.RemoveAll(l.runDir))
 	}
 	return errors.Join(errs...)
+}
+
+// raiseFileLimit makes room for the storm's file descriptors: each phone
+// holds a TCP connection once registered and a socket while it fetches,
+// and the CallManagers (in this process) one per phone. The agent, started
+// from here, inherits the limit; it holds two per phone (the phone's and
+// the CallManager's side of the proxy).
+func raiseFileLimit(phones int) error {
+	want := uint64(4*phones + 4096)
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur >= want {
+		return nil
+	}
+	lim.Cur = want
+	lim.Max = max(lim.Max, want)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raise the open file limit to %d for %d phones: %w", want, phones, err)
+	}
+	return nil
 }
 
 // IsTerminal reports whether f is a terminal, for live progress.

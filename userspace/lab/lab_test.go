@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/cmsim"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -124,8 +127,11 @@ func TestLabStorm(t *testing.T) {
 					t.Errorf("phase %s: %d completion times and %d latencies plotted, want %d", p.Name, n, m, p.Done)
 				}
 			}
-			if !slices.Equal(names, []string{"power", "boot", "cdp", "dhcp", "config", "firmware"}) {
+			if !slices.Equal(names, []string{"power", "boot", "cdp", "dhcp", "config", "firmware", "register"}) {
 				t.Errorf("phases %v", names)
+			}
+			if r := rep.registrations; r.Registered != 24 || r.Lost != 0 || r.ByCallManager != "cm1 24, cm2 0, cm3 0" {
+				t.Errorf("registrations %+v; want the 24 phones registered on the first CallManager", r)
 			}
 			// One phone in 20 (index 19) is not in the inventory and takes
 			// XMLDefault.cnf.xml; every load is 5 to 30 MB.
@@ -231,6 +237,66 @@ func TestLabFirmwareDamaged(t *testing.T) {
 			t.Errorf("failure %+v, want the sha256 check of %s", f, o.damage)
 		}
 	}
+}
+
+// TestLabRegisterFailover: the phones register through the agent's proxy
+// (their files name it, at the appliance's address in their subnet), keep
+// alive, and when the primary CallManager stops, register again, on the
+// secondary, through the proxy.
+func TestLabRegisterFailover(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 8, 4
+	o.VoiceVLANs = 2
+	o.cmKeepAlive = time.Second
+	o.beforeReport = func(ctx context.Context, l *lab) error {
+		for _, ph := range l.phones {
+			_, server, _, _ := voiceNet(int(ph.VoiceVLAN) - firstVoiceVLAN)
+			if cms := ph.Config.CallManagers; len(cms) != 1 || cms[0].Host != server.String() || cms[0].SCCPPort != 2000 {
+				t.Errorf("%s (VLAN %d): CallManagers %+v, want the proxy alone at %s:2000", ph.Name, ph.VoiceVLAN, cms, server)
+			}
+		}
+		primary, secondary := l.cms[0], l.cms[1]
+		for _, st := range primary.Stations() {
+			if host, _, _ := net.SplitHostPort(st.Remote); host != applianceUplink.String() {
+				t.Errorf("%s registered from %s, want the proxy at %s", st.Device, st.Remote, applianceUplink)
+			}
+		}
+		// Keepalives: every phone sends one a second.
+		if err := waitFor(ctx, func() bool { return primary.Stats().KeepAlives >= 8 }); err != nil {
+			return fmt.Errorf("keepalives on the primary: %+v: %w", primary.Stats(), err)
+		}
+		if err := primary.SetMode(cmsim.Stopped); err != nil {
+			return err
+		}
+		if err := waitFor(ctx, func() bool { return secondary.Registered() == 8 }); err != nil {
+			return fmt.Errorf("phones on the secondary: %d: %w", secondary.Registered(), err)
+		}
+		return nil
+	}
+	rep, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 8 {
+		t.Errorf("completed %d of 8", rep.Completed)
+	}
+	if r := rep.registrations; r.Registered != 16 || r.Lost != 8 || r.ByCallManager != "cm1 0, cm2 8, cm3 0" {
+		t.Errorf("registrations %+v; want 8 lost on the primary and registered again on the secondary", r)
+	}
+}
+
+// waitFor polls cond until it holds or ctx ends.
+func waitFor(ctx context.Context, cond func() bool) error {
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 func TestLabStaggerPacesPower(t *testing.T) {

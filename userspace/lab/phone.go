@@ -117,6 +117,7 @@ func (l *lab) phases() []Phase {
 		dhcpPhase{timeScale: l.o.TimeScale, subnetOf: l.o.subnetOf},
 		configPhase{f: f, bringUp: func(ph *Phone) error { return ph.bringUpNIC(l.app) }},
 		firmwarePhase{f: f, bytes: &l.firmwareBytes, log: l.o.Log},
+		registerPhase{phones: l.phonesCtx, dial: dialTCP, stats: &l.registrations},
 	}
 }
 

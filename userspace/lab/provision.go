@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -23,13 +22,6 @@ import (
 const unlistedEvery = 20
 
 func unlisted(ph *Phone) bool { return ph.index%unlistedEvery == unlistedEvery-1 }
-
-// callManagerAddrs are where the CallManager group points.
-var callManagerAddrs = []netip.Addr{
-	netip.MustParseAddr("10.250.0.11"),
-	netip.MustParseAddr("10.250.0.12"),
-	netip.MustParseAddr("10.250.0.13"),
-}
 
 // writeLoads writes the synthetic firmware loads (images.Synthesize: the
 // embedded catalog's names and sizes, 5 to 30 MB a load) into the
@@ -60,9 +52,10 @@ func (l *lab) writeLoads() error {
 }
 
 // provisionConfig turns provisioning on in the agent's config: the
-// synthetic loads, auto-registration, the CallManager group, and every
-// phone of the lab but one in unlistedEvery in the inventory (by MAC and
-// model; each runs its model's load from the catalog).
+// synthetic loads, auto-registration, the CallManager group (the lab's
+// CallManagers; with the proxy on, the files name the proxy instead), and
+// every phone of the lab but one in unlistedEvery in the inventory (by
+// MAC and model, SCCP; each runs its model's load from the catalog).
 func (l *lab) provisionConfig(cfg *agent.Config, phones []*Phone) {
 	p := &cfg.Provision
 	p.Enabled = true
@@ -79,7 +72,7 @@ func (l *lab) provisionConfig(cfg *agent.Config, phones []*Phone) {
 		if unlisted(ph) {
 			continue
 		}
-		p.Phones = append(p.Phones, provision.Phone{MAC: provision.MAC(ph.MAC), Model: ph.Model.Model})
+		p.Phones = append(p.Phones, provision.Phone{MAC: provision.MAC(ph.MAC), Model: ph.Model.Model, Protocol: "SCCP"})
 	}
 }
 
