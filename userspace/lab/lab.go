@@ -234,7 +234,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err != nil {
 		return Report{}, err
 	}
-	if err := raiseFileLimit(o.Phones); err != nil {
+	if err := raiseFileLimit(o.Phones, o.Log); err != nil {
 		return Report{}, err
 	}
 
@@ -856,9 +856,11 @@ func (l *lab) cleanup() error {
 // holds a TCP connection once registered and a socket while it fetches,
 // and the CallManagers (in this process) one per phone. The agent, started
 // from here, inherits the limit; it holds two per phone (the phone's and
-// the CallManager's side of the proxy).
-func raiseFileLimit(phones int) error {
-	want := uint64(4*phones + 4096)
+// the CallManager's side of the proxy). Raising the hard limit needs
+// CAP_SYS_RESOURCE; without it the lab goes as far as the hard limit and
+// says how many phones that holds.
+func raiseFileLimit(phones int, log *slog.Logger) error {
+	want := uint64(filesPerPhone*phones + 4096)
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return err
@@ -866,13 +868,23 @@ func raiseFileLimit(phones int) error {
 	if lim.Cur >= want {
 		return nil
 	}
-	lim.Cur = want
-	lim.Max = max(lim.Max, want)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("raise the open file limit to %d for %d phones: %w", want, phones, err)
+	raised := unix.Rlimit{Cur: want, Max: max(lim.Max, want)}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &raised); err == nil {
+		return nil
 	}
+	lim.Cur = lim.Max
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raise the open file limit to %d: %w", lim.Max, err)
+	}
+	log.Warn("the open file limit is below what the storm needs: phones past it cannot register",
+		"limit", lim.Max, "needed", want, "phones_it_holds", (lim.Max-4096)/filesPerPhone)
 	return nil
 }
+
+// filesPerPhone are the descriptors a registered phone holds: its
+// connection to the proxy and the CallManager's end of the proxy's, in
+// this process, with room for a transfer's socket.
+const filesPerPhone = 3
 
 // IsTerminal reports whether f is a terminal, for live progress.
 func IsTerminal(f *os.File) bool {
