@@ -84,6 +84,8 @@ func TestParseConfigErrors(t *testing.T) {
 			`f.yaml:4: provision.callmanager_groups[0].members: 0 members; a group has 1 to 3`},
 		{"bad tftp listen", "provision: {enabled: true, root: /srv, callmanager_groups: [{name: a, members: [{host: h}]}]}\ntftp:\n  listen: [\":69\"]\n",
 			`f.yaml:3: tftp.listen[0]: ":69" is not address:port (no IP)`},
+		{"bad tftp rate", "provision: {enabled: true, root: /srv, callmanager_groups: [{name: a, members: [{host: h}]}]}\ntftp:\n  rate: 0\n",
+			`f.yaml:2: tftp: rate 0 and burst 20000 must be above 0`},
 		{"zero stagger ports", "power:\n  stagger_ports: 0\n",
 			`f.yaml:2: power.stagger_ports: 0 must be at least 1`},
 		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n",

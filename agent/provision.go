@@ -25,6 +25,10 @@ type TFTPConfig struct {
 	MaxPerClient int `yaml:"max_per_client"`
 	// ClientRate is read requests a second one client address may make.
 	ClientRate float64 `yaml:"client_rate"`
+	// Rate and Burst bound read requests a second from everyone: past
+	// them requests are dropped unanswered, and the phones send again.
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
 }
 
 // HTTPConfig places the HTTP file server newer phones try first (6970).
@@ -37,8 +41,12 @@ type HTTPConfig struct {
 
 // IPv4 only by default: phones boot on IPv4, and an IPv6 listener fails
 // to start on hosts with IPv6 turned off.
+// The global request rate takes a storm's first files at once: 10,000
+// phones ask for about five files each within seconds (at the old 2,000 a
+// second, the lab's 10,000-phone storm had 41,000 of 88,600 requests
+// dropped and resent 2 s later). An RRQ costs the server tens of µs.
 func defaultTFTPConfig() TFTPConfig {
-	return TFTPConfig{Listen: []string{"0.0.0.0:69"}, MaxTransfers: 1024, MaxPerClient: 4, ClientRate: 10}
+	return TFTPConfig{Listen: []string{"0.0.0.0:69"}, MaxTransfers: 4096, MaxPerClient: 4, ClientRate: 10, Rate: 20000, Burst: 20000}
 }
 
 func defaultHTTPConfig() HTTPConfig { return HTTPConfig{Listen: "0.0.0.0:6970", MaxConns: 1024} }
@@ -78,6 +86,9 @@ func (c *Config) validateProvision(bad func(string, string, ...any) error) error
 	if c.TFTP.ClientRate <= 0 {
 		return bad("tftp.client_rate", "%v must be above 0", c.TFTP.ClientRate)
 	}
+	if c.TFTP.Rate <= 0 || c.TFTP.Burst < 1 {
+		return bad("tftp", "rate %v and burst %d must be above 0", c.TFTP.Rate, c.TFTP.Burst)
+	}
 	if c.HTTP.Listen != "" {
 		if _, err := netip.ParseAddrPort(c.HTTP.Listen); err != nil {
 			return bad("http.listen", "%q is not address:port (%v)", c.HTTP.Listen, err)
@@ -110,6 +121,8 @@ func (a *Agent) newProvision(cfg Config, log *slog.Logger) error {
 		MaxPerClient: cfg.TFTP.MaxPerClient,
 		ClientRate:   cfg.TFTP.ClientRate,
 		ClientBurst:  max(1, int(2*cfg.TFTP.ClientRate)),
+		Rate:         cfg.TFTP.Rate,
+		Burst:        cfg.TFTP.Burst,
 		MaxBlockSize: tftpMaxBlockSize,
 	}
 	for _, l := range cfg.TFTP.Listen {
