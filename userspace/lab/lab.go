@@ -330,21 +330,24 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if !rec.lastDone.IsZero() {
 		rep.AllDoneSeconds = rec.lastDone.Sub(start).Seconds()
 	}
-	if err := l.stopAgent(); err != nil {
-		return rep, err
-	}
+	// An agent that fails to stop cleanly is an error, but the storm's
+	// report is still written.
+	stopErr := l.stopAgent()
 	if o.JSONPath != "" {
 		if err := rep.WriteJSONFile(o.JSONPath); err != nil {
-			return rep, err
+			return rep, errors.Join(stopErr, err)
 		}
 	}
 	if o.HTMLPath != "" {
 		if err := WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep}); err != nil {
-			return rep, err
+			return rep, errors.Join(stopErr, err)
 		}
 	}
 	if err := rep.WriteTable(o.Out); err != nil {
-		return rep, err
+		return rep, errors.Join(stopErr, err)
+	}
+	if stopErr != nil {
+		return rep, stopErr
 	}
 	if ctx.Err() != nil {
 		return rep, fmt.Errorf("lab interrupted: %w", context.Cause(ctx))
@@ -364,9 +367,11 @@ type lab struct {
 	pinDir string
 	agent  *exec.Cmd
 	exited chan struct{}
-	logf   *os.File
-	tagger *phonetag.Tagger
-	notify *net.UnixConn
+	// agentThread started the agent and lives until it has exited.
+	agentThread *nsThread
+	logf        *os.File
+	tagger      *phonetag.Tagger
+	notify      *net.UnixConn
 
 	phones        []*Phone
 	cmNS          *vnet.NS        // the CallManagers'
@@ -649,9 +654,16 @@ func (l *lab) startAgent(ctx context.Context) error {
 		logw = io.MultiWriter(l.logf, l.o.AgentLog)
 	}
 	cmd.Stdout, cmd.Stderr = logw, logw
-	// If the lab dies, the agent goes with it rather than serving on.
+	// If the lab dies, the agent goes with it rather than serving on. The
+	// kernel sends Pdeathsig when the thread that started the child ends,
+	// not the process: the agent is started from a thread of the lab's
+	// own that stays until the agent has stopped (a pooled thread may end
+	// whenever a goroutine that locked it returns without unlocking).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := l.appNS.Do(cmd.Start); err != nil {
+	if l.agentThread, err = startNSThread(l.appNS); err != nil {
+		return fmt.Errorf("start agent: %w", err)
+	}
+	if err := l.agentThread.do(cmd.Start); err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
 	l.agent = cmd
@@ -805,6 +817,9 @@ func (l *lab) cleanup() error {
 	if l.agent != nil {
 		l.agent.Process.Kill()
 		<-l.exited
+	}
+	if l.agentThread != nil {
+		l.agentThread.stop()
 	}
 	if l.logf != nil {
 		l.logf.Close()
