@@ -92,7 +92,8 @@ func writeCatalog(t *testing.T, c *Catalog) {
 
 // TestModelsMatchCatalog keeps models.yaml and firmware.yaml consistent:
 // the lab runs each model's load, so the catalog must have it for that
-// model.
+// model; its previous load must not be there, or a phone told to upgrade
+// would find nothing to fetch that differs.
 func TestModelsMatchCatalog(t *testing.T) {
 	ms, err := Models()
 	if err != nil {
@@ -111,6 +112,9 @@ func TestModelsMatchCatalog(t *testing.T) {
 		}
 		if ids := c.LoadsFor(m.Model); len(ids) != 1 || ids[0] != l.ID {
 			t.Errorf("%s: firmware.yaml lists it in %v, models.yaml says %s", m.Model, ids, m.Load)
+		}
+		if c.Load(m.PreviousLoad) != nil {
+			t.Errorf("%s: previous load %s is in firmware.yaml", m.Model, m.PreviousLoad)
 		}
 		if other, dup := types[m.DeviceType]; dup {
 			t.Errorf("%s and %s share device type %d", m.Model, other, m.DeviceType)

@@ -26,6 +26,18 @@ type Model struct {
 	BootSeconds float64 `yaml:"boot_seconds"`
 	PoEClass    int     `yaml:"poe_class"`
 	Load        string  `yaml:"load"`
+	// PreviousLoad is the release before Load: what the lab's phones that
+	// must upgrade run when they boot.
+	PreviousLoad string `yaml:"previous_load"`
+	// TFTP is what the model asks for in its TFTP read requests.
+	TFTP TFTPRequest `yaml:"tftp"`
+}
+
+// TFTPRequest is the options a model puts in its TFTP read requests.
+type TFTPRequest struct {
+	BlockSize  int  `yaml:"blksize"`    // RFC 2348; 0: none (512-byte blocks)
+	WindowSize int  `yaml:"windowsize"` // RFC 7440; 0: none (lock-step)
+	TSize      bool `yaml:"tsize"`      // RFC 2349
 }
 
 // BootTime is the model's unscaled boot time.
@@ -57,6 +69,12 @@ func Models() ([]Model, error) {
 			return nil, fmt.Errorf("images/models.yaml: %s: poe_class %d is not 0-4", m.Model, m.PoEClass)
 		case m.Load == "":
 			return nil, fmt.Errorf("images/models.yaml: %s: no load", m.Model)
+		case m.PreviousLoad == "" || m.PreviousLoad == m.Load:
+			return nil, fmt.Errorf("images/models.yaml: %s: previous_load %q is empty or the load itself", m.Model, m.PreviousLoad)
+		case m.TFTP.BlockSize != 0 && (m.TFTP.BlockSize < 8 || m.TFTP.BlockSize > 65464):
+			return nil, fmt.Errorf("images/models.yaml: %s: tftp blksize %d is not 0 or 8-65464 (RFC 2348)", m.Model, m.TFTP.BlockSize)
+		case m.TFTP.WindowSize < 0 || m.TFTP.WindowSize > 65535:
+			return nil, fmt.Errorf("images/models.yaml: %s: tftp windowsize %d is not 0-65535 (RFC 7440)", m.Model, m.TFTP.WindowSize)
 		}
 		seen[m.Model] = true
 	}

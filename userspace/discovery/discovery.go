@@ -84,8 +84,12 @@ type Service struct {
 	// links delivers link state changes until linksDone is closed.
 	links     chan netlink.LinkUpdate
 	linksDone chan struct{}
+	linksErr  atomic.Pointer[error] // why the link updates stopped
 	closeOnce sync.Once
 }
+
+// linkEventsBuffer is the receive buffer of the link subscription.
+const linkEventsBuffer = 4 << 20
 
 type port struct {
 	name    string
@@ -127,7 +131,23 @@ func New(cfg Config, log *slog.Logger) (_ *Service, err error) {
 		}
 		s.ports = append(s.ports, p)
 	}
-	if err := netlink.LinkSubscribe(s.links, s.linksDone); err != nil {
+	// A burst of link changes (48 ports coming up together, each also a
+	// bridge port's state change when the ports are bridged) outgrows the
+	// default socket buffer while Run is busy advertising; the kernel then
+	// drops the subscription's messages and the subscription ends. A
+	// forced 4 MiB buffer holds thousands of them.
+	err = netlink.LinkSubscribeWithOptions(s.links, s.linksDone, netlink.LinkSubscribeOptions{
+		ReceiveBufferSize:      linkEventsBuffer,
+		ReceiveBufferForceSize: true,
+		ErrorCallback: func(err error) {
+			select {
+			case <-s.linksDone: // closing the socket at Close ends the receive
+			default:
+				s.linksErr.Store(&err)
+			}
+		},
+	})
+	if err != nil {
 		return nil, fmt.Errorf("discovery: subscribe to link changes: %w", err)
 	}
 	return s, nil
@@ -208,6 +228,9 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		case u, ok := <-s.links:
 			if !ok {
+				if err := s.linksErr.Load(); err != nil {
+					return fmt.Errorf("discovery: link updates stopped: %w", *err)
+				}
 				return errors.New("discovery: link updates stopped")
 			}
 			p := byIndex[int(u.Index)]

@@ -326,3 +326,44 @@ func TestPowerRequests(t *testing.T) {
 	default:
 	}
 }
+
+// TestLinkEventBurst: a burst of link changes larger than a default
+// socket buffer, arriving while the service is not reading (as when many
+// ports come up at once and it is busy advertising), does not end its
+// link updates: a later link-up is still advertised at once.
+func TestLinkEventBurst(t *testing.T) {
+	app, phoneNS := privtest.VethPair(t, "swp1", "eth0")
+	ph := newPhoneSide(t, phoneNS)
+	cfg := Config{
+		Ports:     []PortConfig{{Name: "swp1", CDP: &cdp.PortConfig{DeviceID: "phoneboot", PortID: "swp1", Platform: "phoneboot"}}},
+		Interval:  time.Hour,
+		Neighbors: neighbor.NewTable(nil, 0),
+	}
+	var s *Service
+	if err := app.Do(func() (err error) { s, err = New(cfg, privtest.Logger(t)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	// About 600 messages of over a kilobyte each, with nobody reading.
+	link, err := app.Netlink().LinkByName("swp1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 600 {
+		if err := app.Netlink().LinkSetMTU(link, 1400+i%2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	if err := phoneNS.SetUp("eth0"); err != nil {
+		t.Fatal(err)
+	}
+	next(t, ph.cdp, cdp.Decode) // the link-up advertisement
+	select {
+	case err := <-done:
+		t.Fatalf("Run ended after the burst: %v", err)
+	default:
+	}
+}

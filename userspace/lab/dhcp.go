@@ -44,7 +44,12 @@ func (d dhcpPhase) Run(ctx context.Context, ph *Phone) error {
 		if d.subnetOf != nil && !d.subnetOf(ph.VoiceVLAN).Contains(yi) {
 			return fmt.Errorf("ACK gave %s, outside %s, the subnet of voice VLAN %d", yi, d.subnetOf(ph.VoiceVLAN), ph.VoiceVLAN)
 		}
+		bits, size := ack.SubnetMask().Size()
+		if size != 32 || bits == 0 {
+			return fmt.Errorf("ACK for %s without a subnet mask", yi)
+		}
 		ph.IP = yi
+		ph.Subnet = netip.PrefixFrom(yi, bits).Masked()
 		ph.TFTPServers = nil
 		for _, ip := range dhcpv4.GetIPs(dhcpv4.GenericOptionCode(optTFTPServers), ack.Options) {
 			if a, ok := netip.AddrFromSlice(ip.To4()); ok {

@@ -4,19 +4,23 @@
 package lab
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -26,6 +30,8 @@ import (
 
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/cmsim"
+	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/phonetag"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -47,17 +53,31 @@ type Options struct {
 	// gets VLAN 100+i%VoiceVLANs, each with its own DHCP pool; at most one
 	// per port); 0 leaves the phones untagged. VLANs need the fast path:
 	// its XDP and TC programs do the tagging.
-	VoiceVLANs    int
-	Seed          uint64
-	ID            string // names the lab's namespaces and directories; default random
-	JSONPath      string
-	HTMLPath      string    // the report as an HTML page with plots
-	AgentCommand  []string  // the agent to run; default: this binary's "serve"
-	AgentLog      io.Writer // also gets the agent's log, if set (it always goes to the run directory)
-	Out           io.Writer // the table and live progress
-	LiveProgress  bool      // redraw a progress line while the storm runs
-	ProgressEvery time.Duration
-	Log           *slog.Logger
+	VoiceVLANs int
+	// UpgradeFraction is the share of phones that boot an older load
+	// (their model's previous_load) and must fetch the new one; the rest
+	// run the load their configuration names and skip the download.
+	UpgradeFraction float64
+	Seed            uint64
+	ID              string // names the lab's namespaces and directories; default random
+	JSONPath        string
+	HTMLPath        string    // the report as an HTML page with plots
+	AgentCommand    []string  // the agent to run; default: this binary's "serve"
+	AgentLog        io.Writer // also gets the agent's log, if set (it always goes to the run directory)
+	Out             io.Writer // the table and live progress
+	LiveProgress    bool      // redraw a progress line while the storm runs
+	ProgressEvery   time.Duration
+	Log             *slog.Logger
+
+	// For tests. damage: once the agent has checked the firmware catalog
+	// at start, change a byte of this file among the synthetic loads, so
+	// that phones fetching it must fail its SHA-256 check. cmKeepAlive:
+	// the CallManagers' keepalive interval instead of cmKeepAlive.
+	// beforeReport runs when every phone is done, while the phones stay
+	// registered and the agent runs.
+	damage       string
+	cmKeepAlive  time.Duration
+	beforeReport func(ctx context.Context, l *lab) error
 }
 
 // Limits on the flags, so a typo fails fast instead of exhausting the machine.
@@ -97,6 +117,9 @@ func (o *Options) normalize() error {
 	o.VoiceVLANs = min(o.VoiceVLANs, o.Ports) // a VLAN needs a port to be on
 	if o.VoiceVLANs > 0 && o.NoXDP {
 		return fmt.Errorf("--voice-vlans %d with --no-xdp: the VLAN tagging is done by the XDP and TC programs; use --voice-vlans 0", o.VoiceVLANs)
+	}
+	if !(o.UpgradeFraction >= 0 && o.UpgradeFraction <= 1) {
+		return fmt.Errorf("--upgrade-fraction %v: must be 0 to 1", o.UpgradeFraction)
 	}
 	if o.StaggerPorts < 1 {
 		return fmt.Errorf("--stagger-ports %d: must be at least 1", o.StaggerPorts)
@@ -146,10 +169,25 @@ type Port struct {
 
 	powered     chan struct{} // closed when the phone side's link comes up
 	poweredOnce sync.Once
-	io          *portIO // the phones' raw socket on the port
+	io          *portIO   // the phones' raw socket on the port
+	rt          *rtnl     // the phones' interfaces and addresses
+	thread      *nsThread // opens the phones' sockets in NS
 }
 
 const phoneLink = "eth0"
+
+// The appliance's side of the switch: a bridge whose members are the
+// ports, each isolated (bridge port isolation: what a phone sends is not
+// flooded to other ports, as on a switch with protected ports), holding the
+// appliance's address in every voice subnet, as a switch's SVIs do. The
+// daemon's XDP program and its raw sockets on a port see the port's frames
+// before the bridge does, and its TC egress program tags what the bridge
+// sends out of the port; what XDP passes untagged reaches the bridge's IP
+// stack (TFTP, HTTP, the registration proxy). A fixed MAC keeps the bridge
+// from taking its ports' as they join.
+const bridgeName = "sw0"
+
+var bridgeMAC = net.HardwareAddr{0x02, 0x70, 0x62, 0x00, 0x00, 0x01}
 
 // voiceNet is the phone subnet of the k-th voice VLAN (k = 0 untagged):
 // 10.(64+8k).0.0/13, room for every phone the lab allows, the appliance
@@ -196,6 +234,9 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err != nil {
 		return Report{}, err
 	}
+	if err := raiseFileLimit(o.Phones, o.Log); err != nil {
+		return Report{}, err
+	}
 
 	id := o.ID
 	if id == "" {
@@ -220,7 +261,14 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err := l.openPorts(watchCtx); err != nil {
 		return Report{}, err
 	}
-	phases := phasesFor(o, l.tagger)
+	if err := l.startCallManagers(watchCtx); err != nil {
+		return Report{}, err
+	}
+	// Registered phones keep alive until the report is taken.
+	var stopPhones context.CancelFunc
+	l.phonesCtx, stopPhones = context.WithCancel(watchCtx)
+	defer stopPhones()
+	phases := l.phases()
 	names := make([]string, len(phases))
 	for i, p := range phases {
 		names[i] = p.Name()
@@ -250,8 +298,20 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		wg.Wait()
 		return Report{}, err
 	}
+	if o.damage != "" {
+		if err := damageFile(filepath.Join(l.tftpRoot, o.damage)); err != nil {
+			cancel()
+			wg.Wait()
+			return Report{}, err
+		}
+	}
 	l.waitShowingProgress(&wg, rec, names, start)
 	wall := time.Since(start)
+	if o.beforeReport != nil {
+		if err := o.beforeReport(stormCtx, l); err != nil {
+			return Report{}, err
+		}
+	}
 	stopSampling()
 	<-sampled
 
@@ -260,26 +320,34 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 		mode = "userspace"
 	}
 	rep = rec.report(o.Phones, o.Ports, mode, wall)
+	rep.provisioned = l.provisionSummary(phones)
+	rep.registrations = l.registrationSummary()
+	rep.agentCounters = l.readAgentCounters(ctx)
+	l.logAgentMetrics(ctx)
+	stopPhones()
 	rep.Series.Load = sampler.samples
 	rep.PowerPolicy, rep.PeakLoad = o.PowerPolicy, peakLoad(sampler.samples)
 	if !rec.lastDone.IsZero() {
 		rep.AllDoneSeconds = rec.lastDone.Sub(start).Seconds()
 	}
-	if err := l.stopAgent(); err != nil {
-		return rep, err
-	}
+	// An agent that fails to stop cleanly is an error, but the storm's
+	// report is still written.
+	stopErr := l.stopAgent()
 	if o.JSONPath != "" {
 		if err := rep.WriteJSONFile(o.JSONPath); err != nil {
-			return rep, err
+			return rep, errors.Join(stopErr, err)
 		}
 	}
 	if o.HTMLPath != "" {
 		if err := WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep}); err != nil {
-			return rep, err
+			return rep, errors.Join(stopErr, err)
 		}
 	}
 	if err := rep.WriteTable(o.Out); err != nil {
-		return rep, err
+		return rep, errors.Join(stopErr, err)
+	}
+	if stopErr != nil {
+		return rep, stopErr
 	}
 	if ctx.Err() != nil {
 		return rep, fmt.Errorf("lab interrupted: %w", context.Cause(ctx))
@@ -292,15 +360,27 @@ type lab struct {
 	id string
 
 	appNS  *vnet.NS
+	app    *applianceSide
 	ports  []*Port
 	runDir string
 	bpffs  string // mounted by the lab, unmounted in cleanup
 	pinDir string
 	agent  *exec.Cmd
 	exited chan struct{}
-	logf   *os.File
-	tagger *phonetag.Tagger
-	notify *net.UnixConn
+	// agentThread started the agent and lives until it has exited.
+	agentThread *nsThread
+	logf        *os.File
+	tagger      *phonetag.Tagger
+	notify      *net.UnixConn
+
+	phones        []*Phone
+	cmNS          *vnet.NS        // the CallManagers'
+	cms           []*cmsim.Server // the CallManagers, by priority
+	phonesCtx     context.Context // registered phones keep alive under it
+	registrations registrations   // their events
+	tftpRoot      string          // what the agent serves: the synthetic loads
+	catalogPath   string          // their catalog
+	firmwareBytes atomic.Int64
 }
 
 // openPorts gives each port's phones their raw socket, and starts
@@ -345,6 +425,9 @@ func (l *lab) build(models []images.Model) ([]*Phone, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := l.buildBridge(); err != nil {
+		return nil, err
+	}
 	for i := range l.o.Ports {
 		ns, err := vnet.Create(fmt.Sprintf("pb%sp%d", l.id, i+1))
 		if err != nil {
@@ -352,32 +435,128 @@ func (l *lab) build(models []images.Model) ([]*Phone, error) {
 		}
 		p := &Port{Index: i, Name: fmt.Sprintf("p%d", i+1), NS: ns, Link: phoneLink, powered: make(chan struct{})}
 		l.ports = append(l.ports, p)
-		if err := vnet.Veth(l.appNS, p.Name, ns, phoneLink); err != nil {
-			return nil, err
-		}
-		if err := l.appNS.SetUp(p.Name); err != nil {
+		if err := l.buildPort(p); err != nil {
 			return nil, err
 		}
 	}
 	phones := make([]*Phone, l.o.Phones)
+	onPort := make([][]*Phone, len(l.ports))
 	for i := range phones {
 		port := l.ports[i%len(l.ports)]
-		phones[i] = newPhone(i, models[i%len(models)], port, l.o.Seed)
-		port.Class = max(port.Class, phones[i].Model.PoEClass)
+		ph := newPhone(i, models[i%len(models)], port, l.o.Seed)
+		ph.nicIndex = phoneIndexBase + len(onPort[port.Index])
+		ph.listen = ph.listenUDP
+		onPort[port.Index] = append(onPort[port.Index], ph)
+		port.Class = max(port.Class, ph.Model.PoEClass)
+		phones[i] = ph
+	}
+	for _, ph := range pickUpgraders(phones, l.o.UpgradeFraction, l.o.Seed) {
+		ph.Load, ph.bootLoad = ph.Model.PreviousLoad, ph.Model.PreviousLoad
+	}
+	l.phones = phones
+	if err := l.writeLoads(); err != nil {
+		return nil, err
+	}
+	for _, p := range l.ports {
+		if err := createPhoneNICs(p, onPort[p.Index]); err != nil {
+			return nil, err
+		}
 	}
 	return phones, nil
 }
 
-// watchPower marks each port powered when its phone side is brought up.
+// buildBridge makes the appliance's bridge with its addresses.
+func (l *lab) buildBridge() error {
+	if err := l.appNS.Do(func() error { return writeNetSysctls(noIPv6) }); err != nil {
+		return fmt.Errorf("appliance namespace: %w", err)
+	}
+	h := l.appNS.Netlink()
+	off := false
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName, HardwareAddr: bridgeMAC}, MulticastSnooping: &off}
+	if err := h.LinkAdd(br); err != nil {
+		return fmt.Errorf("appliance bridge: %w", err)
+	}
+	link, err := h.LinkByName(bridgeName)
+	if err != nil {
+		return fmt.Errorf("appliance bridge: %w", err)
+	}
+	servers := map[netip.Prefix]netip.Addr{}
+	for k := range max(l.o.VoiceVLANs, 1) {
+		subnet, server, _, _ := voiceNet(k)
+		servers[subnet] = server
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: server.AsSlice(), Mask: net.CIDRMask(subnet.Bits(), 32)}}
+		if err := h.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("appliance address %s: %w", server, err)
+		}
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return fmt.Errorf("appliance bridge: %w", err)
+	}
+	rt, err := openRTNL(l.appNS)
+	if err != nil {
+		return err
+	}
+	l.app = &applianceSide{mac: bridgeMAC, index: link.Attrs().Index, rt: rt,
+		server: func(p netip.Prefix) netip.Addr { return servers[p.Masked()] }}
+	return nil
+}
+
+// buildPort makes port p: its veth pair, the appliance's end an isolated
+// member of the bridge, and the phones' namespace set up for their
+// interfaces.
+func (l *lab) buildPort(p *Port) error {
+	if err := vnet.Veth(l.appNS, p.Name, p.NS, phoneLink); err != nil {
+		return err
+	}
+	h := l.appNS.Netlink()
+	link, err := h.LinkByName(p.Name)
+	if err != nil {
+		return fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	if err := h.LinkSetMasterByIndex(link, l.app.index); err != nil {
+		return fmt.Errorf("port %s: join the bridge: %w", p.Name, err)
+	}
+	if err := h.LinkSetIsolated(link, true); err != nil {
+		return fmt.Errorf("port %s: isolate: %w", p.Name, err)
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	if p.thread, err = startNSThread(p.NS); err != nil {
+		return fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	if err := p.thread.do(func() error { return writeNetSysctls(portSysctls) }); err != nil {
+		return fmt.Errorf("port %s: %w", p.Name, err)
+	}
+	p.rt, err = openRTNL(p.NS)
+	return err
+}
+
+// watchPower marks each port powered when its phone side is brought up,
+// and stops watching that port then.
 func (l *lab) watchPower(ctx context.Context) error {
 	for _, p := range l.ports {
 		updates := make(chan netlink.LinkUpdate, 16)
+		done := make(chan struct{})
+		go func() {
+			select {
+			case <-ctx.Done():
+			case <-p.powered:
+			}
+			close(done)
+		}()
 		h := p.NS.Handle()
-		err := netlink.LinkSubscribeWithOptions(updates, ctx.Done(), netlink.LinkSubscribeOptions{
+		err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
 			Namespace:    &h,
 			ListExisting: true,
+			// The phones' interfaces change with the link: hundreds of
+			// messages at once on a port with many phones.
+			ReceiveBufferSize:      4 << 20,
+			ReceiveBufferForceSize: true,
 			ErrorCallback: func(err error) {
-				if ctx.Err() == nil { // the socket errors out when the watch is stopped
+				select {
+				case <-done: // the socket errors out when the watch is stopped
+				default:
 					l.o.Log.Warn("link watch", "port", p.Name, "error", err)
 				}
 			},
@@ -432,6 +611,8 @@ func (l *lab) agentConfig() agent.Config {
 		}
 		cfg.DHCP.Pools = append(cfg.DHCP.Pools, pool)
 	}
+	l.provisionConfig(&cfg, l.phones)
+	l.proxyConfig(&cfg)
 	for _, p := range l.ports {
 		cfg.Ports = append(cfg.Ports, agent.PortConfig{
 			Name:      p.Name,
@@ -473,9 +654,16 @@ func (l *lab) startAgent(ctx context.Context) error {
 		logw = io.MultiWriter(l.logf, l.o.AgentLog)
 	}
 	cmd.Stdout, cmd.Stderr = logw, logw
-	// If the lab dies, the agent goes with it rather than serving on.
+	// If the lab dies, the agent goes with it rather than serving on. The
+	// kernel sends Pdeathsig when the thread that started the child ends,
+	// not the process: the agent is started from a thread of the lab's
+	// own that stays until the agent has stopped (a pooled thread may end
+	// whenever a goroutine that locked it returns without unlocking).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := l.appNS.Do(cmd.Start); err != nil {
+	if l.agentThread, err = startNSThread(l.appNS); err != nil {
+		return fmt.Errorf("start agent: %w", err)
+	}
+	if err := l.agentThread.do(cmd.Start); err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
 	l.agent = cmd
@@ -497,6 +685,63 @@ func (l *lab) startAgent(ctx context.Context) error {
 		return fmt.Errorf("agent not ready after 30s; its log:\n%s", l.agentLogTail())
 	case <-ctx.Done():
 		return context.Cause(ctx)
+	}
+}
+
+// readAgentCounters asks the agent for its data-path counters, as
+// `phoneboot status` does.
+func (l *lab) readAgentCounters(ctx context.Context) map[string]uint64 {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := control.NewClient(filepath.Join(l.runDir, "control.sock")).Status(ctx)
+	if err != nil {
+		l.o.Log.Warn("agent status", "error", err)
+		return nil
+	}
+	counters := map[string]uint64{}
+	for _, c := range st.Counters {
+		counters[c.Name] = c.Packets
+	}
+	return counters
+}
+
+// agentMetricsShown are the metric families logged at the end of a storm
+// (--verbose): how the file servers and the DHCP server fared.
+var agentMetricsShown = regexp.MustCompile(`^phoneboot_(tftp|http|dhcp_(dropped|silent|socket_drops|sent))_`)
+
+// logAgentMetrics logs the agent's file-server and DHCP metrics.
+func (l *lab) logAgentMetrics(ctx context.Context) {
+	if !l.o.Log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = l.appNS.Do(func() error {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+labMetricsListen+"/metrics", nil)
+	if err != nil {
+		return
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		l.o.Log.Warn("agent metrics", "error", err)
+		return
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if agentMetricsShown.MatchString(line) && !strings.HasSuffix(line, " 0") {
+			l.o.Log.Info("agent metric", "sample", line)
+		}
 	}
 }
 
@@ -530,6 +775,14 @@ func (l *lab) stopAgent() error {
 	if !cmd.ProcessState.Success() {
 		return fmt.Errorf("agent exited with %s; its log:\n%s", cmd.ProcessState, l.agentLogTail())
 	}
+	// Where the machine's time went: the agent's CPU, and the lab's own
+	// (the simulated phones, their kernel interfaces, the taggers).
+	var self unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &self)
+	l.o.Log.Info("cpu", "agent_user", cmd.ProcessState.UserTime().Round(time.Millisecond),
+		"agent_sys", cmd.ProcessState.SystemTime().Round(time.Millisecond),
+		"lab_user", time.Duration(self.Utime.Nano()).Round(time.Millisecond),
+		"lab_sys", time.Duration(self.Stime.Nano()).Round(time.Millisecond))
 	return nil
 }
 
@@ -565,6 +818,9 @@ func (l *lab) cleanup() error {
 		l.agent.Process.Kill()
 		<-l.exited
 	}
+	if l.agentThread != nil {
+		l.agentThread.stop()
+	}
 	if l.logf != nil {
 		l.logf.Close()
 	}
@@ -575,7 +831,22 @@ func (l *lab) cleanup() error {
 		if p.io != nil {
 			p.io.close()
 		}
+		if p.rt != nil {
+			p.rt.close()
+		}
+		if p.thread != nil {
+			p.thread.stop()
+		}
 		errs = append(errs, p.NS.Close())
+	}
+	if l.app != nil {
+		l.app.rt.close()
+	}
+	for _, s := range l.cms {
+		s.Close()
+	}
+	if l.cmNS != nil {
+		errs = append(errs, l.cmNS.Close())
 	}
 	if l.tagger != nil {
 		l.tagger.Close()
@@ -595,6 +866,40 @@ func (l *lab) cleanup() error {
 	}
 	return errors.Join(errs...)
 }
+
+// raiseFileLimit makes room for the storm's file descriptors: each phone
+// holds a TCP connection once registered and a socket while it fetches,
+// and the CallManagers (in this process) one per phone. The agent, started
+// from here, inherits the limit; it holds two per phone (the phone's and
+// the CallManager's side of the proxy). Raising the hard limit needs
+// CAP_SYS_RESOURCE; without it the lab goes as far as the hard limit and
+// says how many phones that holds.
+func raiseFileLimit(phones int, log *slog.Logger) error {
+	want := uint64(filesPerPhone*phones + 4096)
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur >= want {
+		return nil
+	}
+	raised := unix.Rlimit{Cur: want, Max: max(lim.Max, want)}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &raised); err == nil {
+		return nil
+	}
+	lim.Cur = lim.Max
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Errorf("raise the open file limit to %d: %w", lim.Max, err)
+	}
+	log.Warn("the open file limit is below what the storm needs: phones past it cannot register",
+		"limit", lim.Max, "needed", want, "phones_it_holds", (lim.Max-4096)/filesPerPhone)
+	return nil
+}
+
+// filesPerPhone are the descriptors a registered phone holds: its
+// connection to the proxy and the CallManager's end of the proxy's, in
+// this process, with room for a transfer's socket.
+const filesPerPhone = 3
 
 // IsTerminal reports whether f is a terminal, for live progress.
 func IsTerminal(f *os.File) bool {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/cmsim"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -23,7 +26,14 @@ import (
 var agentBinary string
 
 func TestMain(m *testing.M) {
+	// As root the tests run in a network namespace of their own, which
+	// privtest.RunInNetNS starts this binary again in (the lab makes its
+	// namespaces from there, and the phases' tests serve on its loopback,
+	// never the machine's); the agent is built there, not twice.
 	code := func() int {
+		if os.Geteuid() == 0 && !privtest.InNetNS() {
+			return privtest.RunInNetNS(m)
+		}
 		dir, err := os.MkdirTemp("", "pb-lab-bin-")
 		if err != nil {
 			panic(err)
@@ -32,7 +42,7 @@ func TestMain(m *testing.M) {
 		if agentBinary, err = privtest.BuildPhoneboot(dir); err != nil {
 			panic(err)
 		}
-		return m.Run()
+		return privtest.RunInNetNS(m)
 	}()
 	os.Exit(code)
 }
@@ -91,6 +101,7 @@ func TestLabStorm(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			o := testOptions(t)
 			o.NoXDP = noXDP
+			o.UpgradeFraction = 0.25 // 6 of the 24 phones fetch a new load
 			o.HTMLPath = filepath.Join(t.TempDir(), "report.html")
 			if !noXDP {
 				o.VoiceVLANs = 3 // each phone's address is checked against its VLAN's pool
@@ -116,8 +127,27 @@ func TestLabStorm(t *testing.T) {
 					t.Errorf("phase %s: %d completion times and %d latencies plotted, want %d", p.Name, n, m, p.Done)
 				}
 			}
-			if !slices.Equal(names, []string{"power", "boot", "cdp", "dhcp"}) {
+			if !slices.Equal(names, []string{"power", "boot", "cdp", "dhcp", "config", "firmware", "register"}) {
 				t.Errorf("phases %v", names)
+			}
+			if r := rep.registrations; r.Registered != 24 || r.Lost != 0 || r.ByCallManager != "cm1 24, cm2 0, cm3 0" {
+				t.Errorf("registrations %+v; want the 24 phones registered on the first CallManager", r)
+			}
+			// One phone in 20 (index 19) is not in the inventory and takes
+			// XMLDefault.cnf.xml; every load is 5 to 30 MB.
+			if p := rep.provisioned; p.OwnConfig != 23 || p.DefaultConfig != 1 || p.Older != 6 || p.Upgraded != 6 ||
+				p.Bytes < 6*5e6 || p.Bytes > 6*30e6 {
+				t.Errorf("provisioning: %+v; want 23 phones on their own file, 1 on XMLDefault, 6 of 6 upgraded with 5-30 MB each", p)
+			}
+			if !noXDP {
+				// The phones' interfaces send tagged (their NIC, the tagger,
+				// tags macvlan traffic too), the agent's XDP untags it for
+				// the bridge's stack, and its TC tags the answers: each phone
+				// made at least 4 read requests and got 4 answers.
+				c := rep.agentCounters
+				if c["vlan_untagged"] < 24*4 || c["vlan_egress_tagged"] < 24*4 || c["vlan_egress_drop"] != 0 {
+					t.Errorf("agent counters %v: want at least 96 frames untagged and 96 tagged, none dropped", c)
+				}
 			}
 			if rep.PowerPolicy != "all" || rep.AllDoneSeconds <= 0 || rep.AllDoneSeconds > rep.WallSeconds || rep.PeakLoad.Samples == 0 {
 				t.Errorf("power summary: policy %q, all done after %.3fs of %.3fs, %d load samples", rep.PowerPolicy, rep.AllDoneSeconds, rep.WallSeconds, rep.PeakLoad.Samples)
@@ -181,6 +211,92 @@ func checkJSONSchema(t *testing.T, path string) {
 	if _, ok := top["failures"].([]any); !ok {
 		t.Errorf("failures is %T, want a list (empty, not null)", top["failures"])
 	}
+}
+
+// TestLabFirmwareDamaged: a firmware file damaged after the agent checked
+// its catalog fails the SHA-256 check of every phone that fetches it,
+// which stops in the firmware phase; the others complete.
+func TestLabFirmwareDamaged(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 8, 4
+	o.UpgradeFraction = 1
+	o.damage = "rootfs88xx.14-2-1-0001-14.sbn"
+	rep, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Phones take the models in models.yaml's order: four of the eight
+	// are 88xx (CP-8811 to CP-8861), whose load has the damaged file.
+	if rep.Completed != 4 || rep.Failed != 4 || rep.provisioned.Upgraded != 4 {
+		t.Errorf("completed %d, failed %d, upgraded %d; want 4, 4, 4", rep.Completed, rep.Failed, rep.provisioned.Upgraded)
+	}
+	for _, f := range rep.Failures {
+		if f.Phase != "firmware" || !strings.Contains(f.Error, o.damage+": sha256") {
+			t.Errorf("failure %+v, want the sha256 check of %s", f, o.damage)
+		}
+	}
+}
+
+// TestLabRegisterFailover: the phones register through the agent's proxy
+// (their files name it, at the appliance's address in their subnet), keep
+// alive, and when the primary CallManager stops, register again, on the
+// secondary, through the proxy.
+func TestLabRegisterFailover(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 8, 4
+	o.VoiceVLANs = 2
+	o.cmKeepAlive = time.Second
+	o.beforeReport = func(ctx context.Context, l *lab) error {
+		for _, ph := range l.phones {
+			_, server, _, _ := voiceNet(int(ph.VoiceVLAN) - firstVoiceVLAN)
+			if cms := ph.Config.CallManagers; len(cms) != 1 || cms[0].Host != server.String() || cms[0].SCCPPort != 2000 {
+				t.Errorf("%s (VLAN %d): CallManagers %+v, want the proxy alone at %s:2000", ph.Name, ph.VoiceVLAN, cms, server)
+			}
+		}
+		primary, secondary := l.cms[0], l.cms[1]
+		for _, st := range primary.Stations() {
+			if host, _, _ := net.SplitHostPort(st.Remote); host != applianceUplink.String() {
+				t.Errorf("%s registered from %s, want the proxy at %s", st.Device, st.Remote, applianceUplink)
+			}
+		}
+		// Keepalives: every phone sends one a second.
+		if err := waitFor(ctx, func() bool { return primary.Stats().KeepAlives >= 8 }); err != nil {
+			return fmt.Errorf("keepalives on the primary: %+v: %w", primary.Stats(), err)
+		}
+		if err := primary.SetMode(cmsim.Stopped); err != nil {
+			return err
+		}
+		if err := waitFor(ctx, func() bool { return secondary.Registered() == 8 }); err != nil {
+			return fmt.Errorf("phones on the secondary: %d: %w", secondary.Registered(), err)
+		}
+		return nil
+	}
+	rep, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 8 {
+		t.Errorf("completed %d of 8", rep.Completed)
+	}
+	if r := rep.registrations; r.Registered != 16 || r.Lost != 8 || r.ByCallManager != "cm1 0, cm2 8, cm3 0" {
+		t.Errorf("registrations %+v; want 8 lost on the primary and registered again on the secondary", r)
+	}
+}
+
+// waitFor polls cond until it holds or ctx ends.
+func waitFor(ctx context.Context, cond func() bool) error {
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 func TestLabStaggerPacesPower(t *testing.T) {
@@ -302,6 +418,8 @@ func TestOptionsValidation(t *testing.T) {
 		{"negative stagger", func(o *Options) { o.Stagger = -time.Second }, "--stagger -1s: must be 0 to 1m"},
 		{"zero stagger ports", func(o *Options) { o.StaggerPorts = 0 }, "--stagger-ports 0: must be at least 1"},
 		{"bad id", func(o *Options) { o.ID = "../x" }, `lab id "../x"`},
+		{"negative upgrade fraction", func(o *Options) { o.UpgradeFraction = -0.1 }, "--upgrade-fraction -0.1: must be 0 to 1"},
+		{"upgrade fraction above 1", func(o *Options) { o.UpgradeFraction = 1.5 }, "--upgrade-fraction 1.5: must be 0 to 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -385,6 +503,33 @@ var modelsForTest = func() []images.Model {
 	}
 	return m
 }()
+
+func TestPickUpgraders(t *testing.T) {
+	phones := make([]*Phone, 1000)
+	for i := range phones {
+		phones[i] = newPhone(i, modelsForTest[i%len(modelsForTest)], nil, 1)
+	}
+	for _, tt := range []struct {
+		fraction float64
+		want     int
+	}{{0, 0}, {0.1, 100}, {0.0004, 0}, {0.0005, 1}, {1, 1000}} {
+		got := pickUpgraders(phones, tt.fraction, 7)
+		seen := map[*Phone]bool{}
+		for _, ph := range got {
+			seen[ph] = true
+		}
+		if len(got) != tt.want || len(seen) != tt.want {
+			t.Errorf("fraction %v: %d phones (%d distinct), want %d", tt.fraction, len(got), len(seen), tt.want)
+		}
+	}
+	a, b := pickUpgraders(phones, 0.1, 7), pickUpgraders(phones, 0.1, 7)
+	if !slices.Equal(a, b) {
+		t.Error("the same seed picks other phones")
+	}
+	if c := pickUpgraders(phones, 0.1, 8); slices.Equal(a, c) {
+		t.Error("another seed picks the same phones")
+	}
+}
 
 // checkLoadSampled: the lab sampled the agent's counters during the storm,
 // and the DHCP answers show up on the path that gave them.

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/phoneboot/phoneboot/images"
-	"github.com/phoneboot/phoneboot/userspace/phonetag"
 )
 
 // Cisco OUIs seen on IP phones; the lab spreads its phones across them.
@@ -32,10 +31,22 @@ type Phone struct {
 	// Learned during the boot.
 	VoiceVLAN   uint16       // from CDP
 	IP          netip.Addr   // from DHCP
+	Subnet      netip.Prefix // from DHCP
 	TFTPServers []netip.Addr // option 150
-	Retransmits int          // CDP and DHCP messages sent again for want of an answer
+	Retransmits int          // CDP, DHCP and TFTP messages sent again for want of an answer
+	// FetchRetries are TFTP transfers tried again after a failure.
+	FetchRetries int
+	// Config is what it kept from its configuration file.
+	Config *phoneConfig
+	// Upgraded is set when it fetched and checked a new load.
+	Upgraded bool
 
-	rng *rand.Rand
+	index    int    // its number in the lab, from 0
+	bootLoad string // the load it booted with
+	nicIndex int    // its interface's index in the port's namespace
+	// listen opens its UDP sockets; nil is net.ListenUDP (tests).
+	listen func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	rng    *rand.Rand
 }
 
 func newPhone(index int, model images.Model, port *Port, seed uint64) *Phone {
@@ -43,18 +54,20 @@ func newPhone(index int, model images.Model, port *Port, seed uint64) *Phone {
 	n := index / len(ciscoOUIs)
 	mac := net.HardwareAddr{oui[0], oui[1], oui[2], byte(n >> 16), byte(n >> 8), byte(n)}
 	return &Phone{
-		Name:  "SEP" + strings.ToUpper(strings.ReplaceAll(mac.String(), ":", "")),
-		MAC:   mac,
-		Model: model,
-		Load:  model.Load,
-		Port:  port,
-		rng:   rand.New(rand.NewPCG(seed, uint64(index))),
+		Name:     "SEP" + strings.ToUpper(strings.ReplaceAll(mac.String(), ":", "")),
+		MAC:      mac,
+		Model:    model,
+		Load:     model.Load,
+		Port:     port,
+		index:    index,
+		bootLoad: model.Load,
+		rng:      rand.New(rand.NewPCG(seed, uint64(index))),
 	}
 }
 
 // Phase is one step of a phone's boot. Phases run in order; a phone that
 // fails one stops there. Adding a phase means implementing this and adding
-// it to the list in phasesFor.
+// it to the list in (*lab).phases.
 type Phase interface {
 	Name() string
 	Run(ctx context.Context, ph *Phone) error
@@ -94,13 +107,17 @@ func (b bootPhase) Run(ctx context.Context, ph *Phone) error {
 	}
 }
 
-// phasesFor lists the phases the lab runs, in order.
-func phasesFor(o Options, tagger *phonetag.Tagger) []Phase {
+// phases lists the phases the lab runs, in order.
+func (l *lab) phases() []Phase {
+	f := newFetcher(l.o.TimeScale)
 	return []Phase{
 		powerPhase{},
-		bootPhase{timeScale: o.TimeScale},
-		cdpPhase{timeScale: o.TimeScale, tagger: tagger},
-		dhcpPhase{timeScale: o.TimeScale, subnetOf: o.subnetOf},
+		bootPhase{timeScale: l.o.TimeScale},
+		cdpPhase{timeScale: l.o.TimeScale, tagger: l.tagger},
+		dhcpPhase{timeScale: l.o.TimeScale, subnetOf: l.o.subnetOf},
+		configPhase{f: f, bringUp: func(ph *Phone) error { return ph.bringUpNIC(l.app) }},
+		firmwarePhase{f: f, bytes: &l.firmwareBytes, log: l.o.Log},
+		registerPhase{phones: l.phonesCtx, dial: dialTCP, stats: &l.registrations},
 	}
 }
 

@@ -36,6 +36,12 @@ type Report struct {
 	Label string `json:"label,omitempty"`
 	// Series is what the HTML report plots; not part of the JSON.
 	Series *Series `json:"-"`
+
+	provisioned   provisioned // for the table
+	registrations registered  // for the table
+	// agentCounters are the agent's data-path counters at the end of the
+	// storm (packets), for tests; nil if they could not be read.
+	agentCounters map[string]uint64
 }
 
 // PhaseReport is one phase across all phones. Latencies are of the phones
@@ -178,6 +184,15 @@ func (rep Report) WriteTable(w io.Writer) error {
 		return err
 	}
 	rep.writePowerSummary(w)
+	if u := rep.provisioned; u.OwnConfig+u.DefaultConfig > 0 {
+		fmt.Fprintf(w, "config: %d phones from SEP<MAC>.cnf.xml, %d from XMLDefault.cnf.xml\n", u.OwnConfig, u.DefaultConfig)
+		fmt.Fprintf(w, "firmware: %d of %d phones that booted an older load upgraded, %.1f MB fetched and checked\n",
+			u.Upgraded, u.Older, float64(u.Bytes)/1e6)
+	}
+	if r := rep.registrations; r.Registered > 0 || r.Failed > 0 {
+		fmt.Fprintf(w, "register: %d registrations, %d registered connections lost, %d attempts failed, %d rejected; registered now: %s\n",
+			r.Registered, r.Lost, r.Failed, r.Rejected, r.ByCallManager)
+	}
 	const shown = 10
 	for i, f := range rep.Failures {
 		if i == shown {

@@ -27,6 +27,11 @@ type FetchOptions struct {
 	Retries int
 	// Local address to send from (unspecified: the kernel picks).
 	Local netip.Addr
+	// Listen opens the transfer's socket (a new one per transfer: the
+	// client's TID); nil is net.ListenUDP in the calling thread's network
+	// namespace. The lab opens it in a simulated phone's namespace, bound
+	// to the phone's interface.
+	Listen func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
 }
 
 // FetchResult describes a finished transfer.
@@ -70,7 +75,11 @@ func Fetch(ctx context.Context, server netip.AddrPort, name string, o FetchOptio
 	if local.IsValid() {
 		laddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0))
 	}
-	conn, err := net.ListenUDP(network, laddr)
+	listen := o.Listen
+	if listen == nil {
+		listen = net.ListenUDP
+	}
+	conn, err := listen(network, laddr)
 	if err != nil {
 		return res, err
 	}

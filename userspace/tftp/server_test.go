@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -190,5 +192,34 @@ func TestErrors(t *testing.T) {
 		if !errors.As(err, &re) || re.Code != c.code {
 			t.Errorf("%s: %v, want error %d", c.name, err, c.code)
 		}
+	}
+}
+
+// TestFetchListen: a transfer's socket comes from FetchOptions.Listen, a
+// new one per transfer, and its failure is the transfer's.
+func TestFetchListen(t *testing.T) {
+	s := startServer(t, map[string][]byte{"a": []byte("x")}, nil)
+	var opened []*net.UDPConn
+	listen := func(network string, laddr *net.UDPAddr) (*net.UDPConn, error) {
+		if network != "udp4" || laddr == nil || laddr.IP.String() != "127.0.0.1" {
+			return nil, fmt.Errorf("asked for %s %v, want udp4 on 127.0.0.1", network, laddr)
+		}
+		c, err := net.ListenUDP(network, laddr)
+		opened = append(opened, c)
+		return c, err
+	}
+	for range 2 {
+		got, _, err := fetch(t, s.v4, "a", FetchOptions{Local: netip.MustParseAddr("127.0.0.1"), Listen: listen})
+		if err != nil || string(got) != "x" {
+			t.Fatalf("fetch: %q, %v", got, err)
+		}
+	}
+	if len(opened) != 2 || opened[0].LocalAddr().String() == opened[1].LocalAddr().String() {
+		t.Errorf("sockets opened: %v, want two with their own ports", opened)
+	}
+	refused := errors.New("no sockets today")
+	_, _, err := fetch(t, s.v4, "a", FetchOptions{Listen: func(string, *net.UDPAddr) (*net.UDPConn, error) { return nil, refused }})
+	if !errors.Is(err, refused) {
+		t.Errorf("fetch with a failing Listen: %v", err)
 	}
 }

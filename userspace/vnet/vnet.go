@@ -123,6 +123,10 @@ func (n *NS) Do(fn func() error) error {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
+			// Still in its own namespace: the thread goes back to the
+			// pool. (Ending it would also end every child process it
+			// started with a parent-death signal.)
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("get current netns: %w", err)
 			return
 		}

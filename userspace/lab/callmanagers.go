@@ -1,0 +1,99 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/phoneboot/phoneboot/agent"
+	"github.com/phoneboot/phoneboot/userspace/cmsim"
+	"github.com/phoneboot/phoneboot/userspace/vnet"
+)
+
+// The lab's CallManagers: three simulators (userspace/cmsim) in a
+// namespace of their own behind a veth pair from the appliance namespace,
+// on 10.250.0.11-13, as a CUCM cluster behind the appliance's uplink. The
+// agent's registration proxy is their only client: the phones' files name
+// the proxy, at the appliance's address in their subnet.
+
+var (
+	callManagerNet = netip.MustParsePrefix("10.250.0.0/24")
+	// applianceUplink is the appliance's address toward the CallManagers.
+	applianceUplink  = netip.MustParseAddr("10.250.0.1")
+	callManagerAddrs = []netip.Addr{
+		netip.MustParseAddr("10.250.0.11"),
+		netip.MustParseAddr("10.250.0.12"),
+		netip.MustParseAddr("10.250.0.13"),
+	}
+)
+
+const (
+	uplinkName = "uplink" // the appliance's end of the veth to the CallManagers
+	cmLink     = "eth0"   // the CallManagers' end
+	cmPort     = 2000     // SCCP
+	// cmKeepAlive is the keepalive interval the CallManagers give phones
+	// in RegisterAck: CUCM's default. It is the CallManager's setting, a
+	// protocol timer, so --time-scale does not touch it.
+	cmKeepAlive = 30 * time.Second
+)
+
+// startCallManagers makes the CallManagers' namespace and link and starts
+// the three simulators; they serve until ctx ends or cleanup.
+func (l *lab) startCallManagers(ctx context.Context) error {
+	var err error
+	if l.cmNS, err = vnet.Create("pb" + l.id + "c"); err != nil {
+		return err
+	}
+	if err := l.cmNS.Do(func() error { return writeNetSysctls(noIPv6) }); err != nil {
+		return fmt.Errorf("CallManagers' namespace: %w", err)
+	}
+	if err := vnet.Veth(l.appNS, uplinkName, l.cmNS, cmLink); err != nil {
+		return err
+	}
+	addrs := map[*vnet.NS][]netip.Addr{l.appNS: {applianceUplink}, l.cmNS: callManagerAddrs}
+	for ns, link := range map[*vnet.NS]string{l.appNS: uplinkName, l.cmNS: cmLink} {
+		h := ns.Netlink()
+		lk, err := h.LinkByName(link)
+		if err != nil {
+			return fmt.Errorf("CallManagers' link: %w", err)
+		}
+		for _, a := range addrs[ns] {
+			if err := h.AddrAdd(lk, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(callManagerNet.Bits(), 32)}}); err != nil {
+				return fmt.Errorf("CallManager address %s: %w", a, err)
+			}
+		}
+		if err := h.LinkSetUp(lk); err != nil {
+			return fmt.Errorf("CallManagers' link: %w", err)
+		}
+	}
+	keepAlive := l.o.cmKeepAlive
+	if keepAlive == 0 {
+		keepAlive = cmKeepAlive
+	}
+	for i, a := range callManagerAddrs {
+		cfg := cmsim.Config{Name: fmt.Sprintf("cm%d", i+1), Addr: netip.AddrPortFrom(a, cmPort).String(), KeepAlive: keepAlive}
+		var s *cmsim.Server
+		if err := l.cmNS.Do(func() (err error) { s, err = cmsim.New(cfg, l.o.Log); return err }); err != nil {
+			return err
+		}
+		l.cms = append(l.cms, s)
+		go s.Run(ctx)
+	}
+	return nil
+}
+
+// proxyConfig turns the agent's registration proxy on, in front of the
+// lab's CallManagers (highest priority first), with its default
+// listeners on every address: the phones' files name it at the
+// appliance's address in their subnet.
+func (l *lab) proxyConfig(cfg *agent.Config) {
+	cfg.Proxy.Enabled = true
+	cfg.Proxy.CallManagers = nil
+	for i, a := range callManagerAddrs {
+		cfg.Proxy.CallManagers = append(cfg.Proxy.CallManagers, agent.ProxyCallManager{Name: fmt.Sprintf("cm%d", i+1), Host: a.String()})
+	}
+}

@@ -1,0 +1,137 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/phoneboot/phoneboot/userspace/cmsim"
+	"github.com/phoneboot/phoneboot/userspace/sccp"
+)
+
+// registerPhase is the phone registering with its CallManager over SCCP,
+// with cmsim's simulated phone: it connects to the CallManagers of its
+// configuration file, highest priority first (the next on failure, after
+// a pause), sends RegisterMessage with its device name, device type, load,
+// address and MAC, and waits for RegisterAck. The phase is done when it is
+// registered; the phone then stays registered until the lab ends: it
+// sends KeepAlive at the interval RegisterAck gave, and when the
+// connection drops (or three keepalives go unanswered) it registers again
+// from the top of its list. The lab's phones all speak SCCP, whatever
+// their model's load is named, since the simulated phone does.
+type registerPhase struct {
+	// phones is the context the registered phones keep alive under: it
+	// outlives the storm's, and ends when the lab stops.
+	phones context.Context
+	// dial opens the phone's connection (dialTCP; tests: any).
+	dial  func(ph *Phone) func(ctx context.Context, addr string) (net.Conn, error)
+	stats *registrations
+}
+
+// registrations counts the phones' registration events, all phones.
+type registrations struct {
+	registered, lost, failed, rejected atomic.Int64
+}
+
+func (registerPhase) Name() string { return "register" }
+
+func (p registerPhase) Run(ctx context.Context, ph *Phone) error {
+	if ph.Config == nil {
+		return fmt.Errorf("no configuration")
+	}
+	var servers []string
+	for _, cm := range ph.Config.CallManagers { // highest priority first
+		servers = append(servers, net.JoinHostPort(cm.Host, strconv.Itoa(cm.SCCPPort)))
+	}
+	registered := make(chan struct{})
+	var once atomic.Bool
+	var last atomic.Value // the last failure, for the error
+	reg := sccp.Register{
+		DeviceName: ph.Name, Instance: 1, StationIP: ph.IP, DeviceType: uint32(ph.Model.DeviceType),
+		MaxStreams: 5, ProtocolVersion: 11, MAC: [6]byte(ph.MAC), MaxLines: 1, LoadInfo: ph.Load,
+		ConfigVersion: truncate(ph.Config.VersionStamp, 47),
+	}
+	phone, err := cmsim.NewPhone(cmsim.PhoneConfig{
+		Register: reg,
+		Version:  11,
+		Servers:  servers,
+		Dial:     p.dial(ph),
+		OnEvent: func(ev cmsim.PhoneEvent) {
+			switch ev.Kind {
+			case cmsim.EventRegistered:
+				p.stats.registered.Add(1)
+				if once.CompareAndSwap(false, true) {
+					close(registered)
+				}
+			case cmsim.EventLost:
+				p.stats.lost.Add(1)
+			case cmsim.EventRejected:
+				p.stats.rejected.Add(1)
+				last.Store(fmt.Sprintf("%s rejected it: %v", ev.Server, ev.Err))
+			case cmsim.EventFailed:
+				p.stats.failed.Add(1)
+				last.Store(fmt.Sprintf("%s: %v", ev.Server, ev.Err))
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	go phone.Run(p.phones)
+	select {
+	case <-registered:
+		return nil
+	case <-ctx.Done():
+		why, _ := last.Load().(string)
+		if why == "" {
+			why = "no answer yet"
+		}
+		return fmt.Errorf("not registered (%s): %w", why, context.Cause(ctx))
+	}
+}
+
+// dialTCP connects from the phone's interface and address, in its port's
+// namespace.
+func dialTCP(ph *Phone) func(ctx context.Context, addr string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ph.Port.thread.do(func() (err error) {
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(ph.IP, 0)), Control: ph.bindToNIC}
+			c, err = d.DialContext(ctx, "tcp4", addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// registered summarises the register phase for the report's table.
+type registered struct {
+	Registered, Lost, Failed, Rejected int64
+	// ByCallManager is how many phones each CallManager has registered
+	// at the end of the storm, highest priority first ("cm1 40, cm2 0, ...").
+	ByCallManager string
+}
+
+func (l *lab) registrationSummary() registered {
+	r := registered{
+		Registered: l.registrations.registered.Load(), Lost: l.registrations.lost.Load(),
+		Failed: l.registrations.failed.Load(), Rejected: l.registrations.rejected.Load(),
+	}
+	for i, s := range l.cms {
+		if i > 0 {
+			r.ByCallManager += ", "
+		}
+		r.ByCallManager += fmt.Sprintf("cm%d %d", i+1, s.Registered())
+	}
+	return r
+}
