@@ -262,6 +262,7 @@ func labCommand() *cli.Command {
 			&cli.IntFlag{Name: "voice-vlans", Value: 4, Usage: "spread the ports over this many voice VLANs (at most one per port), each with its own DHCP pool; 0: phones stay untagged"},
 			&cli.Float64Flag{Name: "upgrade-fraction", Value: 0.1, Usage: "share of phones that boot an older load and download the new one (0 to 1)"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter and the choice of phones that upgrade"},
+			&cli.StringSliceFlag{Name: "fault", Usage: "inject a failure during the storm, KIND@WHEN (repeatable): KIND is callmanager (stop the next CallManager), daemon (kill the daemon with SIGKILL and start it again) or port[:pN] (power-cycle the port through the daemon, p1 by default: its phones reboot); WHEN is a time after the storm's start (8s) or PHASE=COUNT (dhcp=300: when 300 phones have their lease)"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's steps and show the agent's log"},
 		},
 		Action: func(c *cli.Context) error {
@@ -284,6 +285,14 @@ func labCommand() *cli.Command {
 			if c.Bool("no-xdp") && !c.IsSet("voice-vlans") {
 				voiceVLANs = 0 // the tagging is XDP's and TC's
 			}
+			var faults []lab.Fault
+			for _, s := range c.StringSlice("fault") {
+				f, err := lab.ParseFault(s)
+				if err != nil {
+					return err
+				}
+				faults = append(faults, f)
+			}
 			ctx, stop := signalContext()
 			defer stop()
 			rep, err := lab.Run(ctx, lab.Options{
@@ -301,6 +310,7 @@ func labCommand() *cli.Command {
 				NoXDP:           c.Bool("no-xdp"),
 				VoiceVLANs:      voiceVLANs,
 				UpgradeFraction: c.Float64("upgrade-fraction"),
+				Faults:          faults,
 				Seed:            c.Uint64("seed"),
 				JSONPath:        c.String("json"),
 				HTMLPath:        c.String("html"),
@@ -312,10 +322,14 @@ func labCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			var problems []error
 			if rep.Failed > 0 {
-				return fmt.Errorf("%d of %d phones failed", rep.Failed, rep.Phones)
+				problems = append(problems, fmt.Errorf("%d of %d phones failed", rep.Failed, rep.Phones))
 			}
-			return nil
+			if in := rep.Integrity; in != nil && in.Violations > 0 {
+				problems = append(problems, fmt.Errorf("lease integrity: %d violations (listed above and in --json)", in.Violations))
+			}
+			return errors.Join(problems...)
 		},
 	}
 }

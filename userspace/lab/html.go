@@ -20,6 +20,9 @@ type Series struct {
 	LatencyMs map[string][]float64
 	// Load is sampled from the appliance's counters during the storm.
 	Load []LoadSample
+	// Registered is how many phones were registered over time, at each
+	// change.
+	Registered []RegisteredSample
 }
 
 // LoadSample is the appliance's load over one sampling interval ending T
