@@ -144,6 +144,16 @@ func TestRecoveryWatch(t *testing.T) {
 	if empty := track.watch(t0, t0, nil); !empty.recoveredAt().Equal(t0) {
 		t.Error("a watch of no phones is not recovered at once")
 	}
+	// A phone that registered again before the watch was made (the
+	// fault's injection takes time) counts from its history.
+	d := &Phone{Name: "d"}
+	track.set(d, true, t0.Add(6*time.Second))
+	track.set(d, false, t0.Add(7*time.Second))
+	track.set(d, true, t0.Add(8*time.Second))
+	late := track.watch(t0.Add(7*time.Second), t0.Add(7*time.Second), []*Phone{d})
+	if got := late.recoveredAt(); !got.Equal(t0.Add(8 * time.Second)) {
+		t.Errorf("phone registered again before the watch: recovered at %v, want t0+8s", got.Sub(t0))
+	}
 }
 
 // faultOptions is a small storm with the given faults.

@@ -271,7 +271,7 @@ func (r *phoneRun) pass(ctx context.Context) (string, error) {
 	run := ctx
 	for i, p := range r.phases {
 		if err := p.Run(run, r.ph); err != nil {
-			if run != ctx && errors.Is(context.Cause(run), errPowerLost) {
+			if run != ctx && r.lostPower(run) {
 				return p.Name(), errPowerLost
 			}
 			return p.Name(), err
@@ -292,6 +292,31 @@ func (r *phoneRun) pass(ctx context.Context) (string, error) {
 	}
 	return "", nil
 }
+
+// lostPower reports whether a phase that failed under run failed for
+// want of power. The kernel takes the link down before the lab's watch
+// hears of it, so a phase may fail first on the link (a send on a link
+// that is down: ENETDOWN): on a port that flaps, a failure waits up to
+// powerLossGrace for the power's loss to be heard before it counts as
+// one.
+func (r *phoneRun) lostPower(run context.Context) bool {
+	if !r.ph.Port.power.flaps {
+		return errors.Is(context.Cause(run), errPowerLost)
+	}
+	t := time.NewTimer(powerLossGrace)
+	defer t.Stop()
+	select {
+	case <-r.ph.session.Done():
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// powerLossGrace bounds the wait for the power watch after a failure on a
+// port that flaps: the netlink message comes in milliseconds, seconds on
+// a machine loaded to the hilt.
+const powerLossGrace = 5 * time.Second
 
 func (r *phoneRun) fail(phase string, err error) {
 	r.ph.failed.Store(true)

@@ -14,6 +14,7 @@ import (
 type registrationTrack struct {
 	mu      sync.Mutex
 	on      map[*Phone]bool
+	regs    map[*Phone][]time.Time // each phone's registrations, in order
 	changes []registeredChange
 	watches []*recoveryWatch
 }
@@ -35,13 +36,14 @@ func (r *registrationTrack) set(ph *Phone, registered bool, t time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.on == nil {
-		r.on = map[*Phone]bool{}
+		r.on, r.regs = map[*Phone]bool{}, map[*Phone][]time.Time{}
 	}
 	if r.on[ph] == registered {
 		return
 	}
 	if registered {
 		r.on[ph] = true
+		r.regs[ph] = append(r.regs[ph], t)
 	} else {
 		delete(r.on, ph)
 	}
@@ -51,11 +53,7 @@ func (r *registrationTrack) set(ph *Phone, registered bool, t time.Time) {
 	}
 	for _, w := range r.watches {
 		if w.pending[ph] && !t.Before(w.since) {
-			delete(w.pending, ph)
-			w.last = t
-			if len(w.pending) == 0 {
-				close(w.done)
-			}
+			w.registered(ph, t)
 		}
 	}
 }
@@ -72,20 +70,29 @@ func (r *registrationTrack) registeredPhones() []*Phone {
 }
 
 // watch follows phones a fault at hit until each has registered at or
-// after since.
+// after since. A phone may have done so already (the fault's injection
+// takes time, and a phone may register again within it): its
+// registrations so far are counted too.
 func (r *registrationTrack) watch(at, since time.Time, phones []*Phone) *recoveryWatch {
-	w := &recoveryWatch{at: at, since: since, affected: len(phones), pending: map[*Phone]bool{}, done: make(chan struct{})}
+	w := &recoveryWatch{at: at, since: since, affected: len(phones), pending: map[*Phone]bool{}, done: make(chan struct{}), track: r}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, ph := range phones {
 		w.pending[ph] = true
+	}
+	for _, ph := range phones {
+		for _, t := range r.regs[ph] {
+			if !t.Before(since) {
+				w.registered(ph, t)
+				break
+			}
+		}
 	}
 	if len(phones) == 0 {
 		w.last = at
 		close(w.done)
 	}
-	r.mu.Lock()
 	r.watches = append(r.watches, w)
-	r.mu.Unlock()
-	w.track = r
 	return w
 }
 
@@ -110,6 +117,17 @@ type recoveryWatch struct {
 	pending map[*Phone]bool
 	last    time.Time     // the latest registration that took a phone off pending
 	done    chan struct{} // closed when pending is empty
+}
+
+// registered takes ph off pending, registered again at t; track.mu is held.
+func (w *recoveryWatch) registered(ph *Phone, t time.Time) {
+	delete(w.pending, ph)
+	if t.After(w.last) {
+		w.last = t
+	}
+	if len(w.pending) == 0 {
+		close(w.done)
+	}
 }
 
 // recoveredAt is when the last affected phone registered again; zero
