@@ -275,6 +275,14 @@ func labCommand() *cli.Command {
 				level = slog.LevelInfo
 				agentLog = os.Stderr
 			}
+			var faults []lab.Fault
+			for _, s := range c.StringSlice("fault") {
+				f, err := lab.ParseFault(s)
+				if err != nil {
+					return err
+				}
+				faults = append(faults, f)
+			}
 			if os.Geteuid() != 0 {
 				return lab.ErrNotRoot // before anything that would fail less clearly
 			}
@@ -284,14 +292,6 @@ func labCommand() *cli.Command {
 			voiceVLANs := c.Int("voice-vlans")
 			if c.Bool("no-xdp") && !c.IsSet("voice-vlans") {
 				voiceVLANs = 0 // the tagging is XDP's and TC's
-			}
-			var faults []lab.Fault
-			for _, s := range c.StringSlice("fault") {
-				f, err := lab.ParseFault(s)
-				if err != nil {
-					return err
-				}
-				faults = append(faults, f)
 			}
 			ctx, stop := signalContext()
 			defer stop()

@@ -157,6 +157,12 @@ type FaultReport struct {
 	Affected        int     `json:"affected"`
 	Recovered       int     `json:"recovered"`
 	RecoverySeconds float64 `json:"recovery_seconds"`
+	// Of the phones it hit, RegisteredAtFault were registered then; all
+	// of them were registered again ReregisteredSeconds after the fault
+	// (0 if some never were). For daemon the difference from Recovery is
+	// the storm still in progress: phones that had not registered yet.
+	RegisteredAtFault   int     `json:"registered_at_fault"`
+	ReregisteredSeconds float64 `json:"reregistered_seconds"`
 	// For daemon: from the kill until the restarted daemon's READY=1, and
 	// the DHCP answers the pinned XDP program gave meanwhile (OFFERs and
 	// ACKs, from its counters).
@@ -208,11 +214,13 @@ type faultRunner struct {
 
 type faultRun struct {
 	Fault
-	cm    int   // FaultCallManager: which CallManager it stops
-	port  *Port // FaultPort: the port it cycles
-	at    time.Time
-	rep   FaultReport
-	watch *recoveryWatch
+	cm   int   // FaultCallManager: which CallManager it stops
+	port *Port // FaultPort: the port it cycles
+	at   time.Time
+	rep  FaultReport
+	// watch follows the phones it hit, regWatch those of them that were
+	// registered then.
+	watch, regWatch *recoveryWatch
 }
 
 // startFaults starts a goroutine per fault that waits for its trigger,
@@ -335,21 +343,39 @@ func (f *faultRunner) injectFault(ctx context.Context, r *faultRun) error {
 }
 
 func (f *faultRunner) stopCallManager(r *faultRun) error {
-	affected := f.l.registrations.track.registeredPhones()
+	registered := f.l.registrations.track.registeredPhones()
 	at := time.Now()
 	if err := f.l.cms[r.cm].SetMode(cmsim.Stopped); err != nil {
 		return err
 	}
 	f.injected(r, at)
 	f.event(eventCallManagerStopped, at, r.rep.Target)
-	r.watch = f.l.registrations.track.watch(at, at, affected)
+	f.follow(r, at, at, registered, registered)
 	return nil
+}
+
+// follow watches the phones the fault hit until each registered again at
+// or after since: all of them, and those that were registered when it hit.
+func (f *faultRunner) follow(r *faultRun, at, since time.Time, hit, registered []*Phone) {
+	were := map[*Phone]bool{}
+	for _, ph := range registered {
+		were[ph] = true
+	}
+	var both []*Phone
+	for _, ph := range hit {
+		if were[ph] {
+			both = append(both, ph)
+		}
+	}
+	track := &f.l.registrations.track
+	r.watch = track.watch(at, since, hit)
+	r.regWatch = track.watch(at, since, both)
 }
 
 // restartDaemon kills the daemon and starts it again with its config.
 func (f *faultRunner) restartDaemon(ctx context.Context, r *faultRun) error {
 	l := f.l
-	affected := f.poweredPhones()
+	affected, registered := f.poweredPhones(), l.registrations.track.registeredPhones()
 	answered, cerr := l.fastPathAnswers()
 	at := time.Now()
 	if err := l.killAgent(); err != nil {
@@ -379,7 +405,7 @@ func (f *faultRunner) restartDaemon(ctx context.Context, r *faultRun) error {
 	}
 	// Only the restarted daemon's proxy registers phones: one whose
 	// RegisterAck was on its way at the kill loses that connection too.
-	r.watch = l.registrations.track.watch(at, ready, affected)
+	f.follow(r, at, ready, affected, registered)
 	return downErr
 }
 
@@ -419,6 +445,7 @@ func (f *faultRunner) cyclePort(ctx context.Context, r *faultRun) error {
 			affected = append(affected, ph)
 		}
 	}
+	registered := l.registrations.track.registeredPhones()
 	at := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -430,7 +457,7 @@ func (f *faultRunner) cyclePort(ctx context.Context, r *faultRun) error {
 	back := time.Now()
 	// The phones register again once the power is back: from the end of
 	// the call on.
-	r.watch = l.registrations.track.watch(at, back, affected)
+	f.follow(r, at, back, affected, registered)
 	return nil
 }
 
@@ -476,6 +503,12 @@ func (f *faultRunner) addTo(rep *Report) {
 			r.rep.Affected, r.rep.Recovered = w.affected, w.affected-len(w.pendingPhones())
 			if t := w.recoveredAt(); !t.IsZero() {
 				r.rep.RecoverySeconds = t.Sub(w.at).Seconds()
+			}
+		}
+		if w := r.regWatch; w != nil {
+			r.rep.RegisteredAtFault = w.affected
+			if t := w.recoveredAt(); !t.IsZero() {
+				r.rep.ReregisteredSeconds = t.Sub(w.at).Seconds()
 			}
 		}
 		if r.port != nil {
@@ -567,6 +600,12 @@ func (rep Report) writeFaults(w io.Writer) {
 		fmt.Fprintf(&b, "; %d of %d phones it hit registered again", f.Recovered, f.Affected)
 		if f.Recovered == f.Affected {
 			fmt.Fprintf(&b, " after %.3fs", f.RecoverySeconds)
+		}
+		if f.RegisteredAtFault > 0 && f.RegisteredAtFault != f.Affected {
+			fmt.Fprintf(&b, ", the %d registered then", f.RegisteredAtFault)
+			if f.ReregisteredSeconds > 0 {
+				fmt.Fprintf(&b, " after %.3fs", f.ReregisteredSeconds)
+			}
 		}
 		if f.Error != "" {
 			fmt.Fprintf(&b, " (%s)", f.Error)

@@ -183,7 +183,8 @@ func checkRecovered(t *testing.T, o Options, rep Report) {
 		t.Fatalf("%d faults reported, want %d", len(rep.Faults), len(o.Faults))
 	}
 	for _, f := range rep.Faults {
-		if !f.Injected || f.Error != "" || f.Recovered != f.Affected || f.AtSeconds <= 0 || (f.Affected > 0 && f.RecoverySeconds <= 0) {
+		if !f.Injected || f.Error != "" || f.Recovered != f.Affected || f.AtSeconds <= 0 || (f.Affected > 0 && f.RecoverySeconds <= 0) ||
+			f.RegisteredAtFault > f.Affected || f.ReregisteredSeconds > f.RecoverySeconds || (f.RegisteredAtFault > 0 && f.ReregisteredSeconds <= 0) {
 			t.Errorf("fault %+v: want injected, every phone it hit registered again, and the time that took", f)
 		}
 	}
@@ -229,7 +230,7 @@ func TestLabFaultCallManager(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkRecovered(t, o, rep)
-	if f := rep.Faults[0]; f.Target != "cm1" || f.Affected < 4 {
+	if f := rep.Faults[0]; f.Target != "cm1" || f.Affected < 4 || f.RegisteredAtFault != f.Affected {
 		t.Errorf("fault %+v: want cm1 stopped with at least 4 phones registered", f)
 	}
 	if r := rep.registrations; !strings.HasPrefix(r.ByCallManager, "cm1 0, cm2 8") {
@@ -284,8 +285,8 @@ func TestLabFaultDaemon(t *testing.T) {
 	if first := rep.Faults[0]; first.RestartEvents < 2 {
 		t.Errorf("first restart: %d fast path events waiting, want at least the probe's new client's 2", first.RestartEvents)
 	}
-	if last := rep.Faults[2]; last.Affected != 96 {
-		t.Errorf("the last kill hit %d phones, want all 96 registered then", last.Affected)
+	if last := rep.Faults[2]; last.Affected != 96 || last.RegisteredAtFault != 96 {
+		t.Errorf("the last kill hit %d phones, %d registered; want all 96 registered then", last.Affected, last.RegisteredAtFault)
 	}
 	if in := rep.Integrity; in.StoreLeases != 97 || in.KernelBindings != 97 {
 		t.Errorf("integrity %+v: want the 96 phones and the probe's client in the store and the fast path", in)
@@ -361,6 +362,9 @@ func TestLabFaultPort(t *testing.T) {
 		if f.Affected != 4 || f.PowerOffSeconds <= 0 {
 			t.Errorf("fault %+v: want the 4 phones of the port hit and the time off", f)
 		}
+	}
+	if f := rep.Faults[0]; f.RegisteredAtFault != 4 {
+		t.Errorf("fault %+v: want p2's 4 phones registered when it went off", f)
 	}
 	ks := eventKinds(rep.Events)
 	for _, k := range []string{eventPowerOff, eventPowerOn} {

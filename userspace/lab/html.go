@@ -338,8 +338,8 @@ table.events { margin-top: 8px; }
 <div class="charts">{{.Completed}}{{.Recovery}}{{range .PerRun}}{{.}}{{end}}</div>
 {{range .Runs}}{{if .Report.Faults}}<h2>Faults and recovery: {{.Label}}</h2>
 <p>Shaded on the time charts from each fault until every phone it hit was registered again; darker while the daemon was down or the port's power off.</p>
-<table class="faults"><tr><th>fault</th><th>target</th><th>at (s)</th><th>phones hit</th><th>registered again</th><th>recovery (s)</th><th>down or off (s)</th><th>fast path answers while down</th><th></th></tr>
-{{range .Report.Faults}}<tr><td>{{.Trigger}}</td><td>{{.Target}}</td>{{if .Injected}}<td>{{printf "%.2f" .AtSeconds}}</td><td>{{.Affected}}</td><td>{{.Recovered}}</td><td>{{printf "%.3f" .RecoverySeconds}}</td><td>{{printf "%.2f" (downOrOff .)}}</td><td>{{.FastPathAnswersWhileDown}}</td><td style="text-align:left">{{.Error}}</td>{{else}}<td colspan="7" style="text-align:left">not injected: {{.Error}}</td>{{end}}</tr>
+<table class="faults"><tr><th>fault</th><th>target</th><th>at (s)</th><th>phones hit</th><th>registered again</th><th>recovery (s)</th><th>of them registered then</th><th>those registered again after (s)</th><th>down or off (s)</th><th>fast path answers while down</th><th></th></tr>
+{{range .Report.Faults}}<tr><td>{{.Trigger}}</td><td>{{.Target}}</td>{{if .Injected}}<td>{{printf "%.2f" .AtSeconds}}</td><td>{{.Affected}}</td><td>{{.Recovered}}</td><td>{{printf "%.3f" .RecoverySeconds}}</td><td>{{.RegisteredAtFault}}</td><td>{{printf "%.3f" .ReregisteredSeconds}}</td><td>{{printf "%.2f" (downOrOff .)}}</td><td>{{.FastPathAnswersWhileDown}}</td><td style="text-align:left">{{.Error}}</td>{{else}}<td colspan="9" style="text-align:left">not injected: {{.Error}}</td>{{end}}</tr>
 {{end}}</table>
 <table class="events"><tr><th>s</th><th>event</th><th>detail</th></tr>
 {{range .Report.Events}}<tr><td>{{printf "%.3f" .AtSeconds}}</td><td style="text-align:left">{{.Kind}}</td><td style="text-align:left">{{.Detail}}</td></tr>

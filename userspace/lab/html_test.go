@@ -48,7 +48,7 @@ func sampleRuns() []Report {
 			// The daemon killed at 1 s, down 0.4 s, every phone registered
 			// again 1.2 s later; cm1 stopped at 2.5 s.
 			rep.Faults = []FaultReport{
-				{Kind: FaultDaemon, Target: "phoneboot", Trigger: "daemon@1s", Injected: true, AtSeconds: 1, Affected: 200, Recovered: 200, RecoverySeconds: 1.2, DownSeconds: 0.4},
+				{Kind: FaultDaemon, Target: "phoneboot", Trigger: "daemon@1s", Injected: true, AtSeconds: 1, Affected: 200, Recovered: 200, RecoverySeconds: 1.2, RegisteredAtFault: 120, ReregisteredSeconds: 0.9, DownSeconds: 0.4},
 				{Kind: FaultCallManager, Target: "cm1", Trigger: "callmanager@register=150", Injected: true, AtSeconds: 2.5, Affected: 150, Recovered: 150, RecoverySeconds: 0.1},
 				{Kind: FaultPort, Target: "p9", Trigger: "port:p9@register=999", Error: "only 200 phones finished register"},
 			}
@@ -76,7 +76,7 @@ func TestWriteHTML(t *testing.T) {
 		"Latency of the register phase",
 		"2026-12-06T00:00:00Z",
 		"Faults and recovery: phoneboot &lt;xdp&gt;",
-		"<td>daemon@1s</td><td>phoneboot</td><td>1.00</td><td>200</td><td>200</td><td>1.200</td><td>0.40</td>",
+		"<td>daemon@1s</td><td>phoneboot</td><td>1.00</td><td>200</td><td>200</td><td>1.200</td><td>120</td><td>0.900</td><td>0.40</td>",
 		"not injected: only 200 phones finished register",
 		"<td>lease integrity</td><td>no violation</td><td>—</td>",
 		"<td>slowest recovery (s)</td><td>1.200</td><td>—</td>",
