@@ -48,7 +48,8 @@ import (
 // have finished a phase ("dhcp=300": when the 300th phone has its lease;
 // "register=1000": when 1,000 phones have registered). No fault fires
 // before the daemon is first ready, and faults fire one at a time: one
-// whose time comes while the daemon restarts waits for it.
+// that falls due while the daemon restarts waits for it, and faults that
+// wait go in the order given.
 
 // The kinds of fault.
 const (
@@ -204,7 +205,7 @@ type faultRunner struct {
 	start time.Time
 
 	runs    []*faultRun
-	inject  sync.Mutex // one fault at a time
+	turns   turns // one fault at a time
 	wg      sync.WaitGroup
 	settled chan struct{} // closed when every phone finished its first pass
 
@@ -214,10 +215,11 @@ type faultRunner struct {
 
 type faultRun struct {
 	Fault
-	cm   int   // FaultCallManager: which CallManager it stops
-	port *Port // FaultPort: the port it cycles
-	at   time.Time
-	rep  FaultReport
+	index int   // in the order given
+	cm    int   // FaultCallManager: which CallManager it stops
+	port  *Port // FaultPort: the port it cycles
+	at    time.Time
+	rep   FaultReport
 	// watch follows the phones it hit, regWatch those of them that were
 	// registered then.
 	watch, regWatch *recoveryWatch
@@ -230,8 +232,8 @@ type faultRun struct {
 func (l *lab) startFaults(ctx context.Context, rec *recorder, start time.Time) *faultRunner {
 	f := &faultRunner{l: l, rec: rec, start: start, settled: make(chan struct{})}
 	cms := 0
-	for _, flt := range l.o.Faults {
-		r := &faultRun{Fault: flt, rep: FaultReport{Kind: flt.Kind, Trigger: flt.Spec}}
+	for i, flt := range l.o.Faults {
+		r := &faultRun{Fault: flt, index: i, rep: FaultReport{Kind: flt.Kind, Trigger: flt.Spec}}
 		switch flt.Kind {
 		case FaultCallManager:
 			r.cm = cms
@@ -252,6 +254,38 @@ func (l *lab) startFaults(ctx context.Context, rec *recorder, start time.Time) *
 	return f
 }
 
+// turns lets one fault be injected at a time. Faults that fall due while
+// another is being injected (a daemon restarting takes seconds) go in
+// the order they were given.
+type turns struct {
+	mu      sync.Mutex
+	cond    sync.Cond
+	busy    bool
+	waiting []int // indexes of the faults waiting, ascending
+}
+
+func (t *turns) take(i int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cond.L == nil {
+		t.cond.L = &t.mu
+	}
+	t.waiting = append(t.waiting, i)
+	slices.Sort(t.waiting)
+	for t.busy || t.waiting[0] != i {
+		t.cond.Wait()
+	}
+	t.waiting = t.waiting[1:]
+	t.busy = true
+}
+
+func (t *turns) give() {
+	t.mu.Lock()
+	t.busy = false
+	t.mu.Unlock()
+	t.cond.Broadcast()
+}
+
 // at is t in seconds from the storm's start.
 func (f *faultRunner) at(t time.Time) float64 { return t.Sub(f.start).Seconds() }
 
@@ -267,9 +301,14 @@ func (f *faultRunner) run(ctx context.Context, r *faultRun) {
 		f.event(eventNotInjected, time.Now(), r.Spec+": "+err.Error())
 		return
 	}
-	f.inject.Lock()
-	err := f.injectFault(ctx, r)
-	f.inject.Unlock()
+	f.turns.take(r.index)
+	err := context.Cause(ctx)
+	if err == nil {
+		err = f.injectFault(ctx, r)
+	} else {
+		err = fmt.Errorf("the storm ended first: %w", err)
+	}
+	f.turns.give()
 	if err != nil {
 		r.rep.Error = err.Error()
 		if !r.rep.Injected {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -376,5 +377,47 @@ func TestLabFaultPort(t *testing.T) {
 	// again; their CallManager replaced their old registrations.
 	if r := rep.registrations; r.Registered < 16+4 || !strings.HasPrefix(r.ByCallManager, "cm1 16") {
 		t.Errorf("registrations %+v: want 16 phones and the 4 of p2 again, all on cm1", r)
+	}
+}
+
+// TestTurns: one fault at a time, and those waiting go in the order given.
+func TestTurns(t *testing.T) {
+	var tu turns
+	tu.take(5) // a daemon restarting
+	order := make(chan int, 3)
+	var wg sync.WaitGroup
+	for _, i := range []int{7, 2, 6} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tu.take(i)
+			order <- i
+			tu.give()
+		}()
+	}
+	// Wait until all three wait for their turn.
+	for {
+		tu.mu.Lock()
+		n := len(tu.waiting)
+		tu.mu.Unlock()
+		if n == 3 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case i := <-order:
+		t.Fatalf("fault %d injected while another was", i)
+	default:
+	}
+	tu.give()
+	wg.Wait()
+	close(order)
+	var got []int
+	for i := range order {
+		got = append(got, i)
+	}
+	if !slices.Equal(got, []int{2, 6, 7}) {
+		t.Errorf("order %v, want 2, 6, 7", got)
 	}
 }
