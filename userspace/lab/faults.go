@@ -38,6 +38,7 @@ import (
 //     API, as `phoneboot poe cycle pN` does (off for power.cycle_off, then
 //     detection again). A PoE phone has no other supply, so a cable pull
 //     is the same to it: the phones on the port lose power and reboot.
+//     A port not powered yet (a stagger) is cycled once it is.
 //     They go back to waiting for power, then boot, CDP, DHCP, their
 //     configuration, firmware (a phone that upgraded runs the new load
 //     and skips it) and registration, as after any power-up. The lab
@@ -478,6 +479,13 @@ func (l *lab) fastPathAnswers() (uint64, error) {
 func (f *faultRunner) cyclePort(ctx context.Context, r *faultRun) error {
 	l := f.l
 	p := l.ports[slices.Index(portNames(len(l.ports)), r.Port)]
+	// Power the port has not had yet cannot be cycled (a stagger may not
+	// have reached it): the fault waits for it.
+	select {
+	case <-p.power.firstOn:
+	case <-ctx.Done():
+		return fmt.Errorf("%s was never powered: %w", r.Port, context.Cause(ctx))
+	}
 	var affected []*Phone
 	for _, ph := range l.phones {
 		if ph.Port == p && !ph.failed.Load() {
