@@ -341,6 +341,7 @@ func (r *phoneRun) afterPowerLoss() error {
 	ph := r.ph
 	ph.powered.Store(false)
 	ph.held.Store(nil)
+	ph.closeHTTP() // its connections died with it
 	var errs []error
 	for i := len(r.phases) - 1; i >= 0; i-- {
 		if pl, ok := r.phases[i].(powerLoser); ok {
