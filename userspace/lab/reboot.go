@@ -202,7 +202,7 @@ func (l *lab) watchPort(ctx context.Context, p *Port) error {
 // of its own, rebooting at each power loss, until ctx ends.
 func runPhone(ctx context.Context, ph *Phone, phases []Phase, rec *recorder, start time.Time) {
 	r := &phoneRun{ph: ph, phases: phases, rec: rec, stormStart: start}
-	if r.untilRegistered(ctx) && ph.Port != nil && ph.Port.power.flaps {
+	if r.untilRegistered(ctx) && ph.Port.power.flaps {
 		go r.stayRegistered(ctx)
 	}
 }
