@@ -84,7 +84,15 @@ func (l *lab) startCallManagers() error {
 		return err
 	}
 	defer logf.Close() // the process has its own copy
-	l.cmProc, l.cms, err = startCMProcess(l.o.AgentCommand[0], l.cmNS.Do, l.runDir, listen, keepAlive, logf, l.o.Log)
+	// Started from a thread of its own that stays until cleanup: the
+	// kernel sends the simulators' parent-death signal when the thread
+	// that started them ends, and a pooled thread may end whenever a
+	// goroutine that locked it returns without unlocking (as the lab's
+	// namespace threads do).
+	if l.cmThread, err = startNSThread(l.cmNS); err != nil {
+		return err
+	}
+	l.cmProc, l.cms, err = startCMProcess(l.o.AgentCommand[0], l.cmThread.do, l.runDir, listen, keepAlive, logf, l.o.Log)
 	return err
 }
 

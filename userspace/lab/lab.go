@@ -388,6 +388,7 @@ type lab struct {
 	cmNS          *vnet.NS        // the CallManagers'
 	cms           []*remoteCM     // the CallManagers, by priority
 	cmProc        *cmProcess      // ... and their process
+	cmThread      *nsThread       // the thread that started it
 	phonesCtx     context.Context // registered phones keep alive under it
 	registrations registrations   // their events
 	tftpRoot      string          // what the agent serves: the synthetic loads
@@ -829,6 +830,9 @@ func (l *lab) cleanup() error {
 	}
 	if l.cmProc != nil {
 		l.cmProc.close()
+	}
+	if l.cmThread != nil {
+		l.cmThread.stop()
 	}
 	if l.cmNS != nil {
 		errs = append(errs, l.cmNS.Close())
