@@ -183,6 +183,7 @@ func summaryRows(runs []Report, phases []string) []summaryRow {
 	rows := []summaryRow{
 		row("phones / ports", func(r Report) string { return fmt.Sprintf("%d / %d", r.Phones, r.Ports) }),
 		row("mode", func(r Report) string { return r.Mode }),
+		row("power policy", func(r Report) string { return r.PowerPolicy }),
 		row("storm time (s)", func(r Report) string { return fmt.Sprintf("%.1f", r.WallSeconds) }),
 		row("completed", func(r Report) string { return fmt.Sprint(r.Completed) }),
 		row("failed", func(r Report) string { return fmt.Sprint(r.Failed) }),
@@ -197,7 +198,7 @@ func summaryRows(runs []Report, phases []string) []summaryRow {
 			return "—"
 		}))
 	}
-	return rows
+	return append(rows, comparisonRows(runs)...)
 }
 
 // completedChart: phones that finished every phase, over time, per run.

@@ -59,15 +59,23 @@ type Options struct {
 	// run the load their configuration names and skip the download.
 	UpgradeFraction float64
 	Seed            uint64
-	ID              string // names the lab's namespaces and directories; default random
-	JSONPath        string
-	HTMLPath        string    // the report as an HTML page with plots
-	AgentCommand    []string  // the agent to run; default: this binary's "serve"
-	AgentLog        io.Writer // also gets the agent's log, if set (it always goes to the run directory)
-	Out             io.Writer // the table and live progress
-	LiveProgress    bool      // redraw a progress line while the storm runs
-	ProgressEvery   time.Duration
-	Log             *slog.Logger
+	// Baseline runs the storm against the stack a user would otherwise
+	// deploy (baseline.go): Kea for DHCP, tftpd-hpa for files, the phones
+	// registering straight with the CallManagers; the agent keeps only the
+	// switch's role (PoE, CDP and LLDP). It runs untagged.
+	Baseline bool
+	// InTFTPD is tftpd-hpa's in.tftpd for the baseline; empty: the
+	// installed one, else unpacked from the Debian package.
+	InTFTPD       string
+	ID            string // names the lab's namespaces and directories; default random
+	JSONPath      string
+	HTMLPath      string    // the report as an HTML page with plots
+	AgentCommand  []string  // the agent to run; default: this binary's "serve"
+	AgentLog      io.Writer // also gets the agent's log, if set (it always goes to the run directory)
+	Out           io.Writer // the table and live progress
+	LiveProgress  bool      // redraw a progress line while the storm runs
+	ProgressEvery time.Duration
+	Log           *slog.Logger
 
 	// For tests. damage: once the agent has checked the firmware catalog
 	// at start, change a byte of this file among the synthetic loads, so
@@ -117,6 +125,9 @@ func (o *Options) normalize() error {
 	o.VoiceVLANs = min(o.VoiceVLANs, o.Ports) // a VLAN needs a port to be on
 	if o.VoiceVLANs > 0 && o.NoXDP {
 		return fmt.Errorf("--voice-vlans %d with --no-xdp: the VLAN tagging is done by the XDP and TC programs; use --voice-vlans 0", o.VoiceVLANs)
+	}
+	if o.VoiceVLANs > 0 && o.Baseline {
+		return fmt.Errorf("--voice-vlans %d with --baseline: without phoneboot's XDP and TC programs the appliance tags nothing; the baseline runs with --voice-vlans 0", o.VoiceVLANs)
 	}
 	if !(o.UpgradeFraction >= 0 && o.UpgradeFraction <= 1) {
 		return fmt.Errorf("--upgrade-fraction %v: must be 0 to 1", o.UpgradeFraction)
@@ -222,11 +233,33 @@ func (o *Options) voiceVLAN(i int) uint16 {
 var ErrNotRoot = errors.New("phoneboot lab needs root: it creates network namespaces and veth pairs and loads XDP programs; run it with sudo")
 
 // Run builds the lab, runs the storm and tears everything down again, also
-// when ctx is cancelled (Ctrl-C). The report covers what ran.
-func Run(ctx context.Context, o Options) (rep Report, err error) {
+// when ctx is cancelled (Ctrl-C). The report covers what ran; it is
+// written (--json, --html, the table) whenever the storm ran.
+func Run(ctx context.Context, o Options) (Report, error) {
 	if err := o.normalize(); err != nil {
 		return Report{}, err
 	}
+	rep, err := runOnce(ctx, o)
+	if rep.Series == nil { // the storm did not run
+		return rep, err
+	}
+	var werr error
+	if o.JSONPath != "" {
+		werr = rep.WriteJSONFile(o.JSONPath)
+	}
+	if o.HTMLPath != "" && werr == nil {
+		werr = WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep})
+	}
+	if werr == nil {
+		werr = rep.WriteTable(o.Out)
+	}
+	return rep, errors.Join(err, werr)
+}
+
+// runOnce builds a lab, runs one storm in it and tears it down: the report
+// and an error of the lab itself (an agent that did not stop cleanly, an
+// interruption); a report without Series means the storm did not run.
+func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 	if os.Geteuid() != 0 {
 		return Report{}, ErrNotRoot
 	}
@@ -264,6 +297,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err := l.startCallManagers(watchCtx); err != nil {
 		return Report{}, err
 	}
+	if o.Baseline {
+		if err := l.prepareBaseline(ctx); err != nil {
+			return Report{}, err
+		}
+	}
 	// Registered phones keep alive until the report is taken.
 	var stopPhones context.CancelFunc
 	l.phonesCtx, stopPhones = context.WithCancel(watchCtx)
@@ -293,7 +331,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 			runPhone(stormCtx, ph, phases, rec, start)
 		}()
 	}
-	if err := l.startAgent(ctx); err != nil {
+	if err := l.startAppliance(ctx); err != nil {
 		cancel()
 		wg.Wait()
 		return Report{}, err
@@ -315,14 +353,12 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	stopSampling()
 	<-sampled
 
-	mode := "xdp"
-	if o.NoXDP {
-		mode = "userspace"
-	}
-	rep = rec.report(o.Phones, o.Ports, mode, wall)
+	rep = rec.report(o.Phones, o.Ports, o.mode(), wall)
+	rep.voiceVLANs = o.VoiceVLANs
 	rep.provisioned = l.provisionSummary(phones)
 	rep.registrations = l.registrationSummary()
 	rep.agentCounters = l.readAgentCounters(ctx)
+	rep.baseline = l.baselineSummary()
 	l.logAgentMetrics(ctx)
 	stopPhones()
 	rep.Series.Load = sampler.samples
@@ -332,22 +368,8 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	// An agent that fails to stop cleanly is an error, but the storm's
 	// report is still written.
-	stopErr := l.stopAgent()
-	if o.JSONPath != "" {
-		if err := rep.WriteJSONFile(o.JSONPath); err != nil {
-			return rep, errors.Join(stopErr, err)
-		}
-	}
-	if o.HTMLPath != "" {
-		if err := WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep}); err != nil {
-			return rep, errors.Join(stopErr, err)
-		}
-	}
-	if err := rep.WriteTable(o.Out); err != nil {
-		return rep, errors.Join(stopErr, err)
-	}
-	if stopErr != nil {
-		return rep, stopErr
+	if err := l.stopAgent(); err != nil {
+		return rep, err
 	}
 	if ctx.Err() != nil {
 		return rep, fmt.Errorf("lab interrupted: %w", context.Cause(ctx))
@@ -379,6 +401,7 @@ type lab struct {
 	phonesCtx     context.Context // registered phones keep alive under it
 	registrations registrations   // their events
 	tftpRoot      string          // what the agent serves: the synthetic loads
+	baseline      *baselineStack  // Kea and tftpd-hpa, in a baseline run
 	catalogPath   string          // their catalog
 	firmwareBytes atomic.Int64
 }
@@ -626,7 +649,7 @@ func (l *lab) agentConfig() agent.Config {
 // startAgent runs the agent inside the appliance namespace and waits for
 // its sd_notify READY=1, just as systemd would.
 func (l *lab) startAgent(ctx context.Context) error {
-	data, err := yaml.Marshal(l.agentConfig())
+	data, err := yaml.Marshal(l.daemonConfig())
 	if err != nil {
 		return err
 	}
@@ -814,6 +837,7 @@ func (l *lab) waitShowingProgress(wg *sync.WaitGroup, rec *recorder, phases []st
 // cleanup removes everything the lab made; it is safe on a half-built lab.
 func (l *lab) cleanup() error {
 	var errs []error
+	errs = append(errs, l.stopBaseline())
 	if l.agent != nil {
 		l.agent.Process.Kill()
 		<-l.exited
