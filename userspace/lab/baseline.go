@@ -62,6 +62,7 @@ type baselineStack struct {
 	tftpdExited     chan struct{}
 	leaseFile       string
 	keaLog          string
+	keaControl      string // Kea's control socket
 	tftpdLog        string
 }
 
@@ -157,13 +158,14 @@ func (l *lab) prepareBaseline(ctx context.Context) error {
 		return err
 	}
 	b := &baselineStack{
-		server:    pools[0].ServerIP,
-		leaseFile: filepath.Join(l.runDir, "kea-leases4.csv"),
-		keaLog:    filepath.Join(l.runDir, "kea-dhcp4.log"),
-		tftpdLog:  filepath.Join(l.runDir, "in.tftpd.log"),
+		server:     pools[0].ServerIP,
+		leaseFile:  filepath.Join(l.runDir, "kea-leases4.csv"),
+		keaLog:     filepath.Join(l.runDir, "kea-dhcp4.log"),
+		keaControl: filepath.Join(l.runDir, "kea4-ctrl.sock"),
+		tftpdLog:   filepath.Join(l.runDir, "in.tftpd.log"),
 	}
 	l.baseline = b
-	keaConf, err := keaConfig(pools, bridgeName, b.leaseFile, b.keaLog)
+	keaConf, err := keaConfig(pools, bridgeName, b.leaseFile, b.keaLog, b.keaControl)
 	if err != nil {
 		return err
 	}
@@ -435,8 +437,9 @@ func renderBaselineFiles(ctx context.Context, cfg agent.Config, dir string, log 
 // a raw socket (clients without an address yet), leases in a memfile
 // persisted to leaseFile. The rest is Debian's packaged config's
 // (/etc/kea/kea-dhcp4.conf): lease file cleanup every hour, INFO logging
-// (a line per lease), to logFile.
-func keaConfig(pools []agent.DHCPPoolConfig, bridge, leaseFile, logFile string) ([]byte, error) {
+// (a line per lease), to logFile, and a control socket (the lab reads
+// Kea's statistics there for its load samples).
+func keaConfig(pools []agent.DHCPPoolConfig, bridge, leaseFile, logFile, controlSocket string) ([]byte, error) {
 	type option struct {
 		Name string `json:"name"`
 		Data string `json:"data"`
@@ -487,11 +490,16 @@ func keaConfig(pools []agent.DHCPPoolConfig, bridge, leaseFile, logFile string) 
 	conf := map[string]any{"Dhcp4": map[string]any{
 		"interfaces-config": map[string]any{"interfaces": ifaces, "dhcp-socket-type": "raw"},
 		"lease-database":    map[string]any{"type": "memfile", "persist": true, "name": leaseFile, "lfc-interval": 3600},
+		"control-socket":    map[string]any{"socket-type": "unix", "socket-name": controlSocket},
 		// Kea 2.2 has no definition of option 150 (later versions call it
 		// tftp-server-address): Cisco's TFTP server list.
 		"option-def": []map[string]any{{"name": "tftp-server-address", "code": optTFTPServers, "type": "ipv4-address", "array": true, "space": "dhcp4"}},
 		"subnet4":    subnets,
-		"loggers":    []map[string]any{{"name": "kea-dhcp4", "output_options": []map[string]any{{"output": logFile}}, "severity": "INFO"}},
+		"loggers": []map[string]any{
+			{"name": "kea-dhcp4", "output_options": []map[string]any{{"output": logFile}}, "severity": "INFO"},
+			// Not a line for each of the lab's statistics requests.
+			{"name": "kea-dhcp4.commands", "output_options": []map[string]any{{"output": logFile}}, "severity": "WARN"},
+		},
 	}}
 	return json.MarshalIndent(conf, "", "  ")
 }
@@ -656,4 +664,75 @@ func (s *baselineSummary) write(w io.Writer) {
 		fmt.Fprintf(w, "baseline: Kea's lease file: %v\n", s.Err)
 	}
 	fmt.Fprintf(w, "baseline (Kea, tftpd-hpa, untagged): %d phones leased in Kea's lease file, %d registered straight with the CallManagers\n", s.Leased, s.Direct)
+}
+
+// baselineCounters adds the baseline's counters to the lab's load
+// samples: Kea's DHCP answers (OFFERs, ACKs and NAKs, from its
+// statistics) and the registrations the phones had acknowledged (there is
+// no proxy to count them). Nil outside the baseline.
+func (l *lab) baselineCounters() func(ctx context.Context, c *loadCounters) {
+	b := l.baseline
+	if b == nil {
+		return nil
+	}
+	return func(ctx context.Context, c *loadCounters) {
+		c.registered = float64(l.registrations.registered.Load())
+		if n, err := keaAnswers(ctx, b.keaControl); err == nil {
+			c.dhcpKea = n
+		}
+	}
+}
+
+// keaAnswers asks Kea over its control socket for the DHCP answers it
+// has sent.
+func keaAnswers(ctx context.Context, socket string) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", socket)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	if d, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(d)
+	}
+	if _, err := conn.Write([]byte(`{"command": "statistic-get-all"}`)); err != nil {
+		return 0, err
+	}
+	// Kea answers and closes the connection.
+	data, err := io.ReadAll(conn)
+	if err != nil {
+		return 0, err
+	}
+	return parseKeaAnswers(data)
+}
+
+// parseKeaAnswers sums the latest pkt4-offer-sent, pkt4-ack-sent and
+// pkt4-nak-sent of a statistic-get-all response. Each statistic is a list
+// of [value, timestamp] samples, the latest first.
+func parseKeaAnswers(data []byte) (float64, error) {
+	var resp struct {
+		Result    int                            `json:"result"`
+		Text      string                         `json:"text"`
+		Arguments map[string][][]json.RawMessage `json:"arguments"`
+	}
+	if err := json.Unmarshal(data, &resp); err != nil {
+		return 0, fmt.Errorf("kea statistics: %w", err)
+	}
+	if resp.Result != 0 {
+		return 0, fmt.Errorf("kea statistics: result %d: %s", resp.Result, resp.Text)
+	}
+	total := 0.0
+	for _, name := range []string{"pkt4-offer-sent", "pkt4-ack-sent", "pkt4-nak-sent"} {
+		samples := resp.Arguments[name]
+		if len(samples) == 0 || len(samples[0]) == 0 {
+			continue
+		}
+		var v float64
+		if err := json.Unmarshal(samples[0][0], &v); err != nil {
+			return 0, fmt.Errorf("kea statistics: %s: %w", name, err)
+		}
+		total += v
+	}
+	return total, nil
 }

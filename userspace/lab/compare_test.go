@@ -158,7 +158,7 @@ func TestKeaConfig(t *testing.T) {
 		LeaseTime: agent.Duration(time.Hour), T1: agent.Duration(30 * time.Minute),
 	}}
 	dir := t.TempDir()
-	data, err := keaConfig(pools, "sw0", filepath.Join(dir, "leases.csv"), filepath.Join(dir, "kea.log"))
+	data, err := keaConfig(pools, "sw0", filepath.Join(dir, "leases.csv"), filepath.Join(dir, "kea.log"), filepath.Join(dir, "kea.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,9 +177,9 @@ func TestKeaConfig(t *testing.T) {
 				Pools  []struct {
 					Pool string `json:"pool"`
 				} `json:"pools"`
-				Valid   int `json:"valid-lifetime"`
-				Renew   int `json:"renew-timer"`
-				Rebind  int `json:"rebind-timer"`
+				Valid   int                           `json:"valid-lifetime"`
+				Renew   int                           `json:"renew-timer"`
+				Rebind  int                           `json:"rebind-timer"`
 				Options []struct{ Name, Data string } `json:"option-data"`
 			} `json:"subnet4"`
 		}
@@ -208,7 +208,7 @@ func TestKeaConfig(t *testing.T) {
 	}
 
 	pools[0].Reservations = []agent.DHCPReservation{{IP: first}}
-	if _, err := keaConfig(pools, "sw0", "l", "k"); err == nil {
+	if _, err := keaConfig(pools, "sw0", "l", "k", "s"); err == nil {
 		t.Error("a pool with reservations was carried over without them")
 	}
 
@@ -223,7 +223,7 @@ func TestKeaConfig(t *testing.T) {
 	// loopback does.
 	pools[0].Reservations = nil
 	pools[0].ServerIP = netip.MustParseAddr("127.0.0.1")
-	if data, err = keaConfig(pools, "lo", filepath.Join(dir, "leases.csv"), filepath.Join(dir, "kea.log")); err != nil {
+	if data, err = keaConfig(pools, "lo", filepath.Join(dir, "leases.csv"), filepath.Join(dir, "kea.log"), filepath.Join(dir, "kea.sock")); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "kea.json")
@@ -232,6 +232,22 @@ func TestKeaConfig(t *testing.T) {
 	}
 	if out, err := exec.Command(kea, "-t", path).CombinedOutput(); err != nil {
 		t.Errorf("kea-dhcp4 -t rejects the config: %v\n%s", err, out)
+	}
+}
+
+func TestParseKeaAnswers(t *testing.T) {
+	resp := `{"arguments": {"pkt4-ack-sent": [[40, "2026-12-06 03:40:21.130"], [39, "2026-12-06 03:40:21.100"]],
+		"pkt4-offer-sent": [[41, "2026-12-06 03:40:21.120"]], "pkt4-nak-sent": [[2, "x"]], "pkt4-received": [[99, "x"]]}, "result": 0}`
+	if n, err := parseKeaAnswers([]byte(resp)); err != nil || n != 83 {
+		t.Errorf("answers %v, %v; want 83 (the latest of each)", n, err)
+	}
+	if n, err := parseKeaAnswers([]byte(`{"arguments": {}, "result": 0}`)); err != nil || n != 0 {
+		t.Errorf("no statistics yet: %v, %v", n, err)
+	}
+	for _, bad := range []string{`{"result": 1, "text": "unknown command"}`, `not json`, `{"arguments": {"pkt4-ack-sent": [["x", "y"]]}, "result": 0}`} {
+		if _, err := parseKeaAnswers([]byte(bad)); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
 	}
 }
 
@@ -316,6 +332,15 @@ func TestLabCompare(t *testing.T) {
 	}
 	if b := reps[1].baseline; b == nil || b.Leased != 12 || b.Direct != 12 {
 		t.Errorf("baseline summary %+v: want 12 phones leased by Kea and 12 registered straight", b)
+	}
+	// The baseline's load: Kea's answers and the phones' registrations,
+	// sampled from Kea's statistics and the phones, and no phoneboot DHCP.
+	var kea, fast, goSrv, regs float64
+	for _, s := range reps[1].Series.Load {
+		kea, fast, goSrv, regs = max(kea, s.DHCPKeaPerS), max(fast, s.DHCPFastPerS), max(goSrv, s.DHCPGoPerS), max(regs, s.RegistrationsPerS)
+	}
+	if kea <= 0 || regs <= 0 || fast != 0 || goSrv != 0 {
+		t.Errorf("baseline load: peak Kea %.0f/s, fast path %.0f/s, Go %.0f/s, registrations %.0f/s; want Kea's answers and registrations only", kea, fast, goSrv, regs)
 	}
 	if reps[0].voiceVLANs != 2 || reps[1].voiceVLANs != 0 {
 		t.Errorf("voice VLANs %d and %d; want 2 with XDP, the baseline untagged", reps[0].voiceVLANs, reps[1].voiceVLANs)

@@ -28,9 +28,10 @@ type LoadSample struct {
 	T                 float64
 	DHCPFastPerS      float64 // DHCP answers sent by the XDP fast path
 	DHCPGoPerS        float64 // DHCP answers sent by the Go server
+	DHCPKeaPerS       float64 // DHCP answers sent by Kea (baseline)
 	TFTPMBPerS        float64 // TFTP payload served
 	HTTPMBPerS        float64 // HTTP 6970 payload served
-	RegistrationsPerS float64 // registrations acknowledged through the proxy
+	RegistrationsPerS float64 // registrations acknowledged (through the proxy; in the baseline, to the phones)
 	PowerW            float64 // power drawn on the ports, the sample's end
 	// The services' queues at the sample's end (the adaptive power
 	// policy's signals).
@@ -50,9 +51,10 @@ var loadCharts = []struct {
 	title, unit string
 	metrics     []loadMetric
 }{
-	{"DHCP answers/s (solid: XDP fast path, dashed: Go server)", "answers/s", []loadMetric{
+	{"DHCP answers/s (solid: XDP fast path or Kea, dashed: Go server)", "answers/s", []loadMetric{
 		{"fast path", "", func(s LoadSample) float64 { return s.DHCPFastPerS }, false},
 		{"Go", "", func(s LoadSample) float64 { return s.DHCPGoPerS }, true},
+		{"Kea", "", func(s LoadSample) float64 { return s.DHCPKeaPerS }, false},
 	}},
 	{"TFTP MB/s (solid) and HTTP 6970 MB/s (dashed)", "MB/s", []loadMetric{
 		{"TFTP", "", func(s LoadSample) float64 { return s.TFTPMBPerS }, false},

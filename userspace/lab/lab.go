@@ -319,6 +319,7 @@ func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 	// the agent's own start-up.
 	start := time.Now()
 	sampler := newLoadSampler(l.appNS, labMetricsListen, loadSampleEvery)
+	sampler.more = l.baselineCounters()
 	sampleCtx, stopSampling := context.WithCancel(stormCtx)
 	sampled := make(chan struct{})
 	go func() { defer close(sampled); sampler.run(sampleCtx, start) }()
