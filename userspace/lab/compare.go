@@ -101,15 +101,16 @@ func Compare(ctx context.Context, o Options, variants []string) ([]Report, error
 		}
 		runs = append(runs, vo)
 	}
+	out := runs[0].Out // normalized: never nil
 	title := fmt.Sprintf("phoneboot lab: %d phones on %d ports, compared: %s", runs[0].Phones, runs[0].Ports, strings.Join(variants, ", "))
 	var reps []Report
 	for i, ro := range runs {
-		fmt.Fprintf(o.Out, "\n== %s (run %d of %d) ==\n", variants[i], i+1, len(runs))
+		fmt.Fprintf(out, "\n== %s (run %d of %d) ==\n", variants[i], i+1, len(runs))
 		rep, err := runOnce(ctx, ro)
 		if rep.Series != nil {
 			rep.Label = variants[i]
 			reps = append(reps, rep)
-			if werr := errors.Join(rep.WriteTable(o.Out), writeComparisonFiles(o, title, reps)); werr != nil {
+			if werr := errors.Join(rep.WriteTable(out), writeComparisonFiles(o, title, reps)); werr != nil {
 				return reps, errors.Join(err, werr)
 			}
 		}
@@ -117,8 +118,8 @@ func Compare(ctx context.Context, o Options, variants []string) ([]Report, error
 			return reps, fmt.Errorf("--compare %s: %w", variants[i], err)
 		}
 	}
-	fmt.Fprintln(o.Out)
-	return reps, WriteComparison(o.Out, reps)
+	fmt.Fprintln(out)
+	return reps, WriteComparison(out, reps)
 }
 
 func writeComparisonFiles(o Options, title string, reps []Report) error {
