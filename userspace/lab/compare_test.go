@@ -463,3 +463,53 @@ func udpOwner(l *lab, addr netip.Addr, port int) (int, error) {
 	}
 	return 0, fmt.Errorf("no process holds the socket on %s:%d (inode %s)", addr, port, inode)
 }
+
+// TestLabBaselineInterrupted: Ctrl-C during a baseline storm stops Kea and
+// tftpd-hpa with the lab, and leaves nothing behind.
+func TestLabBaselineInterrupted(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 4, 2
+	o.Baseline, o.VoiceVLANs = true, 0
+	o.TimeScale = 1 // real boot times: 18 s and more
+	var servers []int
+	o.beforeReport = func(ctx context.Context, l *lab) error {
+		servers = append(servers, l.baseline.kea.Process.Pid, l.baseline.tftpd.Process.Pid)
+		return nil
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	// Late enough for the appliance to be up, early enough that no phone
+	// has booted (as in TestLabInterrupted).
+	time.AfterFunc(8*time.Second, func() { cancel(fmt.Errorf("operator pressed Ctrl-C")) })
+	rep, err := Run(ctx, o)
+	assertCleanedUp(t, o.ID)
+	if err == nil || !strings.Contains(err.Error(), "Ctrl-C") {
+		t.Fatalf("Run: %v, want the interruption", err)
+	}
+	if rep.Mode != "baseline" || rep.Failed != 4 {
+		t.Errorf("report after interrupt: mode %q, %d failed", rep.Mode, rep.Failed)
+	}
+	if len(servers) != 2 {
+		t.Fatalf("servers %v: want Kea's and tftpd-hpa's", servers)
+	}
+	for _, pid := range servers {
+		if err := syscall.Kill(pid, 0); err != syscall.ESRCH {
+			t.Errorf("baseline server %d still there after the lab: %v", pid, err)
+		}
+	}
+}
+
+// TestLabBaselineNotTFTPDHPA: an in.tftpd that is not tftpd-hpa's is
+// refused before the storm, and the lab is torn down.
+func TestLabBaselineNotTFTPDHPA(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 2, 2
+	o.Baseline, o.VoiceVLANs = true, 0
+	o.InTFTPD = "/bin/true"
+	_, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err == nil || !strings.Contains(err.Error(), "/bin/true is not tftpd-hpa's in.tftpd") {
+		t.Fatalf("Run: %v, want the refusal", err)
+	}
+}
