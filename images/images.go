@@ -31,6 +31,9 @@ type Model struct {
 	PreviousLoad string `yaml:"previous_load"`
 	// TFTP is what the model asks for in its TFTP read requests.
 	TFTP TFTPRequest `yaml:"tftp"`
+	// HTTP: the model asks for each file over HTTP on port 6970 first,
+	// once, and over TFTP when that fails.
+	HTTP bool `yaml:"http"`
 }
 
 // TFTPRequest is the options a model puts in its TFTP read requests.

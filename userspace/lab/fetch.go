@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -25,10 +26,15 @@ import (
 // the next server of option 150, until the storm's deadline. "File not
 // found" and other errors the server answers are returned at once: they
 // are answers, and a phone acts on them.
+//
+// A model with HTTP provisioning (images.Model.HTTP) asks for each file
+// over HTTP on port 6970 first, once per attempt, and over TFTP when that
+// fails for any reason, "not found" included.
 const (
 	tftpTimeout  = 2 * time.Second
 	tftpRetries  = 5
 	tftpPort     = 69
+	httpPort     = 6970
 	retryPauseLo = 15 * time.Second
 	retryPauseHi = 30 * time.Second
 )
@@ -38,7 +44,10 @@ type fetcher struct {
 	timeScale float64
 	port      uint16 // the servers' TFTP port: 69
 	// fetch is tftp.Fetch.
-	fetch func(ctx context.Context, server netip.AddrPort, name string, o tftp.FetchOptions, w io.Writer) (tftp.FetchResult, error)
+	fetch    func(ctx context.Context, server netip.AddrPort, name string, o tftp.FetchOptions, w io.Writer) (tftp.FetchResult, error)
+	httpPort uint16 // the servers' HTTP port: 6970
+	// get is an HTTP GET of url into w from the phone (httpGet).
+	get func(ctx context.Context, ph *Phone, url string, w io.Writer) (tftp.FetchResult, error)
 	// retryPause is the pause before the next attempt, unscaled.
 	retryPause func(ph *Phone) time.Duration
 }
@@ -48,6 +57,8 @@ func newFetcher(timeScale float64) *fetcher {
 		timeScale: timeScale,
 		port:      tftpPort,
 		fetch:     tftp.Fetch,
+		httpPort:  httpPort,
+		get:       httpGet,
 		retryPause: func(ph *Phone) time.Duration {
 			return retryPauseLo + time.Duration(ph.rng.Int64N(int64(retryPauseHi-retryPauseLo)))
 		},
@@ -91,13 +102,9 @@ func (f *fetcher) fetchFile(ctx context.Context, ph *Phone, name string, s sink,
 		Listen:     ph.listen,
 	}
 	for attempt := 0; ; attempt++ {
-		server := netip.AddrPortFrom(ph.TFTPServers[attempt%len(ph.TFTPServers)], f.port)
-		s.reset()
-		res, err := f.fetch(ctx, server, name, o, s)
-		ph.Retransmits += res.Resent
-		if err == nil && check != nil {
-			err = check(res)
-		}
+		addr := ph.TFTPServers[attempt%len(ph.TFTPServers)]
+		server := netip.AddrPortFrom(addr, f.port)
+		res, err := f.attempt(ctx, ph, addr, name, o, s, check)
 		if err == nil {
 			return res, nil
 		}
@@ -134,6 +141,32 @@ func (f *fetcher) fetchFile(ctx context.Context, ph *Phone, name string, s sink,
 	}
 }
 
+// attempt fetches name once from the server at addr: over HTTP first
+// for a model with HTTP provisioning, over TFTP when HTTP fails (a file
+// HTTP delivered that fails its check is the attempt's failure: the
+// transfer worked, the file is bad), and checks what arrived.
+func (f *fetcher) attempt(ctx context.Context, ph *Phone, addr netip.Addr, name string, o tftp.FetchOptions, s sink, check fileCheck) (tftp.FetchResult, error) {
+	if ph.Model.HTTP {
+		s.reset()
+		res, err := f.get(ctx, ph, "http://"+netip.AddrPortFrom(addr, f.httpPort).String()+"/"+name, s)
+		if err == nil {
+			ph.HTTPFetches++
+			if check != nil {
+				err = check(res)
+			}
+			return res, err
+		}
+		ph.HTTPFallbacks++
+	}
+	s.reset()
+	res, err := f.fetch(ctx, netip.AddrPortFrom(addr, f.port), name, o, s)
+	ph.Retransmits += res.Resent
+	if err == nil && check != nil {
+		err = check(res)
+	}
+	return res, err
+}
+
 // bufferSink keeps a small file (a configuration file, a .loads file) in
 // memory, up to max bytes.
 type bufferSink struct {
@@ -150,3 +183,26 @@ func (b *bufferSink) Write(p []byte) (int, error) {
 }
 
 func (b *bufferSink) reset() { b.buf = b.buf[:0] }
+
+// httpGet fetches url over the phone's own HTTP client: from its
+// interface and address, one connection kept open between requests.
+// Anything but 200 is an error (the phone then asks over TFTP).
+func httpGet(ctx context.Context, ph *Phone, url string, w io.Writer) (tftp.FetchResult, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return tftp.FetchResult{}, err
+	}
+	resp, err := ph.httpClient().Do(req)
+	if err != nil {
+		return tftp.FetchResult{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // keep the connection
+		return tftp.FetchResult{}, fmt.Errorf("HTTP %s", resp.Status)
+	}
+	n, err := io.Copy(w, resp.Body)
+	// TSize plays Content-Length's part in the checks: the size the
+	// server announced.
+	return tftp.FetchResult{Bytes: n, TSize: resp.ContentLength}, err
+}

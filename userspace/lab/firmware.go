@@ -37,6 +37,7 @@ const maxVerifyAttempts = 3
 func (firmwarePhase) Name() string { return "firmware" }
 
 func (p firmwarePhase) Run(ctx context.Context, ph *Phone) error {
+	defer ph.closeHTTP() // the last files the phone fetches
 	if ph.Config == nil {
 		return fmt.Errorf("no configuration")
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"time"
@@ -36,6 +37,9 @@ type Phone struct {
 	Retransmits int          // CDP, DHCP and TFTP messages sent again for want of an answer
 	// FetchRetries are TFTP transfers tried again after a failure.
 	FetchRetries int
+	// HTTPFetches are files it got over HTTP on 6970; HTTPFallbacks are
+	// files it then asked over TFTP because HTTP failed.
+	HTTPFetches, HTTPFallbacks int
 	// Config is what it kept from its configuration file.
 	Config *phoneConfig
 	// Upgraded is set when it fetched and checked a new load.
@@ -46,7 +50,31 @@ type Phone struct {
 	nicIndex int    // its interface's index in the port's namespace
 	// listen opens its UDP sockets; nil is net.ListenUDP (tests).
 	listen func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	http   *http.Client // made on first use (httpClient)
 	rng    *rand.Rand
+}
+
+// httpClient is the phone's HTTP client: its connections are made from
+// its interface and address, and one is kept open between requests.
+func (ph *Phone) httpClient() *http.Client {
+	if ph.http == nil {
+		dial := dialTCP(ph)
+		ph.http = &http.Client{Transport: &http.Transport{
+			DialContext:         func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
+			MaxIdleConnsPerHost: 1,
+			DisableCompression:  true,
+			Proxy:               nil, // never the environment's proxy: the lab's network is its own
+		}}
+	}
+	return ph.http
+}
+
+// closeHTTP closes the phone's kept connection: it fetches nothing more
+// once provisioned, and a storm's phones would hold thousands of them.
+func (ph *Phone) closeHTTP() {
+	if ph.http != nil {
+		ph.http.CloseIdleConnections()
+	}
 }
 
 func newPhone(index int, model images.Model, port *Port, seed uint64) *Phone {

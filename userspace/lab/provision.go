@@ -120,6 +120,9 @@ type provisioned struct {
 	Older         int   // phones that booted an older load
 	Upgraded      int   // of them, phones that fetched and checked the new one
 	Bytes         int64 // firmware bytes fetched and checked
+	// Files fetched over HTTP 6970, and files asked over TFTP after HTTP
+	// failed (models with HTTP provisioning).
+	HTTPFetches, HTTPFallbacks int
 }
 
 func (l *lab) provisionSummary(phones []*Phone) provisioned {
@@ -138,6 +141,8 @@ func (l *lab) provisionSummary(phones []*Phone) provisioned {
 		if ph.Upgraded {
 			u.Upgraded++
 		}
+		u.HTTPFetches += ph.HTTPFetches
+		u.HTTPFallbacks += ph.HTTPFallbacks
 	}
 	return u
 }

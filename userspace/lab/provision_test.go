@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/phoneboot/phoneboot/images"
+	"github.com/phoneboot/phoneboot/userspace/httpboot"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/provision"
 	"github.com/phoneboot/phoneboot/userspace/tftp"
@@ -91,8 +92,22 @@ func startProvisioning(t *testing.T, cfg provision.Config, extra map[string]stri
 		s.Close()
 		src.Close()
 	})
+	hs, err := httpboot.New(httpboot.Config{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Source: src}, privtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdone := make(chan error, 1)
+	go func() { hdone <- hs.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-hdone; err != nil {
+			t.Errorf("http Run: %v", err)
+		}
+		hs.Close()
+	})
 	fx := &provisionFixture{root: root, server: s.Addrs()[0], f: newFetcher(0.0001)}
 	fx.f.port = fx.server.Port()
+	fx.f.httpPort = hs.Addr().Port()
 	return fx
 }
 
@@ -195,6 +210,12 @@ func TestFirmwarePhase(t *testing.T) {
 		if !ph.Upgraded || ph.Load != ph.Config.Load {
 			t.Errorf("%s: upgraded %v, runs %s, want %s", ph.Name, ph.Upgraded, ph.Load, ph.Config.Load)
 		}
+		// The 88xx fetch over HTTP (the trust lists it lacks then over
+		// TFTP); the 78xx only over TFTP.
+		if http := ph.HTTPFetches > 0; http != ph.Model.HTTP || (ph.Model.HTTP && ph.HTTPFallbacks != 3) || (!ph.Model.HTTP && ph.HTTPFallbacks != 0) {
+			t.Errorf("%s: %d files over HTTP, %d asked over TFTP after HTTP failed; the model has HTTP %v",
+				ph.Name, ph.HTTPFetches, ph.HTTPFallbacks, ph.Model.HTTP)
+		}
 		l := smallCatalog.Load(ph.Config.Load)
 		for _, f := range l.Files {
 			want += f.Size
@@ -277,6 +298,7 @@ func TestFetchRetries(t *testing.T) {
 		var servers []string
 		f := newFetcher(1)
 		f.retryPause = func(*Phone) time.Duration { return time.Millisecond }
+		f.get = noHTTP
 		f.fetch = func(_ context.Context, server netip.AddrPort, _ string, _ tftp.FetchOptions, w io.Writer) (tftp.FetchResult, error) {
 			servers = append(servers, server.Addr().String())
 			err := results[0]
@@ -309,10 +331,78 @@ func TestFetchRetries(t *testing.T) {
 	defer cancel()
 	f := newFetcher(1)
 	f.retryPause = func(*Phone) time.Duration { return time.Millisecond }
+	f.get = noHTTP
 	f.fetch = func(context.Context, netip.AddrPort, string, tftp.FetchOptions, io.Writer) (tftp.FetchResult, error) {
 		return tftp.FetchResult{}, timeout
 	}
 	if _, err := f.fetchFile(ctx, ph, "f", &bufferSink{max: 10}, nil); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no answer") {
 		t.Errorf("server never answering: %v, want the deadline and the last failure", err)
+	}
+}
+
+// noHTTP is a server without HTTP on 6970.
+func noHTTP(context.Context, *Phone, string, io.Writer) (tftp.FetchResult, error) {
+	return tftp.FetchResult{}, errors.New("connection refused")
+}
+
+// TestFetchHTTPFirst: a model with HTTP provisioning asks over HTTP once
+// per attempt and over TFTP when that fails; a file HTTP delivered that
+// fails its check fails the attempt (tried again after the pause), and a
+// model without HTTP never asks over it.
+func TestFetchHTTPFirst(t *testing.T) {
+	type call struct{ proto, url string }
+	run := func(model string, http []error, tftpErrs []error, check fileCheck) ([]call, *Phone, error) {
+		ph := testPhone(t, 0, model)
+		ph.TFTPServers = []netip.Addr{netip.MustParseAddr("10.0.0.1")}
+		var calls []call
+		f := newFetcher(1)
+		f.retryPause = func(*Phone) time.Duration { return time.Millisecond }
+		f.get = func(_ context.Context, _ *Phone, url string, w io.Writer) (tftp.FetchResult, error) {
+			calls = append(calls, call{"http", url})
+			err := http[0]
+			http = http[1:]
+			if err == nil {
+				w.Write([]byte("x"))
+			}
+			return tftp.FetchResult{Bytes: 1, TSize: 1}, err
+		}
+		f.fetch = func(_ context.Context, server netip.AddrPort, name string, _ tftp.FetchOptions, w io.Writer) (tftp.FetchResult, error) {
+			calls = append(calls, call{"tftp", server.String() + "/" + name})
+			err := tftpErrs[0]
+			tftpErrs = tftpErrs[1:]
+			return tftp.FetchResult{TSize: -1}, err
+		}
+		_, err := f.fetchFile(context.Background(), ph, "SEP1.cnf.xml", &bufferSink{max: 10}, check)
+		return calls, ph, err
+	}
+	str := func(cs []call) string {
+		var b []string
+		for _, c := range cs {
+			b = append(b, c.proto+" "+c.url)
+		}
+		return strings.Join(b, ", ")
+	}
+	calls, ph, err := run("CP-8851", []error{nil}, nil, nil)
+	if err != nil || str(calls) != "http http://10.0.0.1:6970/SEP1.cnf.xml" || ph.HTTPFetches != 1 || ph.HTTPFallbacks != 0 {
+		t.Errorf("HTTP answering: %s, %v, %d/%d", str(calls), err, ph.HTTPFetches, ph.HTTPFallbacks)
+	}
+	calls, ph, err = run("CP-8851", []error{errors.New("HTTP 404 Not Found")}, []error{nil}, nil)
+	if err != nil || str(calls) != "http http://10.0.0.1:6970/SEP1.cnf.xml, tftp 10.0.0.1:69/SEP1.cnf.xml" || ph.HTTPFallbacks != 1 {
+		t.Errorf("HTTP failing: %s, %v, fallbacks %d", str(calls), err, ph.HTTPFallbacks)
+	}
+	bad := 0
+	check := func(tftp.FetchResult) error {
+		if bad++; bad == 1 {
+			return errors.New("sha256 mismatch")
+		}
+		return nil
+	}
+	calls, ph, err = run("CP-8851", []error{nil, nil}, nil, check)
+	if err != nil || str(calls) != "http http://10.0.0.1:6970/SEP1.cnf.xml, http http://10.0.0.1:6970/SEP1.cnf.xml" || ph.FetchRetries != 1 {
+		t.Errorf("a bad file over HTTP: %s, %v, retries %d; want the attempt retried, not TFTP", str(calls), err, ph.FetchRetries)
+	}
+	calls, _, err = run("CP-7821", nil, []error{nil}, nil)
+	if err != nil || str(calls) != "tftp 10.0.0.1:69/SEP1.cnf.xml" {
+		t.Errorf("a model without HTTP: %s, %v", str(calls), err)
 	}
 }

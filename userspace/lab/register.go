@@ -94,9 +94,13 @@ func (p registerPhase) Run(ctx context.Context, ph *Phone) error {
 }
 
 // dialTCP connects from the phone's interface and address, in its port's
-// namespace.
+// namespace (a phone without a port, in tests: from its address).
 func dialTCP(ph *Phone) func(ctx context.Context, addr string) (net.Conn, error) {
 	return func(ctx context.Context, addr string) (net.Conn, error) {
+		if ph.Port == nil {
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(ph.IP, 0))}
+			return d.DialContext(ctx, "tcp4", addr)
+		}
 		var c net.Conn
 		err := ph.Port.thread.do(func() (err error) {
 			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(ph.IP, 0)), Control: ph.bindToNIC}
