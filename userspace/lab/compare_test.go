@@ -330,6 +330,14 @@ func TestLabCompare(t *testing.T) {
 				i, r.Label, r.Mode, r.Completed, r.Failed, r.provisioned.Upgraded, want.label, want.mode)
 		}
 	}
+	// The 88xx ask over HTTP 6970 first: phoneboot serves it, the
+	// baseline has nothing there, and they fall back to tftpd-hpa.
+	if p := reps[0].provisioned; p.HTTPFetches == 0 {
+		t.Errorf("phoneboot: no file over HTTP: %+v", p)
+	}
+	if p := reps[1].provisioned; p.HTTPFetches != 0 || p.HTTPFallbacks == 0 {
+		t.Errorf("baseline: %d files over HTTP, %d asked over TFTP after HTTP failed; want none and some", p.HTTPFetches, p.HTTPFallbacks)
+	}
 	if b := reps[1].baseline; b == nil || b.Leased != 12 || b.Direct != 12 {
 		t.Errorf("baseline summary %+v: want 12 phones leased by Kea and 12 registered straight", b)
 	}
