@@ -59,6 +59,16 @@ type Options struct {
 	// run the load their configuration names and skip the download.
 	UpgradeFraction float64
 	Seed            uint64
+	ID              string // names the lab's namespaces and directories; default random
+	JSONPath        string
+	HTMLPath        string    // the report as an HTML page with plots
+	AgentCommand    []string  // the agent to run; default: this binary's "serve"
+	AgentLog        io.Writer // also gets the agent's log, if set (it always goes to the run directory)
+	Out             io.Writer // the table and live progress
+	LiveProgress    bool      // redraw a progress line while the storm runs
+	ProgressEvery   time.Duration
+	Log             *slog.Logger
+
 	// Baseline runs the storm against the stack a user would otherwise
 	// deploy (baseline.go): Kea for DHCP, tftpd-hpa for files, the phones
 	// registering straight with the CallManagers; the agent keeps only the
@@ -66,16 +76,7 @@ type Options struct {
 	Baseline bool
 	// InTFTPD is tftpd-hpa's in.tftpd for the baseline; empty: the
 	// installed one, else unpacked from the Debian package.
-	InTFTPD       string
-	ID            string // names the lab's namespaces and directories; default random
-	JSONPath      string
-	HTMLPath      string    // the report as an HTML page with plots
-	AgentCommand  []string  // the agent to run; default: this binary's "serve"
-	AgentLog      io.Writer // also gets the agent's log, if set (it always goes to the run directory)
-	Out           io.Writer // the table and live progress
-	LiveProgress  bool      // redraw a progress line while the storm runs
-	ProgressEvery time.Duration
-	Log           *slog.Logger
+	InTFTPD string
 
 	// For tests. damage: once the agent has checked the firmware catalog
 	// at start, change a byte of this file among the synthetic loads, so
@@ -402,9 +403,10 @@ type lab struct {
 	phonesCtx     context.Context // registered phones keep alive under it
 	registrations registrations   // their events
 	tftpRoot      string          // what the agent serves: the synthetic loads
-	baseline      *baselineStack  // Kea and tftpd-hpa, in a baseline run
 	catalogPath   string          // their catalog
 	firmwareBytes atomic.Int64
+
+	baseline *baselineStack // Kea and tftpd-hpa, in a baseline run
 }
 
 // openPorts gives each port's phones their raw socket, and starts
