@@ -678,7 +678,7 @@ func (l *lab) baselineCounters() func(ctx context.Context, c *loadCounters) {
 	return func(ctx context.Context, c *loadCounters) {
 		c.registered = float64(l.registrations.registered.Load())
 		if n, err := keaAnswers(ctx, b.keaControl); err == nil {
-			c.dhcpKea = n
+			c.dhcpKea, c.keaAt = n, time.Now()
 		}
 	}
 }
