@@ -93,6 +93,8 @@ var (
 		"DHCP requests the kernel dropped because a raw socket's buffer was full.", nil, nil)
 	descDHCPFastConflicts = prometheus.NewDesc("phoneboot_dhcp_fastpath_conflicts_total",
 		"Leases the XDP fast path handed out that the lease store refused.", nil, nil)
+	descDHCPFastStart = prometheus.NewDesc("phoneboot_dhcp_fastpath_start_recovered",
+		"What the DHCP server found at start that the fast path had handed out: events in its ring buffer (leases handed out while no daemon read them), and live bound clients the store lacked, adopted or refused (acknowledged but not committed when the last daemon died).", []string{"what"}, nil)
 	descDHCPPool = prometheus.NewDesc("phoneboot_dhcp_pool_addresses",
 		"Addresses of each pool by state (total, assigned, declined, free).", []string{"pool", "state"}, nil)
 	descLeaseRecovered = prometheus.NewDesc("phoneboot_lease_db_recovered",
@@ -103,7 +105,7 @@ type agentCollector struct{ a *Agent }
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descUptime, descXDPAttached, descXDPPackets, descXDPBytes, descServiceUp, descPoEDelivering, descPoEPower,
-		descDHCPReceived, descDHCPSent, descDHCPDropped, descDHCPSilent, descDHCPSocketDrops, descDHCPFastConflicts, descDHCPPool, descLeaseRecovered} {
+		descDHCPReceived, descDHCPSent, descDHCPDropped, descDHCPSilent, descDHCPSocketDrops, descDHCPFastConflicts, descDHCPFastStart, descDHCPPool, descLeaseRecovered} {
 		ch <- d
 	}
 }
@@ -152,6 +154,10 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descDHCPSocketDrops, prometheus.CounterValue, float64(srv.SocketDrops()))
 		ch <- prometheus.MustNewConstMetric(descDHCPFastConflicts, prometheus.CounterValue, float64(ds.FastPathConflicts))
+		st := srv.Started()
+		for what, n := range map[string]int{"events": st.Events, "adopted": st.Adopted, "refused": st.Refused} {
+			ch <- prometheus.MustNewConstMetric(descDHCPFastStart, prometheus.GaugeValue, float64(n), what)
+		}
 		for _, p := range ds.Pools {
 			for state, n := range map[string]uint64{"total": p.Total, "assigned": p.Assigned, "declined": p.Declined, "free": p.Free} {
 				ch <- prometheus.MustNewConstMetric(descDHCPPool, prometheus.GaugeValue, float64(n), p.Name, state)

@@ -265,6 +265,7 @@ func labCommand() *cli.Command {
 			&cli.BoolFlag{Name: "baseline", Usage: "run the storm against the stack a user would otherwise deploy: Kea for DHCP, tftpd-hpa for files, phones registering straight with the CallManagers; phoneboot keeps only the switch's role (PoE, CDP/LLDP); untagged"},
 			&cli.StringFlag{Name: "compare", Usage: "run the same storm once per variant and report them side by side: a comma list of xdp, no-xdp, all, stagger, adaptive, baseline (joined by + to combine, e.g. no-xdp+stagger)"},
 			&cli.StringFlag{Name: "tftpd-hpa", Usage: "tftpd-hpa's in.tftpd for the baseline (default: the installed one, else unpacked from the Debian package into /var/cache/phoneboot-lab)"},
+			&cli.StringSliceFlag{Name: "fault", Usage: "inject a failure during the storm, KIND@WHEN (repeatable): KIND is callmanager (stop the next CallManager), daemon (kill the daemon with SIGKILL and start it again) or port[:pN] (power-cycle the port through the daemon, p1 by default: its phones reboot); WHEN is a time after the storm's start (8s) or PHASE=COUNT (dhcp=300: when 300 phones have their lease)"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's steps and show the agent's log"},
 		},
 		Action: func(c *cli.Context) error {
@@ -277,11 +278,13 @@ func labCommand() *cli.Command {
 				level = slog.LevelInfo
 				agentLog = os.Stderr
 			}
-			if os.Geteuid() != 0 {
-				return lab.ErrNotRoot // before anything that would fail less clearly
-			}
-			if err := rlimit.RemoveMemlock(); err != nil {
-				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
+			var faults []lab.Fault
+			for _, s := range c.StringSlice("fault") {
+				f, err := lab.ParseFault(s)
+				if err != nil {
+					return err
+				}
+				faults = append(faults, f)
 			}
 			var variants []string
 			if list := c.String("compare"); list != "" {
@@ -292,6 +295,12 @@ func labCommand() *cli.Command {
 				if variants, err = lab.ParseVariants(list); err != nil {
 					return err
 				}
+			}
+			if os.Geteuid() != 0 {
+				return lab.ErrNotRoot // before anything that would fail less clearly
+			}
+			if err := rlimit.RemoveMemlock(); err != nil {
+				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
 			}
 			voiceVLANs := c.Int("voice-vlans")
 			if (c.Bool("no-xdp") || c.Bool("baseline")) && !c.IsSet("voice-vlans") {
@@ -314,6 +323,7 @@ func labCommand() *cli.Command {
 				NoXDP:           c.Bool("no-xdp"),
 				VoiceVLANs:      voiceVLANs,
 				UpgradeFraction: c.Float64("upgrade-fraction"),
+				Faults:          faults,
 				Seed:            c.Uint64("seed"),
 				Baseline:        c.Bool("baseline"),
 				InTFTPD:         c.String("tftpd-hpa"),
@@ -324,33 +334,36 @@ func labCommand() *cli.Command {
 				AgentLog:        agentLog,
 				Log:             slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 			}
+			var reps []lab.Report
 			if variants == nil {
 				rep, err := lab.Run(ctx, o)
 				if err != nil {
 					return err
 				}
+				reps = []lab.Report{rep}
+			} else {
+				// Each variant decides the VLANs of its own runs: untagged
+				// without XDP, --voice-vlans with it.
+				o.VoiceVLANs = c.Int("voice-vlans")
+				var err error
+				if reps, err = lab.Compare(ctx, o, variants); err != nil {
+					return err
+				}
+			}
+			var problems []error
+			for _, rep := range reps {
+				run := ""
+				if rep.Label != "" {
+					run = rep.Label + ": "
+				}
 				if rep.Failed > 0 {
-					return fmt.Errorf("%d of %d phones failed", rep.Failed, rep.Phones)
+					problems = append(problems, fmt.Errorf("%s%d of %d phones failed", run, rep.Failed, rep.Phones))
 				}
-				return nil
-			}
-			// Each variant decides the VLANs of its own runs: untagged
-			// without XDP, --voice-vlans with it.
-			o.VoiceVLANs = c.Int("voice-vlans")
-			reps, err := lab.Compare(ctx, o, variants)
-			if err != nil {
-				return err
-			}
-			var failed []string
-			for _, r := range reps {
-				if r.Failed > 0 {
-					failed = append(failed, fmt.Sprintf("%s: %d of %d phones failed", r.Label, r.Failed, r.Phones))
+				if in := rep.Integrity; in != nil && in.Violations > 0 {
+					problems = append(problems, fmt.Errorf("%slease integrity: %d violations (listed above and in --json)", run, in.Violations))
 				}
 			}
-			if len(failed) > 0 {
-				return errors.New(strings.Join(failed, "; "))
-			}
-			return nil
+			return errors.Join(problems...)
 		},
 	}
 }

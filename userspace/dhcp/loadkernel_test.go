@@ -131,6 +131,11 @@ func TestLoadBindings(t *testing.T) {
 	if l, err := store.ByIP(ctx, ip("10.9.0.10")); err != nil || !bytes.Equal(l.MAC, macN(0)) {
 		t.Errorf("10.9.0.10 is held by %+v, want still by %v", l, macN(0))
 	}
+	// Adopted: 50001 and 1; refused: 50000 (outside the pool), the
+	// client on VLAN 7 (no pool) and 50002 (another client's address).
+	if st := srv.Started(); st.Adopted != 2 || st.Refused != 3 {
+		t.Errorf("start recovery %+v, want 2 adopted and 3 refused", st)
+	}
 }
 
 // BenchmarkLoad measures what a daemon does with its leases at start:

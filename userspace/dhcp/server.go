@@ -96,6 +96,16 @@ type Server struct {
 
 	kernelDrops atomic.Uint64
 	inFlight    atomic.Int64 // requests read and not yet answered
+	started     StartRecovery
+}
+
+// StartRecovery is what the server found at start that the fast path had
+// handed out and the store lacked: the events the kernel's ring buffer
+// held (leases it handed out while no daemon read them) and the live
+// bound clients it adopted from the kernel's bindings (acknowledged, but
+// not yet committed when the last daemon died), or refused.
+type StartRecovery struct {
+	Events, Adopted, Refused int
 }
 
 type phonePort struct {
@@ -159,7 +169,7 @@ func (s *Server) loadKernel(ctx context.Context) error {
 	// First persist what the kernel handed out while no daemon listened
 	// (its tables are pinned and kept answering), then take its queues
 	// back: they hold addresses this run's allocator believes free.
-	s.drainEvents()
+	s.started.Events = s.drainEvents()
 	s.events.SetDeadline(time.Time{})
 	for id := uint32(1); id < fastpath.DHCPPoolMax; id++ {
 		if _, err := t.DrainFree(id); err != nil {
@@ -428,6 +438,7 @@ func (s *Server) adoptKernelLeases(ctx context.Context, ahead kernelAhead) ([]ui
 			newKeys = append(newKeys, keys[i])
 		}
 	}
+	s.started.Adopted, s.started.Refused = adopted, refused
 	if adopted > 0 || refused > 0 {
 		s.log.Info("fast path leases the store lacked at start", "adopted", adopted, "refused", refused)
 	}
@@ -670,11 +681,14 @@ func (s *Server) readLoop(ctx context.Context, batches chan<- []fastpath.DHCPEve
 	}
 }
 
-// drainEvents persists every event the kernel has buffered.
-func (s *Server) drainEvents() {
+// drainEvents persists every event the kernel has buffered and returns
+// how many there were.
+func (s *Server) drainEvents() int {
+	n := 0
 	for {
 		evs, err := s.readEvents(false)
 		if len(evs) > 0 {
+			n += len(evs)
 			s.handedOut(evs)
 			s.persist(context.Background(), evs)
 		}
@@ -682,7 +696,7 @@ func (s *Server) drainEvents() {
 			if err != nil && !errors.Is(err, ringbuf.ErrClosed) {
 				s.log.Error("dhcp fast path events", "error", err)
 			}
-			return
+			return n
 		}
 	}
 }
@@ -804,6 +818,9 @@ func (s *Server) collectSocketStats() {
 		}
 	}
 }
+
+// Started is what the server recovered from the fast path at start.
+func (s *Server) Started() StartRecovery { return s.started }
 
 // SocketDrops counts requests the kernel dropped because a socket's
 // receive buffer was full (sampled every ReclaimEvery).

@@ -25,6 +25,7 @@ import (
 
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/userspace/bootfiles"
+	"github.com/phoneboot/phoneboot/userspace/lease"
 	"github.com/phoneboot/phoneboot/userspace/provision"
 	"github.com/phoneboot/phoneboot/userspace/tftp"
 )
@@ -504,41 +505,71 @@ func keaConfig(pools []agent.DHCPPoolConfig, bridge, leaseFile, logFile, control
 	return json.MarshalIndent(conf, "", "  ")
 }
 
-// keaLeases reads Kea's memfile lease file: the hardware address of
-// every lease in it, by address.
-func keaLeases(path string) (map[netip.Addr]string, error) {
+// keaLeaseStore reads Kea's memfile lease file as the lease store the
+// lab's integrity check compares with the phones: the file has a line for
+// every change of a lease, the latest last; a lease Kea deleted has a
+// valid lifetime of 0, and only state 0 is an assigned lease (1 is
+// declined, 2 reclaimed after expiry).
+func keaLeaseStore(path string) ([]lease.Lease, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	out := map[netip.Addr]string{}
+	latest := map[netip.Addr]lease.Lease{}
+	var order []netip.Addr
 	sc := bufio.NewScanner(f)
-	var addrCol, hwCol = -1, -1
+	col := map[string]int{}
 	for sc.Scan() {
 		cols := strings.Split(sc.Text(), ",")
-		if addrCol < 0 { // the header: address,hwaddr,client_id,...
+		if len(col) == 0 { // the header: address,hwaddr,client_id,valid_lifetime,expire,...
 			for i, c := range cols {
-				switch c {
-				case "address":
-					addrCol = i
-				case "hwaddr":
-					hwCol = i
+				col[c] = i
+			}
+			for _, c := range []string{"address", "hwaddr", "valid_lifetime", "expire", "state"} {
+				if _, ok := col[c]; !ok {
+					return nil, fmt.Errorf("%s: no %s column in %q", path, c, sc.Text())
 				}
 			}
-			if addrCol < 0 || hwCol < 0 {
-				return nil, fmt.Errorf("%s: no address and hwaddr columns in %q", path, sc.Text())
+			continue
+		}
+		field := func(name string) string {
+			if i := col[name]; i < len(cols) {
+				return cols[i]
 			}
-			continue
+			return ""
 		}
-		if len(cols) <= max(addrCol, hwCol) {
-			continue
+		ip, err := netip.ParseAddr(field("address"))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", path, sc.Text(), err)
 		}
-		if a, err := netip.ParseAddr(cols[addrCol]); err == nil {
-			out[a] = cols[hwCol]
+		l := lease.Lease{IP: ip, State: lease.StateBound}
+		if l.MAC, err = net.ParseMAC(field("hwaddr")); err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", path, sc.Text(), err)
 		}
+		expire, err1 := strconv.ParseInt(field("expire"), 10, 64)
+		lifetime, err2 := strconv.ParseInt(field("valid_lifetime"), 10, 64)
+		state, err3 := strconv.Atoi(field("state"))
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", path, sc.Text(), err)
+		}
+		l.Expires = time.Unix(expire, 0)
+		if lifetime == 0 || state != 0 {
+			l.State = lease.StateExpired
+		}
+		if _, seen := latest[ip]; !seen {
+			order = append(order, ip)
+		}
+		latest[ip] = l
 	}
-	return out, sc.Err()
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]lease.Lease, 0, len(order))
+	for _, ip := range order {
+		out = append(out, latest[ip])
+	}
+	return out, nil
 }
 
 // lookSbin finds a server binary in PATH or /usr/sbin (root's PATH may
@@ -633,13 +664,15 @@ func (l *lab) baselineSummary() *baselineSummary {
 		return nil
 	}
 	s := &baselineSummary{}
-	leases, err := keaLeases(l.baseline.leaseFile)
+	leases, err := keaLeaseStore(l.baseline.leaseFile)
 	if err != nil {
 		s.Err = err
 	}
 	hw := map[string]bool{}
-	for _, mac := range leases {
-		hw[mac] = true
+	for _, le := range leases {
+		if le.State == lease.StateBound {
+			hw[le.MAC.String()] = true
+		}
 	}
 	for _, ph := range l.phones {
 		if hw[ph.MAC.String()] {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/phoneboot/phoneboot/agent"
+	"github.com/phoneboot/phoneboot/userspace/lease"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 )
 
@@ -251,26 +252,36 @@ func TestParseKeaAnswers(t *testing.T) {
 	}
 }
 
-func TestKeaLeases(t *testing.T) {
+func TestKeaLeaseStore(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases.csv")
 	csv := "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context\n" +
 		"10.64.0.10,00:1e:7a:00:00:00,,3600,1796000000,1,0,0,SEP001E7A000000,0,\n" +
 		"10.64.0.11,00:26:0b:00:00:00,,3600,1796000000,1,0,0,,0,\n" +
-		"10.64.0.10,00:1e:7a:00:00:00,,3600,1796000100,1,0,0,SEP001E7A000000,0,\n"
+		"10.64.0.12,70:db:98:00:00:00,,3600,1796000000,1,0,0,,0,\n" +
+		"10.64.0.10,00:1e:7a:00:00:00,,3600,1796000100,1,0,0,SEP001E7A000000,0,\n" + // renewed
+		"10.64.0.11,00:26:0b:00:00:00,,0,1796000000,1,0,0,,0,\n" + // deleted
+		"10.64.0.12,70:db:98:00:00:00,,3600,1796000000,1,0,0,,1,\n" // declined
 	if err := os.WriteFile(path, []byte(csv), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got, err := keaLeases(path)
+	got, err := keaLeaseStore(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[netip.Addr]string{netip.MustParseAddr("10.64.0.10"): "00:1e:7a:00:00:00", netip.MustParseAddr("10.64.0.11"): "00:26:0b:00:00:00"}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("leases %v, want %v", got, want)
+	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	want := []lease.Lease{
+		{IP: netip.MustParseAddr("10.64.0.10"), MAC: mac("00:1e:7a:00:00:00"), State: lease.StateBound, Expires: time.Unix(1796000100, 0)},
+		{IP: netip.MustParseAddr("10.64.0.11"), MAC: mac("00:26:0b:00:00:00"), State: lease.StateExpired, Expires: time.Unix(1796000000, 0)},
+		{IP: netip.MustParseAddr("10.64.0.12"), MAC: mac("70:db:98:00:00:00"), State: lease.StateExpired, Expires: time.Unix(1796000000, 0)},
 	}
-	os.WriteFile(path, []byte("ip,mac\n"), 0o600)
-	if _, err := keaLeases(path); err == nil {
-		t.Error("a file without Kea's columns was read")
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("leases\n%v\nwant\n%v", got, want)
+	}
+	for i, bad := range []string{"ip,mac\n", csv + "10.64.0.13,nomac,,3600,1796000000,1,0,0,,0,\n", csv + "10.64.0.13,00:1e:7a:00:00:01,,x,1796000000,1,0,0,,0,\n"} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		if _, err := keaLeaseStore(path); err == nil {
+			t.Errorf("bad lease file %d was read", i)
+		}
 	}
 }
 
@@ -350,6 +361,13 @@ func TestLabCompare(t *testing.T) {
 	if kea <= 0 || regs <= 0 || fast != 0 || goSrv != 0 {
 		t.Errorf("baseline load: peak Kea %.0f/s, fast path %.0f/s, Go %.0f/s, registrations %.0f/s; want Kea's answers and registrations only", kea, fast, goSrv, regs)
 	}
+	// The lease integrity check holds the baseline's phones to Kea's
+	// leases, and phoneboot's to its store and fast path.
+	for _, r := range reps {
+		if in := r.Integrity; in == nil || in.Violations != 0 || in.Phones != 12 || in.StoreLeases < 12 || in.FastPath != (r.Mode == "xdp") {
+			t.Errorf("%s: integrity %+v; want 12 phones, their leases, no violation", r.Label, in)
+		}
+	}
 	if reps[0].voiceVLANs != 2 || reps[1].voiceVLANs != 0 {
 		t.Errorf("voice VLANs %d and %d; want 2 with XDP, the baseline untagged", reps[0].voiceVLANs, reps[1].voiceVLANs)
 	}
@@ -390,9 +408,15 @@ func TestLabCompare(t *testing.T) {
 func checkBaselineServed(t *testing.T, l *lab) {
 	t.Helper()
 	b := l.baseline
-	leases, err := keaLeases(b.leaseFile)
+	store, err := keaLeaseStore(b.leaseFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	leases := map[netip.Addr]string{}
+	for _, le := range store {
+		if le.State == lease.StateBound {
+			leases[le.IP] = le.MAC.String()
+		}
 	}
 	keaLog, err := os.ReadFile(b.keaLog)
 	if err != nil {

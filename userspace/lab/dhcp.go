@@ -50,6 +50,7 @@ func (d dhcpPhase) Run(ctx context.Context, ph *Phone) error {
 		}
 		ph.IP = yi
 		ph.Subnet = netip.PrefixFrom(yi, bits).Masked()
+		ph.held.Store(&heldAddress{Phone: ph.Name, MAC: ph.MAC, VLAN: ph.VoiceVLAN, IP: yi})
 		ph.TFTPServers = nil
 		for _, ip := range dhcpv4.GetIPs(dhcpv4.GenericOptionCode(optTFTPServers), ack.Options) {
 			if a, ok := netip.AddrFromSlice(ip.To4()); ok {

@@ -20,6 +20,9 @@ type Series struct {
 	LatencyMs map[string][]float64
 	// Load is sampled from the appliance's counters during the storm.
 	Load []LoadSample
+	// Registered is how many phones were registered over time, at each
+	// change.
+	Registered []RegisteredSample
 }
 
 // LoadSample is the appliance's load over one sampling interval ending T
@@ -124,6 +127,7 @@ func WriteHTML(w io.Writer, title string, at time.Time, runs []Report) error {
 		Phases    []string
 		Rows      []summaryRow
 		Completed template.HTML
+		Recovery  template.HTML
 		PerRun    []template.HTML
 		Latency   []template.HTML
 		Load      []template.HTML
@@ -134,15 +138,23 @@ func WriteHTML(w io.Writer, title string, at time.Time, runs []Report) error {
 		Phases:    phases,
 		Rows:      summaryRows(runs, phases),
 	}
-	data.Completed = template.HTML(completedChart(cols).svg())
+	spans := faultSpans(cols)
+	completed := completedChart(cols)
+	completed.Spans = spans
+	data.Completed = template.HTML(completed.svg())
+	if hasFaults(runs) {
+		data.Recovery = template.HTML(registeredChart(cols, spans).svg())
+	}
 	for _, c := range cols {
-		data.PerRun = append(data.PerRun, template.HTML(phaseChart(c).svg()))
+		ch := phaseChart(c)
+		ch.Spans = faultSpans([]htmlRun{c})
+		data.PerRun = append(data.PerRun, template.HTML(ch.svg()))
 	}
 	for _, p := range phases {
 		data.Latency = append(data.Latency, template.HTML(latencyChart(cols, p).svg()))
 	}
 	for _, lc := range loadCharts {
-		ch := chart{Title: lc.title, XLabel: "seconds since the storm started", YLabel: lc.unit}
+		ch := chart{Title: lc.title, XLabel: "seconds since the storm started", YLabel: lc.unit, Spans: spans}
 		for _, c := range cols {
 			if c.Report.Series == nil || len(c.Report.Series.Load) == 0 {
 				continue
@@ -189,6 +201,43 @@ func summaryRows(runs []Report, phases []string) []summaryRow {
 		row("storm time (s)", func(r Report) string { return fmt.Sprintf("%.1f", r.WallSeconds) }),
 		row("completed", func(r Report) string { return fmt.Sprint(r.Completed) }),
 		row("failed", func(r Report) string { return fmt.Sprint(r.Failed) }),
+		row("lease integrity", func(r Report) string {
+			switch {
+			case r.Integrity == nil:
+				return "—"
+			case r.Integrity.Violations == 0:
+				return "no violation"
+			}
+			return fmt.Sprintf("%d violations", r.Integrity.Violations)
+		}),
+	}
+	if hasFaults(runs) {
+		rows = append(rows,
+			row("faults injected", func(r Report) string {
+				if len(r.Faults) == 0 {
+					return "—"
+				}
+				n := 0
+				for _, f := range r.Faults {
+					if f.Injected {
+						n++
+					}
+				}
+				return fmt.Sprintf("%d of %d", n, len(r.Faults))
+			}),
+			row("slowest recovery (s)", func(r Report) string {
+				if len(r.Faults) == 0 {
+					return "—"
+				}
+				slowest := 0.0
+				for _, f := range r.Faults {
+					if f.Recovered < f.Affected {
+						return "not every phone"
+					}
+					slowest = max(slowest, f.RecoverySeconds)
+				}
+				return fmt.Sprintf("%.3f", slowest)
+			}))
 	}
 	for _, p := range phases {
 		rows = append(rows, row(p+" p50 / p99 ms", func(r Report) string {
@@ -261,7 +310,7 @@ func cumulative(times []float64) (x, y []float64) {
 	return x, y
 }
 
-var htmlPage = template.Must(template.New("report").Parse(`<!DOCTYPE html>
+var htmlPage = template.Must(template.New("report").Funcs(template.FuncMap{"downOrOff": downOrOff}).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -276,6 +325,7 @@ svg.chart { width: 640px; max-width: 100%; background: #fff; border: 1px solid #
 svg .grid { stroke: #eee; } svg .axis { stroke: #888; }
 svg text { font: 11px system-ui, sans-serif; fill: #444; } svg .title { font-size: 13px; font-weight: 600; fill: #222; }
 svg .nodata { fill: #999; text-anchor: middle; }
+table.events { margin-top: 8px; }
 .swatch { display: inline-block; width: 12px; height: 12px; margin-right: 6px; vertical-align: -1px; }
 </style>
 </head>
@@ -288,7 +338,15 @@ svg .nodata { fill: #999; text-anchor: middle; }
 {{range .Rows}}<tr><td>{{.Name}}</td>{{range .Values}}<td>{{.}}</td>{{end}}</tr>
 {{end}}</table>
 <h2>Phones completed over time</h2>
-<div class="charts">{{.Completed}}{{range .PerRun}}{{.}}{{end}}</div>
+<div class="charts">{{.Completed}}{{.Recovery}}{{range .PerRun}}{{.}}{{end}}</div>
+{{range .Runs}}{{if .Report.Faults}}<h2>Faults and recovery: {{.Label}}</h2>
+<p>Shaded on the time charts from each fault until every phone it hit was registered again; darker while the daemon was down or the port's power off.</p>
+<table class="faults"><tr><th>fault</th><th>target</th><th>at (s)</th><th>phones hit</th><th>registered again</th><th>recovery (s)</th><th>of them registered then</th><th>those registered again after (s)</th><th>down or off (s)</th><th>fast path answers while down</th><th></th></tr>
+{{range .Report.Faults}}<tr><td>{{.Trigger}}</td><td>{{.Target}}</td>{{if .Injected}}<td>{{printf "%.2f" .AtSeconds}}</td><td>{{.Affected}}</td><td>{{.Recovered}}</td><td>{{printf "%.3f" .RecoverySeconds}}</td><td>{{.RegisteredAtFault}}</td><td>{{printf "%.3f" .ReregisteredSeconds}}</td><td>{{printf "%.2f" (downOrOff .)}}</td><td>{{.FastPathAnswersWhileDown}}</td><td style="text-align:left">{{.Error}}</td>{{else}}<td colspan="9" style="text-align:left">not injected: {{.Error}}</td>{{end}}</tr>
+{{end}}</table>
+<table class="events"><tr><th>s</th><th>event</th><th>detail</th></tr>
+{{range .Report.Events}}<tr><td>{{printf "%.3f" .AtSeconds}}</td><td style="text-align:left">{{.Kind}}</td><td style="text-align:left">{{.Detail}}</td></tr>
+{{end}}</table>{{end}}{{end}}
 <h2>Latency per phase</h2>
 <div class="charts">{{range .Latency}}{{.}}{{end}}</div>
 <h2>Appliance load over time</h2>
@@ -300,3 +358,56 @@ svg .nodata { fill: #999; text-anchor: middle; }
 </body>
 </html>
 `))
+
+func hasFaults(runs []Report) bool {
+	return slices.ContainsFunc(runs, func(r Report) bool { return len(r.Faults) > 0 })
+}
+
+// faultSpans shades, for each run's faults, the time from the fault until
+// every phone it hit was registered again (to the run's end if some never
+// were), darker while the daemon was down or the port's power off.
+func faultSpans(cols []htmlRun) []chartSpan {
+	var spans []chartSpan
+	for _, c := range cols {
+		for _, f := range c.Report.Faults {
+			if !f.Injected {
+				continue
+			}
+			end := f.AtSeconds + f.RecoverySeconds
+			label := map[string]string{FaultCallManager: f.Target + " stopped", FaultDaemon: "daemon killed", FaultPort: f.Target + " power-cycled"}[f.Kind]
+			if f.Recovered < f.Affected {
+				end = max(c.Report.WallSeconds, f.AtSeconds)
+				label += " (not every phone registered again)"
+			}
+			if d := downOrOff(f); d > 0 {
+				spans = append(spans, chartSpan{From: f.AtSeconds, To: f.AtSeconds + d, Label: label, Color: c.Color, Dark: true})
+			}
+			spans = append(spans, chartSpan{From: f.AtSeconds, To: end, Label: label, Color: c.Color})
+		}
+	}
+	return spans
+}
+
+// downOrOff is how long the fault took the service away: the daemon down,
+// the port's power off; 0 for a CallManager.
+func downOrOff(f FaultReport) float64 { return max(f.DownSeconds, f.PowerOffSeconds) }
+
+// registeredChart: phones registered over time, per run, with the faults
+// shaded: the drops and the recoveries.
+func registeredChart(cols []htmlRun, spans []chartSpan) chart {
+	ch := chart{Title: "Phones registered over time", XLabel: "seconds since the storm started", YLabel: "phones", Spans: spans}
+	for _, c := range cols {
+		if c.Report.Series == nil || len(c.Report.Series.Registered) == 0 {
+			continue
+		}
+		l := chartLine{Label: c.Label, Color: c.Color, X: []float64{0}, Y: []float64{0}}
+		for _, s := range c.Report.Series.Registered {
+			// A step: the count holds until the change.
+			l.X, l.Y = append(l.X, s.T), append(l.Y, l.Y[len(l.Y)-1])
+			l.X, l.Y = append(l.X, s.T), append(l.Y, float64(s.N))
+		}
+		l.X, l.Y = append(l.X, max(c.Report.WallSeconds, l.X[len(l.X)-1])), append(l.Y, l.Y[len(l.Y)-1])
+		ch.Lines = append(ch.Lines, l)
+	}
+	return ch
+}

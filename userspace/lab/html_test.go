@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/xml"
+	"fmt"
 	"image"
 	"image/png"
 	"io"
@@ -19,8 +20,8 @@ import (
 )
 
 // sampleRuns are two runs of a small storm as the lab reports them: one
-// with every series, one without load samples (a baseline stack has no
-// phoneboot counters to sample).
+// with every series and two faults, one without load samples (a baseline
+// stack has no phoneboot counters to sample) or faults.
 func sampleRuns() []Report {
 	phases := []string{"power", "dhcp", "register"}
 	mk := func(label string, scale float64, load bool) Report {
@@ -44,6 +45,18 @@ func sampleRuns() []Report {
 					RegistrationsPerS: 300, PowerW: 6.3 * t * 10,
 				})
 			}
+			// The daemon killed at 1 s, down 0.4 s, every phone registered
+			// again 1.2 s later; cm1 stopped at 2.5 s.
+			rep.Faults = []FaultReport{
+				{Kind: FaultDaemon, Target: "phoneboot", Trigger: "daemon@1s", Injected: true, AtSeconds: 1, Affected: 200, Recovered: 200, RecoverySeconds: 1.2, RegisteredAtFault: 120, ReregisteredSeconds: 0.9, DownSeconds: 0.4},
+				{Kind: FaultCallManager, Target: "cm1", Trigger: "callmanager@register=150", Injected: true, AtSeconds: 2.5, Affected: 150, Recovered: 150, RecoverySeconds: 0.1},
+				{Kind: FaultPort, Target: "p9", Trigger: "port:p9@register=999", Error: "only 200 phones finished register"},
+			}
+			rep.Events = []Event{{Kind: eventDaemonKilled, AtSeconds: 1}, {Kind: eventDaemonReady, AtSeconds: 1.4}}
+			for i := range 200 {
+				rep.Series.Registered = append(rep.Series.Registered, RegisteredSample{T: 0.5 + float64(i)/400, N: i + 1})
+			}
+			rep.Integrity = &IntegrityReport{Phones: 200, StoreLeases: 200}
 		}
 		return rep
 	}
@@ -62,6 +75,12 @@ func TestWriteHTML(t *testing.T) {
 		"SEP001E7A000001",
 		"Latency of the register phase",
 		"2026-12-06T00:00:00Z",
+		"Faults and recovery: phoneboot &lt;xdp&gt;",
+		"<td>daemon@1s</td><td>phoneboot</td><td>1.00</td><td>200</td><td>200</td><td>1.200</td><td>120</td><td>0.900</td><td>0.40</td>",
+		"not injected: only 200 phones finished register",
+		"<td>lease integrity</td><td>no violation</td><td>—</td>",
+		"<td>slowest recovery (s)</td><td>1.200</td><td>—</td>",
+		"Phones registered over time",
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)
@@ -71,21 +90,28 @@ func TestWriteHTML(t *testing.T) {
 		t.Error("a label reached the page unescaped, or the page has a script")
 	}
 	svgs := regexp.MustCompile(`(?s)<svg .*?</svg>`).FindAllString(page, -1)
-	// completed + 2 per-run + 3 latency + 4 load charts
-	if len(svgs) != 10 {
-		t.Fatalf("%d charts, want 10", len(svgs))
+	// completed + registered + 2 per-run + 3 latency + 4 load charts
+	if len(svgs) != 11 {
+		t.Fatalf("%d charts, want 11", len(svgs))
 	}
-	lines := 0
+	lines, spans := 0, 0
 	for _, s := range svgs {
 		if err := xml.Unmarshal([]byte(s), new(struct{})); err != nil {
 			t.Errorf("chart is not well-formed XML: %v\n%.300s", err, s)
 		}
 		lines += strings.Count(s, "<polyline")
+		spans += strings.Count(s, `<rect class="span"`)
 	}
-	// completed 2 + per-run phases 3+3 + latency 3x2 + load: DHCP fast and
-	// Go, TFTP, registrations, power of the run with samples (HTTP is 0).
-	if want := 2 + 6 + 6 + 5; lines != want {
+	// completed 2 + registered 1 + per-run phases 3+3 + latency 3x2 +
+	// load: DHCP fast and Go, TFTP, registrations, power of the run with
+	// samples (HTTP is 0).
+	if want := 2 + 1 + 6 + 6 + 5; lines != want {
 		t.Errorf("%d lines drawn, want %d", lines, want)
+	}
+	// The daemon's two shades (down, recovery) and cm1's one, on each time
+	// chart: completed, registered, the run's phases, 4 load charts.
+	if want := 3 * 7; spans != want {
+		t.Errorf("%d shaded spans drawn, want %d", spans, want)
 	}
 	for _, pts := range regexp.MustCompile(`points="([^"]*)"`).FindAllStringSubmatch(page, -1) {
 		for _, p := range strings.Fields(pts[1]) {
@@ -110,6 +136,7 @@ func TestChartEdgeCases(t *testing.T) {
 		{"one point", chart{Title: "t", Lines: []chartLine{{X: []float64{5}, Y: []float64{5}}}}, 1},
 		{"all zero", chart{Title: "t", Lines: []chartLine{{X: []float64{0, 0}, Y: []float64{0, 0}}}}, 1},
 		{"log one decade", chart{Title: "t", LogX: true, Lines: []chartLine{{X: []float64{2, 3}, Y: []float64{1, 2}}}}, 1},
+		{"spans without lines", chart{Title: "t", Spans: []chartSpan{{From: 1, To: 2}}}, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -127,6 +154,40 @@ func TestChartEdgeCases(t *testing.T) {
 				t.Errorf("chart has NaN or Inf coordinates:\n%s", s)
 			}
 		})
+	}
+}
+
+// TestChartSpans: a span past the data widens the axis to show it whole;
+// spans a chart cannot place, and spans on a log axis, are not drawn.
+func TestChartSpans(t *testing.T) {
+	line := chartLine{X: []float64{0, 1, 2}, Y: []float64{0, 5, 10}}
+	c := chart{Title: "t", Lines: []chartLine{line}, Spans: []chartSpan{
+		{From: 1.5, To: 4, Label: "daemon <killed>", Color: "#1f77b4"},
+		{From: 1.5, To: 2, Color: "#1f77b4", Dark: true},
+		{From: math.NaN(), To: 1},
+		{From: 3, To: 2},
+	}}
+	s := c.svg()
+	if err := xml.Unmarshal([]byte(s), new(struct{})); err != nil {
+		t.Fatalf("not well-formed: %v\n%s", err, s)
+	}
+	rects := regexp.MustCompile(`<rect class="span" x="([^"]+)" y="[^"]+" width="([^"]+)"`).FindAllStringSubmatch(s, -1)
+	if len(rects) != 2 || strings.Count(s, `class="mark"`) != 2 || !strings.Contains(s, "daemon &lt;killed&gt;") {
+		t.Fatalf("%d spans, want 2 with one marker line and label:\n%s", len(rects), s)
+	}
+	x, _ := strconv.ParseFloat(rects[0][1], 64)
+	w, _ := strconv.ParseFloat(rects[0][2], 64)
+	if x <= chartLeft || x+w > chartW-chartRight+0.1 || w <= 0 {
+		t.Errorf("span from %.1f, %.1f wide: not inside the plot", x, w)
+	}
+	// The axis reaches 4 s: the span's end is the plot's right edge.
+	if math.Abs(x+w-(chartW-chartRight)) > 0.1 {
+		t.Errorf("span ends at %.1f, want the axis widened to its end at %.1f", x+w, chartW-chartRight)
+	}
+	c.LogX = true
+	c.Lines[0].X[0] = 0.5
+	if strings.Contains(c.svg(), `class="span"`) {
+		t.Error("a log axis drew spans")
 	}
 }
 
@@ -186,6 +247,24 @@ func TestHTMLRendersInChromium(t *testing.T) {
 			t.Errorf("run %s: only %d pixels in its colour %s: its plots were not drawn", r.Label, n, palette[i])
 		}
 	}
+	// The first run's faults are shaded in its colour over white.
+	shade := blend(palette[0], spanOpacity)
+	if n := pixelsOf(img, shade); n < 20000 {
+		t.Errorf("only %d pixels of the faults' shade %s: the spans were not drawn", n, shade)
+	} else {
+		t.Logf("%d pixels of the faults' shade %s", n, shade)
+	}
+}
+
+// blend is the colour #rrggbb at opacity over white, as #rrggbb.
+func blend(hex string, opacity float64) string {
+	v, _ := strconv.ParseUint(strings.TrimPrefix(hex, "#"), 16, 32)
+	out := 0
+	for shift := 16; shift >= 0; shift -= 8 {
+		c := float64(v >> shift & 0xff)
+		out = out<<8 | int(math.Round(255-opacity*(255-c)))
+	}
+	return fmt.Sprintf("#%06x", out)
 }
 
 // pixelsOf counts the pixels within a small distance of the colour #rrggbb.

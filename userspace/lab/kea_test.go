@@ -77,7 +77,7 @@ func TestPhoneDHCPAgainstKea(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tagger.Close()
-	port := &Port{Name: "p1", NS: phones, Link: phoneLink, powered: make(chan struct{})}
+	port := &Port{Name: "p1", NS: phones, Link: phoneLink, power: newPortPower()}
 	io, err := openPortIO(port, tagger)
 	if err != nil {
 		t.Fatal(err)

@@ -77,16 +77,20 @@ type Options struct {
 	// InTFTPD is tftpd-hpa's in.tftpd for the baseline; empty: the
 	// installed one, else unpacked from the Debian package.
 	InTFTPD string
+	// Faults are injected during the storm (--fault; see faults.go).
+	Faults []Fault
 
 	// For tests. damage: once the agent has checked the firmware catalog
 	// at start, change a byte of this file among the synthetic loads, so
 	// that phones fetching it must fail its SHA-256 check. cmKeepAlive:
 	// the CallManagers' keepalive interval instead of cmKeepAlive.
 	// beforeReport runs when every phone is done, while the phones stay
-	// registered and the agent runs.
+	// registered and the agent runs. whileDown runs while a daemon fault
+	// has the agent killed, before it is started again.
 	damage       string
 	cmKeepAlive  time.Duration
 	beforeReport func(ctx context.Context, l *lab) error
+	whileDown    func(ctx context.Context, l *lab) error
 }
 
 // Limits on the flags, so a typo fails fast instead of exhausting the machine.
@@ -142,6 +146,9 @@ func (o *Options) normalize() error {
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--timeout %s: must be positive", o.Timeout)
 	}
+	if err := o.validateFaults(); err != nil {
+		return err
+	}
 	if o.Out == nil {
 		o.Out = io.Discard
 	}
@@ -179,11 +186,10 @@ type Port struct {
 	Link  string   // the phones' interface inside NS
 	Class int      // the PoE class presented on the port
 
-	powered     chan struct{} // closed when the phone side's link comes up
-	poweredOnce sync.Once
-	io          *portIO   // the phones' raw socket on the port
-	rt          *rtnl     // the phones' interfaces and addresses
-	thread      *nsThread // opens the phones' sockets in NS
+	power  *portPower // the phone side's link: up is power
+	io     *portIO    // the phones' raw socket on the port
+	rt     *rtnl      // the phones' interfaces and addresses
+	thread *nsThread  // opens the phones' sockets in NS
 }
 
 const phoneLink = "eth0"
@@ -345,7 +351,9 @@ func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 			return Report{}, err
 		}
 	}
+	faults := l.startFaults(stormCtx, rec, start)
 	l.waitShowingProgress(&wg, rec, names, start)
+	faults.wait()
 	wall := time.Since(start)
 	if o.beforeReport != nil {
 		if err := o.beforeReport(stormCtx, l); err != nil {
@@ -357,6 +365,7 @@ func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 
 	rep = rec.report(o.Phones, o.Ports, o.mode(), wall)
 	rep.voiceVLANs = o.VoiceVLANs
+	faults.addTo(&rep)
 	rep.provisioned = l.provisionSummary(phones)
 	rep.registrations = l.registrationSummary()
 	rep.agentCounters = l.readAgentCounters(ctx)
@@ -370,8 +379,11 @@ func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	// An agent that fails to stop cleanly is an error, but the storm's
 	// report is still written.
-	if err := l.stopAgent(); err != nil {
-		return rep, err
+	integrity := l.integrityBeforeStop()
+	stopErr := l.stopAgent()
+	rep.Integrity = l.integrityAfterStop(ctx, integrity)
+	if stopErr != nil {
+		return rep, stopErr
 	}
 	if ctx.Err() != nil {
 		return rep, fmt.Errorf("lab interrupted: %w", context.Cause(ctx))
@@ -459,7 +471,8 @@ func (l *lab) build(models []images.Model) ([]*Phone, error) {
 		if err != nil {
 			return nil, err
 		}
-		p := &Port{Index: i, Name: fmt.Sprintf("p%d", i+1), NS: ns, Link: phoneLink, powered: make(chan struct{})}
+		p := &Port{Index: i, Name: fmt.Sprintf("p%d", i+1), NS: ns, Link: phoneLink, power: newPortPower()}
+		p.power.flaps = slices.ContainsFunc(l.o.Faults, func(f Fault) bool { return f.Kind == FaultPort && f.Port == p.Name })
 		l.ports = append(l.ports, p)
 		if err := l.buildPort(p); err != nil {
 			return nil, err
@@ -558,49 +571,12 @@ func (l *lab) buildPort(p *Port) error {
 	return err
 }
 
-// watchPower marks each port powered when its phone side is brought up,
-// and stops watching that port then.
+// watchPower follows each port's power (see watchPort).
 func (l *lab) watchPower(ctx context.Context) error {
 	for _, p := range l.ports {
-		updates := make(chan netlink.LinkUpdate, 16)
-		done := make(chan struct{})
-		go func() {
-			select {
-			case <-ctx.Done():
-			case <-p.powered:
-			}
-			close(done)
-		}()
-		h := p.NS.Handle()
-		err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
-			Namespace:    &h,
-			ListExisting: true,
-			// The phones' interfaces change with the link: hundreds of
-			// messages at once on a port with many phones.
-			ReceiveBufferSize:      4 << 20,
-			ReceiveBufferForceSize: true,
-			ErrorCallback: func(err error) {
-				select {
-				case <-done: // the socket errors out when the watch is stopped
-				default:
-					l.o.Log.Warn("link watch", "port", p.Name, "error", err)
-				}
-			},
-		})
-		if err != nil {
-			return fmt.Errorf("watch links of port %s: %w", p.Name, err)
+		if err := l.watchPort(ctx, p); err != nil {
+			return err
 		}
-		go func() {
-			for u := range updates {
-				a := u.Attrs()
-				// The PSE's power-up is the phone side going administratively
-				// up. Operstate would lag it: the kernel's linkwatch batches
-				// carrier events for up to a second.
-				if a.Name == p.Link && a.Flags&net.FlagUp != 0 {
-					p.poweredOnce.Do(func() { close(p.powered) })
-				}
-			}
-		}()
 	}
 	return nil
 }
@@ -618,7 +594,7 @@ func (l *lab) agentConfig() agent.Config {
 	// A pool per voice VLAN (one untagged pool without VLANs); in each the
 	// appliance is .1 and the TFTP server phones are sent to.
 	cfg.DHCP.Enabled = true
-	cfg.DHCP.LeaseDB = filepath.Join(l.runDir, "leases.db")
+	cfg.DHCP.LeaseDB = filepath.Join(l.runDir, leaseDBName)
 	for k := range max(l.o.VoiceVLANs, 1) {
 		subnet, server, first, last := voiceNet(k)
 		pool := agent.DHCPPoolConfig{
@@ -672,9 +648,16 @@ func (l *lab) startAgent(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	return l.spawnAgent(ctx)
+}
+
+// spawnAgent starts the agent process with the config startAgent wrote
+// and waits for its READY=1 (again after a restart, on the same socket).
+func (l *lab) spawnAgent(ctx context.Context) error {
+	cfgPath := filepath.Join(l.runDir, "phoneboot.yaml")
 	args := append(append([]string(nil), l.o.AgentCommand[1:]...), "--config", cfgPath)
 	cmd := exec.Command(l.o.AgentCommand[0], args...)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(l.runDir, "notify.sock"))
 	var logw io.Writer = l.logf
 	if l.o.AgentLog != nil {
 		logw = io.MultiWriter(l.logf, l.o.AgentLog)
@@ -686,6 +669,7 @@ func (l *lab) startAgent(ctx context.Context) error {
 	// own that stays until the agent has stopped (a pooled thread may end
 	// whenever a goroutine that locked it returns without unlocking).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var err error
 	if l.agentThread, err = startNSThread(l.appNS); err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
@@ -693,11 +677,12 @@ func (l *lab) startAgent(ctx context.Context) error {
 		return fmt.Errorf("start agent: %w", err)
 	}
 	l.agent = cmd
-	l.exited = make(chan struct{})
-	go func() { cmd.Wait(); close(l.exited) }()
+	exited := make(chan struct{})
+	l.exited = exited
+	go func() { cmd.Wait(); close(exited) }()
 
 	ready := make(chan error, 1)
-	go func() { ready <- waitReady(notify) }()
+	go func() { ready <- waitReady(l.notify) }()
 	select {
 	case err := <-ready:
 		if err != nil {
@@ -705,7 +690,7 @@ func (l *lab) startAgent(ctx context.Context) error {
 		}
 		l.o.Log.Info("agent ready", "pid", cmd.Process.Pid)
 		return nil
-	case <-l.exited:
+	case <-exited:
 		return fmt.Errorf("agent exited before it was ready (%s); its log:\n%s", cmd.ProcessState, l.agentLogTail())
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("agent not ready after 30s; its log:\n%s", l.agentLogTail())

@@ -192,10 +192,18 @@ func checkJSONSchema(t *testing.T, path string, extra ...string) {
 		slices.Sort(k)
 		return k
 	}
-	want := append([]string{"all_done_seconds", "completed", "failed", "failures", "mode", "peak_load", "phases", "phones", "ports", "power_policy", "wall_seconds"}, extra...)
+	// A run without faults has no "faults" or "events".
+	want := append([]string{"all_done_seconds", "completed", "failed", "failures", "integrity", "mode", "peak_load", "phases", "phones", "ports", "power_policy", "wall_seconds"}, extra...)
 	slices.Sort(want)
 	if got := keys(top); !reflect.DeepEqual(got, want) {
 		t.Errorf("report keys %v, want %v", got, want)
+	}
+	integrity, _ := top["integrity"].(map[string]any)
+	if got, want := keys(integrity), []string{"fast_path", "kernel_bindings", "kernel_queued", "phones", "problems", "store_leases", "violations"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("integrity keys %v, want %v", got, want)
+	}
+	if v, _ := integrity["violations"].(float64); v != 0 {
+		t.Errorf("lease integrity: %v violations: %v", v, integrity["problems"])
 	}
 	phases, _ := top["phases"].([]any)
 	if len(phases) == 0 {

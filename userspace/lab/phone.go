@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/phoneboot/phoneboot/images"
@@ -44,6 +45,22 @@ type Phone struct {
 	Config *phoneConfig
 	// Upgraded is set when it fetched and checked a new load.
 	Upgraded bool
+	// Reboots counts the times it lost power after it was first powered.
+	Reboots int
+
+	// held is the address it uses, from its ACK until it loses power, for
+	// the lease integrity check (read while the phone runs).
+	held atomic.Pointer[heldAddress]
+	// powered is set from power on until the power goes, failed when it
+	// has failed: for the faults, which count the phones they hit.
+	powered, failed atomic.Bool
+	// session is its port's power session, from power on (nil before).
+	session context.Context
+	// nicAddr is the address on its interface while it is up.
+	nicAddr netip.Prefix
+	// regDone is closed when its registration (kept alive after the
+	// register phase) has ended.
+	regDone chan struct{}
 
 	index    int    // its number in the lab, from 0
 	bootLoad string // the load it booted with
@@ -102,18 +119,19 @@ type Phase interface {
 }
 
 // powerPhase waits until the switch powers the phone's port, seen as the
-// phone's side of the link coming up.
+// phone's side of the link coming up; the phone then runs until the power
+// goes (its session ends).
 type powerPhase struct{}
 
 func (powerPhase) Name() string { return "power" }
 
 func (powerPhase) Run(ctx context.Context, ph *Phone) error {
-	select {
-	case <-ph.Port.powered:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("port %s was not powered: %w", ph.Port.Name, context.Cause(ctx))
+	session, err := ph.Port.power.wait(ctx)
+	if err != nil {
+		return fmt.Errorf("port %s was not powered: %w", ph.Port.Name, err)
 	}
+	ph.session = session
+	return nil
 }
 
 // bootPhase loads the stored image: the model's boot time, scaled, with
@@ -147,20 +165,4 @@ func (l *lab) phases() []Phase {
 		firmwarePhase{f: f, bytes: &l.firmwareBytes, log: l.o.Log},
 		registerPhase{phones: l.phonesCtx, dial: dialTCP, stats: &l.registrations},
 	}
-}
-
-// runPhone takes one phone through the phases. A phase's latency counts
-// from the end of the previous one; the first phase's from the storm's start.
-func runPhone(ctx context.Context, ph *Phone, phases []Phase, rec *recorder, start time.Time) {
-	stormStart := start
-	for _, p := range phases {
-		if err := p.Run(ctx, ph); err != nil {
-			rec.fail(ph.Name, p.Name(), err)
-			return
-		}
-		now := time.Now()
-		rec.done(p.Name(), now.Sub(start), now.Sub(stormStart))
-		start = now
-	}
-	rec.complete()
 }

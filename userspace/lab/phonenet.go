@@ -166,6 +166,7 @@ func (ph *Phone) bringUpNIC(app *applianceSide) error {
 	); err != nil {
 		return fmt.Errorf("bring up %s (%s) with %s: %w", ph.nicName(), ph.MAC, ph.IP, err)
 	}
+	ph.nicAddr = netip.PrefixFrom(ph.IP, ph.Subnet.Bits())
 	if err := app.rt.do(neighRequest(app.index, ph.IP, ph.MAC)); err != nil {
 		return fmt.Errorf("the appliance's neighbour entry for %s: %w", ph.IP, err)
 	}

@@ -31,9 +31,11 @@ type registerPhase struct {
 	stats *registrations
 }
 
-// registrations counts the phones' registration events, all phones.
+// registrations counts the phones' registration events, all phones, and
+// follows which are registered.
 type registrations struct {
 	registered, lost, failed, rejected atomic.Int64
+	track                              registrationTrack
 }
 
 func (registerPhase) Name() string { return "register" }
@@ -63,11 +65,13 @@ func (p registerPhase) Run(ctx context.Context, ph *Phone) error {
 			switch ev.Kind {
 			case cmsim.EventRegistered:
 				p.stats.registered.Add(1)
+				p.stats.track.set(ph, true, ev.At)
 				if once.CompareAndSwap(false, true) {
 					close(registered)
 				}
 			case cmsim.EventLost:
 				p.stats.lost.Add(1)
+				p.stats.track.set(ph, false, ev.At)
 			case cmsim.EventRejected:
 				p.stats.rejected.Add(1)
 				last.Store(fmt.Sprintf("%s rejected it: %v", ev.Server, ev.Err))
@@ -80,7 +84,15 @@ func (p registerPhase) Run(ctx context.Context, ph *Phone) error {
 	if err != nil {
 		return err
 	}
-	go phone.Run(p.phones)
+	// It keeps alive until the lab ends or the phone loses power.
+	keep, stop := whilePowered(p.phones, ph.session)
+	done := make(chan struct{})
+	ph.regDone = done
+	go func() {
+		defer close(done)
+		defer stop()
+		phone.Run(keep)
+	}()
 	select {
 	case <-registered:
 		return nil

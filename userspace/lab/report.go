@@ -32,6 +32,14 @@ type Report struct {
 	// Label names the run in a report that compares runs (the HTML
 	// report's columns); empty for a single run.
 	Label string `json:"label,omitempty"`
+	// Faults are the faults injected (--fault) and the phones' recovery
+	// from each; Events what happened meanwhile (faults.go). Both are
+	// absent from a run without faults.
+	Faults []FaultReport `json:"faults,omitempty"`
+	Events []Event       `json:"events,omitempty"`
+	// Integrity is the lease integrity check at the end of the run
+	// (integrity.go).
+	Integrity *IntegrityReport `json:"integrity,omitempty"`
 	// Series is what the HTML report plots; not part of the JSON.
 	Series *Series `json:"-"`
 
@@ -195,6 +203,7 @@ func (rep Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "register: %d registrations, %d registered connections lost, %d attempts failed, %d rejected; registered now: %s\n",
 			r.Registered, r.Lost, r.Failed, r.Rejected, r.ByCallManager)
 	}
+	rep.writeFaults(w)
 	const shown = 10
 	for i, f := range rep.Failures {
 		if i == shown {

@@ -15,7 +15,23 @@ type chart struct {
 	Title, XLabel, YLabel string
 	LogX                  bool // decades on the x axis (latency distributions)
 	Lines                 []chartLine
+	// Spans shade stretches of a time axis: the faults injected and the
+	// phones' recovery from them. A log axis draws none.
+	Spans []chartSpan
 }
+
+// chartSpan shades From to To on the x axis, with a marker line and its
+// label at From; Dark is a stronger shade (the daemon down, a port's
+// power off) over the lighter one of the recovery.
+type chartSpan struct {
+	From, To float64
+	Label    string
+	Color    string
+	Dark     bool
+}
+
+// The shades' opacities, light and dark.
+const spanOpacity, spanOpacityDark = 0.15, 0.3
 
 // chartLine is one series. X must be ascending.
 type chartLine struct {
@@ -55,6 +71,16 @@ func (c chart) svg() string {
 			ymax = max(ymax, y)
 		}
 	}
+	var spans []chartSpan
+	if !c.LogX && len(lines) > 0 {
+		for _, s := range c.Spans {
+			if math.IsNaN(s.From) || math.IsNaN(s.To) || math.IsInf(s.From, 0) || math.IsInf(s.To, 0) || s.To < s.From {
+				continue
+			}
+			spans = append(spans, s)
+			xmin, xmax = min(xmin, s.From), max(xmax, s.To)
+		}
+	}
 	var b strings.Builder
 	legendRows := len(lines)
 	height := chartH + chartLegendRowHeight*float64(legendRows)
@@ -84,6 +110,21 @@ func (c chart) svg() string {
 		(chartLeft+chartW-chartRight)/2, chartH-chartBottom+34, html.EscapeString(c.XLabel))
 	fmt.Fprintf(&b, `<text class="label" x="14" y="%g" text-anchor="middle" transform="rotate(-90 14 %g)">%s</text>`,
 		(chartTop+chartH-chartBottom)/2, (chartTop+chartH-chartBottom)/2, html.EscapeString(c.YLabel))
+	for _, s := range spans {
+		x0, x1 := sx.at(s.From), sx.at(s.To)
+		opacity := spanOpacity
+		if s.Dark {
+			opacity = spanOpacityDark
+		}
+		label := html.EscapeString(s.Label)
+		fmt.Fprintf(&b, `<rect class="span" x="%.1f" y="%g" width="%.1f" height="%g" fill="%s" fill-opacity="%g"><title>%s</title></rect>`,
+			x0, chartTop, x1-x0, chartH-chartBottom-chartTop, s.Color, opacity, label)
+		if !s.Dark {
+			fmt.Fprintf(&b, `<line class="mark" x1="%.1f" y1="%g" x2="%.1f" y2="%g" stroke="%s" stroke-dasharray="3 3"/>`,
+				x0, chartTop, x0, chartH-chartBottom, s.Color)
+			fmt.Fprintf(&b, `<text class="mark" x="%.1f" y="%g">%s</text>`, x0+3, chartTop+10, label)
+		}
+	}
 	for i, l := range lines {
 		var pts strings.Builder
 		for j := range l.X {
