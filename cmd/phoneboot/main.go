@@ -49,6 +49,30 @@ func newApp() *cli.App {
 			registrationsCommand(),
 			doctorCommand(),
 			labCommand(),
+			labCallManagersCommand(),
+		},
+	}
+}
+
+// labCallManagersCommand runs the lab's CallManager simulators in a
+// process of their own; the lab starts it, people do not.
+func labCallManagersCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "lab-callmanagers",
+		Usage:  "the lab's CallManager simulators (started by phoneboot lab)",
+		Hidden: true,
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "addr", Usage: "SCCP listen address, highest priority first", Required: true},
+			&cli.DurationFlag{Name: "keepalive", Value: 30 * time.Second, Usage: "keepalive interval given in RegisterAck"},
+			&cli.StringFlag{Name: "control", Usage: "unix socket of the control API", Required: true},
+		},
+		Action: func(c *cli.Context) error {
+			ctx, stop := signalContext()
+			defer stop()
+			return lab.RunCallManagers(ctx, lab.CallManagersConfig{
+				Addrs: c.StringSlice("addr"), KeepAlive: c.Duration("keepalive"), Control: c.String("control"),
+				Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+			})
 		},
 	}
 }

@@ -1,16 +1,16 @@
 package lab
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/phoneboot/phoneboot/agent"
-	"github.com/phoneboot/phoneboot/userspace/cmsim"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
@@ -42,8 +42,9 @@ const (
 )
 
 // startCallManagers makes the CallManagers' namespace and link and starts
-// the three simulators; they serve until ctx ends or cleanup.
-func (l *lab) startCallManagers(ctx context.Context) error {
+// the three simulators (in a process of their own, cmproc.go); they serve
+// until cleanup.
+func (l *lab) startCallManagers() error {
 	var err error
 	if l.cmNS, err = vnet.Create("pb" + l.id + "c"); err != nil {
 		return err
@@ -74,16 +75,17 @@ func (l *lab) startCallManagers(ctx context.Context) error {
 	if keepAlive == 0 {
 		keepAlive = cmKeepAlive
 	}
-	for i, a := range callManagerAddrs {
-		cfg := cmsim.Config{Name: fmt.Sprintf("cm%d", i+1), Addr: netip.AddrPortFrom(a, cmPort).String(), KeepAlive: keepAlive}
-		var s *cmsim.Server
-		if err := l.cmNS.Do(func() (err error) { s, err = cmsim.New(cfg, l.o.Log); return err }); err != nil {
-			return err
-		}
-		l.cms = append(l.cms, s)
-		go s.Run(ctx)
+	var listen []string
+	for _, a := range callManagerAddrs {
+		listen = append(listen, netip.AddrPortFrom(a, cmPort).String())
 	}
-	return nil
+	logf, err := os.Create(filepath.Join(l.runDir, "callmanagers.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close() // the process has its own copy
+	l.cmProc, l.cms, err = startCMProcess(l.o.AgentCommand[0], l.cmNS.Do, l.runDir, listen, keepAlive, logf, l.o.Log)
+	return err
 }
 
 // proxyConfig turns the agent's registration proxy on, in front of the

@@ -30,7 +30,6 @@ import (
 
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
-	"github.com/phoneboot/phoneboot/userspace/cmsim"
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/phonetag"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
@@ -301,7 +300,7 @@ func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 	if err := l.openPorts(watchCtx); err != nil {
 		return Report{}, err
 	}
-	if err := l.startCallManagers(watchCtx); err != nil {
+	if err := l.startCallManagers(); err != nil {
 		return Report{}, err
 	}
 	if o.Baseline {
@@ -411,7 +410,8 @@ type lab struct {
 
 	phones        []*Phone
 	cmNS          *vnet.NS        // the CallManagers'
-	cms           []*cmsim.Server // the CallManagers, by priority
+	cms           []*remoteCM     // the CallManagers, by priority
+	cmProc        *cmProcess      // ... and their process
 	phonesCtx     context.Context // registered phones keep alive under it
 	registrations registrations   // their events
 	tftpRoot      string          // what the agent serves: the synthetic loads
@@ -854,8 +854,8 @@ func (l *lab) cleanup() error {
 	if l.app != nil {
 		l.app.rt.close()
 	}
-	for _, s := range l.cms {
-		s.Close()
+	if l.cmProc != nil {
+		l.cmProc.close()
 	}
 	if l.cmNS != nil {
 		errs = append(errs, l.cmNS.Close())
