@@ -286,6 +286,9 @@ func labCommand() *cli.Command {
 			&cli.IntFlag{Name: "voice-vlans", Value: 4, Usage: "spread the ports over this many voice VLANs (at most one per port), each with its own DHCP pool; 0: phones stay untagged"},
 			&cli.Float64Flag{Name: "upgrade-fraction", Value: 0.1, Usage: "share of phones that boot an older load and download the new one (0 to 1)"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for per-phone timing jitter and the choice of phones that upgrade"},
+			&cli.BoolFlag{Name: "baseline", Usage: "run the storm against the stack a user would otherwise deploy: Kea for DHCP, tftpd-hpa for files, phones registering straight with the CallManagers; phoneboot keeps only the switch's role (PoE, CDP/LLDP); untagged"},
+			&cli.StringFlag{Name: "compare", Usage: "run the same storm once per variant and report them side by side: a comma list of xdp, no-xdp, all, stagger, adaptive, baseline (joined by + to combine, e.g. no-xdp+stagger)"},
+			&cli.StringFlag{Name: "tftpd-hpa", Usage: "tftpd-hpa's in.tftpd for the baseline (default: the installed one, else unpacked from the Debian package into /var/cache/phoneboot-lab)"},
 			&cli.StringSliceFlag{Name: "fault", Usage: "inject a failure during the storm, KIND@WHEN (repeatable): KIND is callmanager (stop the next CallManager), daemon (kill the daemon with SIGKILL and start it again) or port[:pN] (power-cycle the port through the daemon, p1 by default: its phones reboot); WHEN is a time after the storm's start (8s) or PHASE=COUNT (dhcp=300: when 300 phones have their lease)"},
 			&cli.BoolFlag{Name: "verbose", Usage: "log the lab's steps and show the agent's log"},
 		},
@@ -307,6 +310,16 @@ func labCommand() *cli.Command {
 				}
 				faults = append(faults, f)
 			}
+			var variants []string
+			if list := c.String("compare"); list != "" {
+				if c.Bool("baseline") {
+					return errors.New("--baseline with --compare: name baseline among the variants instead")
+				}
+				var err error
+				if variants, err = lab.ParseVariants(list); err != nil {
+					return err
+				}
+			}
 			if os.Geteuid() != 0 {
 				return lab.ErrNotRoot // before anything that would fail less clearly
 			}
@@ -314,12 +327,12 @@ func labCommand() *cli.Command {
 				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
 			}
 			voiceVLANs := c.Int("voice-vlans")
-			if c.Bool("no-xdp") && !c.IsSet("voice-vlans") {
+			if (c.Bool("no-xdp") || c.Bool("baseline")) && !c.IsSet("voice-vlans") {
 				voiceVLANs = 0 // the tagging is XDP's and TC's
 			}
 			ctx, stop := signalContext()
 			defer stop()
-			rep, err := lab.Run(ctx, lab.Options{
+			o := lab.Options{
 				Phones:       c.Int("phones"),
 				Ports:        c.Int("ports"),
 				PowerPolicy:  c.String("power-policy"),
@@ -336,22 +349,43 @@ func labCommand() *cli.Command {
 				UpgradeFraction: c.Float64("upgrade-fraction"),
 				Faults:          faults,
 				Seed:            c.Uint64("seed"),
+				Baseline:        c.Bool("baseline"),
+				InTFTPD:         c.String("tftpd-hpa"),
 				JSONPath:        c.String("json"),
 				HTMLPath:        c.String("html"),
 				Out:             c.App.Writer,
 				LiveProgress:    lab.IsTerminal(os.Stdout),
 				AgentLog:        agentLog,
 				Log:             slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-			})
-			if err != nil {
-				return err
+			}
+			var reps []lab.Report
+			if variants == nil {
+				rep, err := lab.Run(ctx, o)
+				if err != nil {
+					return err
+				}
+				reps = []lab.Report{rep}
+			} else {
+				// Each variant decides the VLANs of its own runs: untagged
+				// without XDP, --voice-vlans with it.
+				o.VoiceVLANs = c.Int("voice-vlans")
+				var err error
+				if reps, err = lab.Compare(ctx, o, variants); err != nil {
+					return err
+				}
 			}
 			var problems []error
-			if rep.Failed > 0 {
-				problems = append(problems, fmt.Errorf("%d of %d phones failed", rep.Failed, rep.Phones))
-			}
-			if in := rep.Integrity; in != nil && in.Violations > 0 {
-				problems = append(problems, fmt.Errorf("lease integrity: %d violations (listed above and in --json)", in.Violations))
+			for _, rep := range reps {
+				run := ""
+				if rep.Label != "" {
+					run = rep.Label + ": "
+				}
+				if rep.Failed > 0 {
+					problems = append(problems, fmt.Errorf("%s%d of %d phones failed", run, rep.Failed, rep.Phones))
+				}
+				if in := rep.Integrity; in != nil && in.Violations > 0 {
+					problems = append(problems, fmt.Errorf("%slease integrity: %d violations (listed above and in --json)", run, in.Violations))
+				}
 			}
 			return errors.Join(problems...)
 		},

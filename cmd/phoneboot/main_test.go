@@ -71,7 +71,7 @@ func TestHelpListsCommands(t *testing.T) {
 		}
 	}
 	r = phoneboot(t, "lab", "--help")
-	for _, f := range []string{"--phones", "--ports", "--power-policy", "--stagger", "--time-scale", "--json", "--no-xdp", "--fault"} {
+	for _, f := range []string{"--phones", "--ports", "--power-policy", "--stagger", "--time-scale", "--json", "--no-xdp", "--fault", "--compare", "--baseline"} {
 		if !strings.Contains(r.stdout, f) {
 			t.Errorf("lab --help lacks %s", f)
 		}
@@ -98,6 +98,10 @@ func TestBadInputExitsNonZero(t *testing.T) {
 		{"lab ports over phones", []string{"lab", "--phones", "2", "--ports", "3"}, "--ports 3: more ports than --phones 2"},
 		{"lab bad time scale", []string{"lab", "--time-scale", "-1"}, "--time-scale -1: must be above 0"},
 		{"lab bad number", []string{"lab", "--phones", "many"}, "many"},
+		{"lab unknown variant", []string{"lab", "--compare", "xdp,warp"}, `--compare: unknown variant "warp"`},
+		{"lab one variant", []string{"lab", "--compare", "baseline"}, "name at least two variants"},
+		{"lab baseline and compare", []string{"lab", "--baseline", "--compare", "xdp,baseline"}, "--baseline with --compare"},
+		{"lab tagged baseline", []string{"lab", "--baseline", "--voice-vlans", "2"}, "--voice-vlans 2 with --baseline"},
 		{"lab bad fault", []string{"lab", "--fault", "reboot@5s"}, `--fault "reboot@5s": kind "reboot" is not callmanager, daemon, port or port:PORT`},
 		{"lab fault on no port", []string{"lab", "--phones", "4", "--fault", "port:p9@dhcp=1"}, `--fault "port:p9@dhcp=1": the lab's ports are p1 to p4`},
 		{"status without daemon", []string{"status", "--socket", filepath.Join(dir, "none.sock")}, "is phoneboot running"},

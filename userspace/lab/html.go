@@ -31,9 +31,10 @@ type LoadSample struct {
 	T                 float64
 	DHCPFastPerS      float64 // DHCP answers sent by the XDP fast path
 	DHCPGoPerS        float64 // DHCP answers sent by the Go server
+	DHCPKeaPerS       float64 // DHCP answers sent by Kea (baseline)
 	TFTPMBPerS        float64 // TFTP payload served
 	HTTPMBPerS        float64 // HTTP 6970 payload served
-	RegistrationsPerS float64 // registrations acknowledged through the proxy
+	RegistrationsPerS float64 // registrations acknowledged (through the proxy; in the baseline, to the phones)
 	PowerW            float64 // power drawn on the ports, the sample's end
 	// The services' queues at the sample's end (the adaptive power
 	// policy's signals).
@@ -53,9 +54,10 @@ var loadCharts = []struct {
 	title, unit string
 	metrics     []loadMetric
 }{
-	{"DHCP answers/s (solid: XDP fast path, dashed: Go server)", "answers/s", []loadMetric{
+	{"DHCP answers/s (solid: XDP fast path or Kea, dashed: Go server)", "answers/s", []loadMetric{
 		{"fast path", "", func(s LoadSample) float64 { return s.DHCPFastPerS }, false},
 		{"Go", "", func(s LoadSample) float64 { return s.DHCPGoPerS }, true},
+		{"Kea", "", func(s LoadSample) float64 { return s.DHCPKeaPerS }, false},
 	}},
 	{"TFTP MB/s (solid) and HTTP 6970 MB/s (dashed)", "MB/s", []loadMetric{
 		{"TFTP", "", func(s LoadSample) float64 { return s.TFTPMBPerS }, false},
@@ -195,6 +197,7 @@ func summaryRows(runs []Report, phases []string) []summaryRow {
 	rows := []summaryRow{
 		row("phones / ports", func(r Report) string { return fmt.Sprintf("%d / %d", r.Phones, r.Ports) }),
 		row("mode", func(r Report) string { return r.Mode }),
+		row("power policy", func(r Report) string { return r.PowerPolicy }),
 		row("storm time (s)", func(r Report) string { return fmt.Sprintf("%.1f", r.WallSeconds) }),
 		row("completed", func(r Report) string { return fmt.Sprint(r.Completed) }),
 		row("failed", func(r Report) string { return fmt.Sprint(r.Failed) }),
@@ -246,7 +249,7 @@ func summaryRows(runs []Report, phases []string) []summaryRow {
 			return "—"
 		}))
 	}
-	return rows
+	return append(rows, comparisonRows(runs)...)
 }
 
 // completedChart: phones that finished every phase, over time, per run.

@@ -279,7 +279,7 @@ func (l *lab) kernelLeases() (bindings []fastpath.DHCPBinding, queued []netip.Ad
 // integrityBeforeStop takes what the check needs from the running agent:
 // the kernel's view, which goes with the pins when it stops.
 func (l *lab) integrityBeforeStop() integrityInput {
-	in := integrityInput{fastPath: !l.o.NoXDP}
+	in := integrityInput{fastPath: !l.o.NoXDP && !l.o.Baseline}
 	for _, ph := range l.phones {
 		if a := ph.held.Load(); a != nil {
 			in.phones = append(in.phones, *a)
@@ -298,6 +298,14 @@ func (l *lab) integrityBeforeStop() integrityInput {
 // check.
 func (l *lab) integrityAfterStop(ctx context.Context, in integrityInput) *IntegrityReport {
 	in.now = time.Now()
+	if l.baseline != nil { // the leases are Kea's
+		var err error
+		if in.store, err = keaLeaseStore(l.baseline.leaseFile); err != nil {
+			in.unreadable = append(in.unreadable, IntegrityProblem{Kind: problemStoreUnreadable, Detail: err.Error()})
+		}
+		rep := checkIntegrity(in)
+		return &rep
+	}
 	store, err := lease.OpenBolt(filepath.Join(l.runDir, leaseDBName), lease.BoltOptions{})
 	if err == nil {
 		err = store.Iterate(ctx, func(le lease.Lease) error { in.store = append(in.store, le); return nil })

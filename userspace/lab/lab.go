@@ -68,6 +68,14 @@ type Options struct {
 	ProgressEvery   time.Duration
 	Log             *slog.Logger
 
+	// Baseline runs the storm against the stack a user would otherwise
+	// deploy (baseline.go): Kea for DHCP, tftpd-hpa for files, the phones
+	// registering straight with the CallManagers; the agent keeps only the
+	// switch's role (PoE, CDP and LLDP). It runs untagged.
+	Baseline bool
+	// InTFTPD is tftpd-hpa's in.tftpd for the baseline; empty: the
+	// installed one, else unpacked from the Debian package.
+	InTFTPD string
 	// Faults are injected during the storm (--fault; see faults.go).
 	Faults []Fault
 
@@ -121,6 +129,9 @@ func (o *Options) normalize() error {
 	o.VoiceVLANs = min(o.VoiceVLANs, o.Ports) // a VLAN needs a port to be on
 	if o.VoiceVLANs > 0 && o.NoXDP {
 		return fmt.Errorf("--voice-vlans %d with --no-xdp: the VLAN tagging is done by the XDP and TC programs; use --voice-vlans 0", o.VoiceVLANs)
+	}
+	if o.VoiceVLANs > 0 && o.Baseline {
+		return fmt.Errorf("--voice-vlans %d with --baseline: without phoneboot's XDP and TC programs the appliance tags nothing; the baseline runs with --voice-vlans 0", o.VoiceVLANs)
 	}
 	if !(o.UpgradeFraction >= 0 && o.UpgradeFraction <= 1) {
 		return fmt.Errorf("--upgrade-fraction %v: must be 0 to 1", o.UpgradeFraction)
@@ -228,11 +239,33 @@ func (o *Options) voiceVLAN(i int) uint16 {
 var ErrNotRoot = errors.New("phoneboot lab needs root: it creates network namespaces and veth pairs and loads XDP programs; run it with sudo")
 
 // Run builds the lab, runs the storm and tears everything down again, also
-// when ctx is cancelled (Ctrl-C). The report covers what ran.
-func Run(ctx context.Context, o Options) (rep Report, err error) {
+// when ctx is cancelled (Ctrl-C). The report covers what ran; it is
+// written (--json, --html, the table) whenever the storm ran.
+func Run(ctx context.Context, o Options) (Report, error) {
 	if err := o.normalize(); err != nil {
 		return Report{}, err
 	}
+	rep, err := runOnce(ctx, o)
+	if rep.Series == nil { // the storm did not run
+		return rep, err
+	}
+	var werr error
+	if o.JSONPath != "" {
+		werr = rep.WriteJSONFile(o.JSONPath)
+	}
+	if o.HTMLPath != "" && werr == nil {
+		werr = WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep})
+	}
+	if werr == nil {
+		werr = rep.WriteTable(o.Out)
+	}
+	return rep, errors.Join(err, werr)
+}
+
+// runOnce builds a lab, runs one storm in it and tears it down: the report
+// and an error of the lab itself (an agent that did not stop cleanly, an
+// interruption); a report without Series means the storm did not run.
+func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 	if os.Geteuid() != 0 {
 		return Report{}, ErrNotRoot
 	}
@@ -270,6 +303,11 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	if err := l.startCallManagers(); err != nil {
 		return Report{}, err
 	}
+	if o.Baseline {
+		if err := l.prepareBaseline(ctx); err != nil {
+			return Report{}, err
+		}
+	}
 	// Registered phones keep alive until the report is taken.
 	var stopPhones context.CancelFunc
 	l.phonesCtx, stopPhones = context.WithCancel(watchCtx)
@@ -287,6 +325,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	// the agent's own start-up.
 	start := time.Now()
 	sampler := newLoadSampler(l.appNS, labMetricsListen, loadSampleEvery)
+	sampler.more = l.baselineCounters()
 	sampleCtx, stopSampling := context.WithCancel(stormCtx)
 	sampled := make(chan struct{})
 	go func() { defer close(sampled); sampler.run(sampleCtx, start) }()
@@ -299,7 +338,7 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 			runPhone(stormCtx, ph, phases, rec, start)
 		}()
 	}
-	if err := l.startAgent(ctx); err != nil {
+	if err := l.startAppliance(ctx); err != nil {
 		cancel()
 		wg.Wait()
 		return Report{}, err
@@ -323,15 +362,13 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	stopSampling()
 	<-sampled
 
-	mode := "xdp"
-	if o.NoXDP {
-		mode = "userspace"
-	}
-	rep = rec.report(o.Phones, o.Ports, mode, wall)
+	rep = rec.report(o.Phones, o.Ports, o.mode(), wall)
+	rep.voiceVLANs = o.VoiceVLANs
 	faults.addTo(&rep)
 	rep.provisioned = l.provisionSummary(phones)
 	rep.registrations = l.registrationSummary()
 	rep.agentCounters = l.readAgentCounters(ctx)
+	rep.baseline = l.baselineSummary()
 	l.logAgentMetrics(ctx)
 	stopPhones()
 	rep.Series.Load = sampler.samples
@@ -344,19 +381,6 @@ func Run(ctx context.Context, o Options) (rep Report, err error) {
 	integrity := l.integrityBeforeStop()
 	stopErr := l.stopAgent()
 	rep.Integrity = l.integrityAfterStop(ctx, integrity)
-	if o.JSONPath != "" {
-		if err := rep.WriteJSONFile(o.JSONPath); err != nil {
-			return rep, errors.Join(stopErr, err)
-		}
-	}
-	if o.HTMLPath != "" {
-		if err := WriteHTMLFile(o.HTMLPath, fmt.Sprintf("phoneboot lab: %d phones on %d ports", o.Phones, o.Ports), []Report{rep}); err != nil {
-			return rep, errors.Join(stopErr, err)
-		}
-	}
-	if err := rep.WriteTable(o.Out); err != nil {
-		return rep, errors.Join(stopErr, err)
-	}
 	if stopErr != nil {
 		return rep, stopErr
 	}
@@ -394,6 +418,8 @@ type lab struct {
 	tftpRoot      string          // what the agent serves: the synthetic loads
 	catalogPath   string          // their catalog
 	firmwareBytes atomic.Int64
+
+	baseline *baselineStack // Kea and tftpd-hpa, in a baseline run
 }
 
 // openPorts gives each port's phones their raw socket, and starts
@@ -603,7 +629,7 @@ func (l *lab) agentConfig() agent.Config {
 // startAgent runs the agent inside the appliance namespace and waits for
 // its sd_notify READY=1, just as systemd would.
 func (l *lab) startAgent(ctx context.Context) error {
-	data, err := yaml.Marshal(l.agentConfig())
+	data, err := yaml.Marshal(l.daemonConfig())
 	if err != nil {
 		return err
 	}
@@ -800,6 +826,7 @@ func (l *lab) waitShowingProgress(wg *sync.WaitGroup, rec *recorder, phases []st
 // cleanup removes everything the lab made; it is safe on a half-built lab.
 func (l *lab) cleanup() error {
 	var errs []error
+	errs = append(errs, l.stopBaseline())
 	if l.agent != nil {
 		l.agent.Process.Kill()
 		<-l.exited

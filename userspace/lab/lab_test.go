@@ -172,8 +172,9 @@ func TestLabStorm(t *testing.T) {
 	}
 }
 
-// checkJSONSchema holds the report file to the documented schema, key by key.
-func checkJSONSchema(t *testing.T, path string) {
+// checkJSONSchema holds the report file to the documented schema, key by
+// key: a single run's, or with extra keys (a comparison's run has "label").
+func checkJSONSchema(t *testing.T, path string, extra ...string) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -192,7 +193,9 @@ func checkJSONSchema(t *testing.T, path string) {
 		return k
 	}
 	// A run without faults has no "faults" or "events".
-	if got, want := keys(top), []string{"all_done_seconds", "completed", "failed", "failures", "integrity", "mode", "peak_load", "phases", "phones", "ports", "power_policy", "wall_seconds"}; !reflect.DeepEqual(got, want) {
+	want := append([]string{"all_done_seconds", "completed", "failed", "failures", "integrity", "mode", "peak_load", "phases", "phones", "ports", "power_policy", "wall_seconds"}, extra...)
+	slices.Sort(want)
+	if got := keys(top); !reflect.DeepEqual(got, want) {
 		t.Errorf("report keys %v, want %v", got, want)
 	}
 	integrity, _ := top["integrity"].(map[string]any)
@@ -426,6 +429,7 @@ func TestOptionsValidation(t *testing.T) {
 		{"negative stagger", func(o *Options) { o.Stagger = -time.Second }, "--stagger -1s: must be 0 to 1m"},
 		{"zero stagger ports", func(o *Options) { o.StaggerPorts = 0 }, "--stagger-ports 0: must be at least 1"},
 		{"bad id", func(o *Options) { o.ID = "../x" }, `lab id "../x"`},
+		{"tagged baseline", func(o *Options) { o.Baseline, o.VoiceVLANs = true, 2 }, "--voice-vlans 2 with --baseline"},
 		{"negative upgrade fraction", func(o *Options) { o.UpgradeFraction = -0.1 }, "--upgrade-fraction -0.1: must be 0 to 1"},
 		{"upgrade fraction above 1", func(o *Options) { o.UpgradeFraction = 1.5 }, "--upgrade-fraction 1.5: must be 0 to 1"},
 	}

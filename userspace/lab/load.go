@@ -23,8 +23,10 @@ const labMetricsListen = "127.0.0.1:9617"
 // one moment. Rates come from the difference of two.
 type loadCounters struct {
 	at         time.Time
-	dhcpFast   float64 // fast-path OFFERs and ACKs
-	dhcpGo     float64 // Go server's OFFERs, ACKs and NAKs
+	dhcpFast   float64   // fast-path OFFERs and ACKs
+	dhcpGo     float64   // Go server's OFFERs, ACKs and NAKs
+	dhcpKea    float64   // Kea's, in a baseline run,
+	keaAt      time.Time // read then (Kea may answer later than the agent)
 	tftpBytes  float64
 	httpBytes  float64
 	registered float64 // registrations the proxy saw acknowledged
@@ -93,10 +95,15 @@ func sampleBetween(prev, cur loadCounters, start time.Time) LoadSample {
 		}
 		return (b - a) / dt
 	}
+	keaRate := 0.0
+	if dk := cur.keaAt.Sub(prev.keaAt).Seconds(); dk > 0 && cur.dhcpKea >= prev.dhcpKea {
+		keaRate = (cur.dhcpKea - prev.dhcpKea) / dk
+	}
 	return LoadSample{
 		T:                 cur.at.Sub(start).Seconds(),
 		DHCPFastPerS:      rate(prev.dhcpFast, cur.dhcpFast),
 		DHCPGoPerS:        rate(prev.dhcpGo, cur.dhcpGo),
+		DHCPKeaPerS:       keaRate,
 		TFTPMBPerS:        rate(prev.tftpBytes, cur.tftpBytes) / 1e6,
 		HTTPMBPerS:        rate(prev.httpBytes, cur.httpBytes) / 1e6,
 		RegistrationsPerS: rate(prev.registered, cur.registered),
@@ -114,6 +121,9 @@ type loadSampler struct {
 	url     string
 	every   time.Duration
 	samples []LoadSample
+	// more adds what the agent's metrics do not have: the baseline's
+	// servers' counters.
+	more func(ctx context.Context, c *loadCounters)
 }
 
 func newLoadSampler(appNS *vnet.NS, listen string, every time.Duration) *loadSampler {
@@ -153,7 +163,11 @@ func (s *loadSampler) scrape(ctx context.Context) (loadCounters, error) {
 	if err != nil {
 		return loadCounters{}, fmt.Errorf("metrics: %w", err)
 	}
-	return countersFrom(fams, time.Now()), nil
+	c := countersFrom(fams, time.Now())
+	if s.more != nil {
+		s.more(ctx, &c)
+	}
+	return c, nil
 }
 
 // run samples until ctx ends, then once more so that the storm's last

@@ -44,6 +44,14 @@ func TestCountersFromMetrics(t *testing.T) {
 	if s != (LoadSample{T: 2, DHCPFastPerS: 200, TFTPMBPerS: 2, RegistrationsPerS: 20, PowerW: 10}) {
 		t.Errorf("sample %+v", s)
 	}
+	// Kea's answers are a rate over the times Kea was read, which may lag
+	// the agent's scrape.
+	prev.dhcpKea, prev.keaAt = 100, prev.at
+	kc := c
+	kc.dhcpKea, kc.keaAt = 400, c.at.Add(500*time.Millisecond) // Kea read 1 s after prev
+	if k := sampleBetween(prev, kc, t0).DHCPKeaPerS; k != 300 {
+		t.Errorf("Kea's rate %v, want 300/s", k)
+	}
 	// A restarted agent's counters start again from zero: no negative rate.
 	restarted := sampleBetween(c, loadCounters{at: t0.Add(time.Second), dhcpFast: 5}, t0)
 	if restarted.DHCPFastPerS != 0 {

@@ -161,7 +161,7 @@ func (l *lab) phases() []Phase {
 		bootPhase{timeScale: l.o.TimeScale},
 		cdpPhase{timeScale: l.o.TimeScale, tagger: l.tagger},
 		dhcpPhase{timeScale: l.o.TimeScale, subnetOf: l.o.subnetOf},
-		configPhase{f: f, bringUp: func(ph *Phone) error { return ph.bringUpNIC(l.app) }},
+		configPhase{f: f, bringUp: l.bringUpPhone},
 		firmwarePhase{f: f, bytes: &l.firmwareBytes, log: l.o.Log},
 		registerPhase{phones: l.phonesCtx, dial: dialTCP, stats: &l.registrations},
 	}

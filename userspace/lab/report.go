@@ -1,11 +1,9 @@
 package lab
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -19,7 +17,7 @@ import (
 type Report struct {
 	Phones      int           `json:"phones"`
 	Ports       int           `json:"ports"`
-	Mode        string        `json:"mode"` // xdp or userspace
+	Mode        string        `json:"mode"` // xdp, userspace or baseline
 	WallSeconds float64       `json:"wall_seconds"`
 	Completed   int           `json:"completed"`
 	Failed      int           `json:"failed"`
@@ -46,7 +44,9 @@ type Report struct {
 	Series *Series `json:"-"`
 
 	provisioned   provisioned // for the table
-	registrations registered  // for the table
+	voiceVLANs    int         // for the comparison's table
+	baseline      *baselineSummary
+	registrations registered // for the table
 	// agentCounters are the agent's data-path counters at the end of the
 	// storm (packets), for tests; nil if they could not be read.
 	agentCounters map[string]uint64
@@ -192,6 +192,7 @@ func (rep Report) WriteTable(w io.Writer) error {
 		return err
 	}
 	rep.writePowerSummary(w)
+	rep.baseline.write(w)
 	if u := rep.provisioned; u.OwnConfig+u.DefaultConfig > 0 {
 		fmt.Fprintf(w, "config: %d phones from SEP<MAC>.cnf.xml, %d from XMLDefault.cnf.xml; files over HTTP 6970: %d, asked over TFTP after HTTP failed: %d\n",
 			u.OwnConfig, u.DefaultConfig, u.HTTPFetches, u.HTTPFallbacks)
@@ -215,21 +216,7 @@ func (rep Report) WriteTable(w io.Writer) error {
 }
 
 // WriteJSONFile writes the report atomically (temp file, then rename).
-func (rep Report) WriteJSONFile(path string) error {
-	data, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write report: %w", err)
-	}
-	return nil
-}
+func (rep Report) WriteJSONFile(path string) error { return writeJSONFile(path, rep) }
 
 // progressLine is the live one-line view: phones past each phase.
 func progressLine(elapsed time.Duration, phases []string, perPhase []int, phones, completed, failed int) string {
