@@ -132,6 +132,29 @@ func TestLabRefusesNonRoot(t *testing.T) {
 	}
 }
 
+// TestLabRefusesStormPastFileLimit: a storm the open-file limit cannot
+// hold is refused at once, naming the way out, not failed minutes in.
+func TestLabRefusesStormPastFileLimit(t *testing.T) {
+	privtest.Require(t)
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Fatalf("prlimit (util-linux) not found: %v", err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--phones", "1000"}, "run with --no-proxy"},
+		{[]string{"--phones", "1000", "--no-proxy"}, "open files in the lab"},
+	} {
+		args := append([]string{"--nofile=3000:3000", binary, "lab"}, tt.args...)
+		r := run(t, exec.Command(prlimit, args...))
+		if r.code == 0 || !strings.Contains(r.stderr, tt.want) || !strings.Contains(r.stderr, "hard limit is 3000") {
+			t.Errorf("lab %v under a limit of 3000: exit %d, stderr %q; want a refusal with %q", tt.args, r.code, r.stderr, tt.want)
+		}
+	}
+}
+
 func TestDoctorPasses(t *testing.T) {
 	// A private bpffs: doctor rightly fails where nothing mounted
 	// /sys/fs/bpf, which a fresh machine need not have.

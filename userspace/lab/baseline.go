@@ -88,11 +88,14 @@ func (l *lab) daemonConfig() agent.Config {
 		cfg.Provision.Enabled = false
 		cfg.Proxy.Enabled = false
 	}
+	if l.o.NoProxy {
+		cfg.Proxy.Enabled = false
+	}
 	return cfg
 }
 
 // bringUpPhone gives the phone its interface and address after DHCP. In
-// the baseline the phone also takes its default route, through the router
+// the baseline and with --no-proxy the phone also takes its default route, through the router
 // of option 3 (the appliance's address in the subnet, in Kea's config as
 // in phoneboot's): its CallManagers are beyond the appliance, not on the
 // phone's subnet as the proxy is.
@@ -100,7 +103,7 @@ func (l *lab) bringUpPhone(ph *Phone) error {
 	if err := ph.bringUpNIC(l.app); err != nil {
 		return err
 	}
-	if !l.o.Baseline {
+	if !l.o.Baseline && !l.o.NoProxy {
 		return nil
 	}
 	if err := ph.Port.rt.do(defaultRouteRequest(ph.nicIndex, l.app.server(ph.Subnet))); err != nil {
@@ -121,10 +124,29 @@ func defaultRouteRequest(index int, gw netip.Addr) []byte {
 		nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(index))))
 }
 
+// routeToCallManagers lets the phones reach the CallManagers themselves
+// (the baseline, and --no-proxy): the appliance routes between the bridge
+// and the uplink, the CallManagers route the phones' subnets back through
+// it, and each phone takes its default route from option 3
+// (bringUpPhone).
+func (l *lab) routeToCallManagers() error {
+	if err := l.appNS.Do(func() error { return writeNetSysctls(map[string]string{"ipv4/ip_forward": "1"}) }); err != nil {
+		return fmt.Errorf("forward between the phones and the CallManagers: %w", err)
+	}
+	gw := applianceUplink.AsSlice()
+	for _, p := range l.agentConfig().DHCP.Pools {
+		dst := &net.IPNet{IP: p.Subnet.Masked().Addr().AsSlice(), Mask: net.CIDRMask(p.Subnet.Bits(), 32)}
+		if err := l.cmNS.Netlink().RouteAdd(&netlink.Route{Dst: dst, Gw: gw}); err != nil {
+			return fmt.Errorf("the CallManagers' route to %s: %w", p.Subnet, err)
+		}
+	}
+	return nil
+}
+
 // prepareBaseline does what comes before the storm: it finds tftpd-hpa,
-// renders the files, writes Kea's config and routes the appliance between
-// the phones and the CallManagers. The servers start with the storm
-// (startAppliance).
+// renders the files and writes Kea's config (routeToCallManagers has
+// routed the appliance between the phones and the CallManagers). The
+// servers start with the storm (startAppliance).
 func (l *lab) prepareBaseline(ctx context.Context) error {
 	inTFTPD, err := findInTFTPD(ctx, l.o.InTFTPD, l.o.Log)
 	if err != nil {
@@ -145,16 +167,6 @@ func (l *lab) prepareBaseline(ctx context.Context) error {
 	}
 	l.o.Log.Info("baseline files rendered", "configs", n, "dir", l.tftpRoot)
 
-	if err := l.appNS.Do(func() error { return writeNetSysctls(map[string]string{"ipv4/ip_forward": "1"}) }); err != nil {
-		return fmt.Errorf("baseline: forward between the phones and the CallManagers: %w", err)
-	}
-	gw := applianceUplink.AsSlice()
-	for _, p := range pools {
-		dst := &net.IPNet{IP: p.Subnet.Masked().Addr().AsSlice(), Mask: net.CIDRMask(p.Subnet.Bits(), 32)}
-		if err := l.cmNS.Netlink().RouteAdd(&netlink.Route{Dst: dst, Gw: gw}); err != nil {
-			return fmt.Errorf("baseline: the CallManagers' route to %s: %w", p.Subnet, err)
-		}
-	}
 	if err := l.keepBridgeRunning(); err != nil {
 		return err
 	}

@@ -68,6 +68,10 @@ type Options struct {
 	ProgressEvery   time.Duration
 	Log             *slog.Logger
 
+	// NoProxy turns the daemon's registration proxy off: the phones'
+	// files name the CallManagers, which the phones reach through the
+	// appliance (it routes between the bridge and the uplink).
+	NoProxy bool
 	// Baseline runs the storm against the stack a user would otherwise
 	// deploy (baseline.go): Kea for DHCP, tftpd-hpa for files, the phones
 	// registering straight with the CallManagers; the agent keeps only the
@@ -167,7 +171,7 @@ func (o *Options) normalize() error {
 		}
 		o.AgentCommand = []string{exe, "serve"}
 	}
-	return nil
+	return fitFileLimit(o)
 }
 
 // loadSampleEvery is how often the lab samples the appliance's counters
@@ -273,9 +277,6 @@ func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 	if err != nil {
 		return Report{}, err
 	}
-	if err := raiseFileLimit(o.Phones, o.Log); err != nil {
-		return Report{}, err
-	}
 
 	id := o.ID
 	if id == "" {
@@ -302,6 +303,11 @@ func runOnce(ctx context.Context, o Options) (rep Report, err error) {
 	}
 	if err := l.startCallManagers(); err != nil {
 		return Report{}, err
+	}
+	if o.Baseline || o.NoProxy {
+		if err := l.routeToCallManagers(); err != nil {
+			return Report{}, err
+		}
 	}
 	if o.Baseline {
 		if err := l.prepareBaseline(ctx); err != nil {
@@ -883,39 +889,57 @@ func (l *lab) cleanup() error {
 	return errors.Join(errs...)
 }
 
-// raiseFileLimit makes room for the storm's file descriptors: each phone
-// holds a TCP connection once registered and a socket while it fetches,
-// and the CallManagers (in this process) one per phone. The agent, started
-// from here, inherits the limit; it holds two per phone (the phone's and
-// the CallManager's side of the proxy). Raising the hard limit needs
-// CAP_SYS_RESOURCE; without it the lab goes as far as the hard limit and
-// says how many phones that holds.
-func raiseFileLimit(phones int, log *slog.Logger) error {
-	want := uint64(filesPerPhone*phones + 4096)
+// fitFileLimit makes room for the storm's file descriptors, and refuses a
+// storm the host's limit cannot hold rather than fail its last phones
+// minutes into it. The lab holds a TCP connection per registered phone
+// and a socket while a phone fetches (the CallManagers run in a process of
+// their own); the agent, started from here, inherits the limit, and its
+// registration proxy holds two per registered phone (the phone's side and
+// the CallManager's). Raising the hard limit needs CAP_SYS_RESOURCE.
+func fitFileLimit(o *Options) error {
+	labNeeds := uint64(labFilesPerPhone*o.Phones + labFilesReserve)
+	need := labNeeds
+	proxied := !o.Baseline && !o.NoProxy
+	agentNeeds := uint64(0)
+	if proxied {
+		agentNeeds = uint64(proxyFilesPerPhone*o.Phones + agentFilesReserve)
+		need = max(need, agentNeeds)
+	}
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return err
 	}
-	if lim.Cur >= want {
+	if lim.Cur >= need {
 		return nil
 	}
-	raised := unix.Rlimit{Cur: want, Max: max(lim.Max, want)}
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &raised); err == nil {
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: need, Max: max(lim.Max, need)}); err == nil {
 		return nil
 	}
+	// Without CAP_SYS_RESOURCE: as far as the hard limit goes.
 	lim.Cur = lim.Max
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return fmt.Errorf("raise the open file limit to %d: %w", lim.Max, err)
 	}
-	log.Warn("the open file limit is below what the storm needs: phones past it cannot register",
-		"limit", lim.Max, "needed", want, "phones_it_holds", (lim.Max-4096)/filesPerPhone)
+	switch {
+	case proxied && lim.Max < agentNeeds:
+		return fmt.Errorf("--phones %d through the registration proxy need about %d open files in the daemon (two per registered phone), "+
+			"and this host's hard limit is %d (raising it needs CAP_SYS_RESOURCE): run with --no-proxy (the phones register straight "+
+			"with the CallManagers), with at most %d phones, or with a higher limit",
+			o.Phones, agentNeeds, lim.Max, (lim.Max-agentFilesReserve)/proxyFilesPerPhone)
+	case lim.Max < labNeeds:
+		return fmt.Errorf("--phones %d need about %d open files in the lab, and this host's hard limit is %d (raising it needs CAP_SYS_RESOURCE): "+
+			"run with at most %d phones, or with a higher limit", o.Phones, labNeeds, lim.Max, (lim.Max-labFilesReserve)/labFilesPerPhone)
+	}
 	return nil
 }
 
-// filesPerPhone are the descriptors a registered phone holds: its
-// connection to the proxy and the CallManager's end of the proxy's, in
-// this process, with room for a transfer's socket.
-const filesPerPhone = 3
+// Descriptors per phone and besides, in the lab and in the daemon.
+const (
+	labFilesPerPhone   = 2    // its registered connection and a transfer's socket
+	labFilesReserve    = 4096 // raw sockets, netlink, namespaces, the phones' interfaces' files
+	proxyFilesPerPhone = 2    // the phone's side and the CallManager's side
+	agentFilesReserve  = 1024 // the ports' sockets, listeners, maps, files, transfers in flight
+)
 
 // IsTerminal reports whether f is a terminal, for live progress.
 func IsTerminal(f *os.File) bool {

@@ -298,6 +298,45 @@ func TestLabRegisterFailover(t *testing.T) {
 	}
 }
 
+// TestLabNoProxy: with the registration proxy off the phones' files name
+// the CallManagers, and the phones register with them from their own
+// addresses, through the appliance's routing.
+func TestLabNoProxy(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 8, 4
+	o.VoiceVLANs = 2
+	o.NoProxy = true
+	o.beforeReport = func(ctx context.Context, l *lab) error {
+		byIP := map[string]string{}
+		for _, ph := range l.phones {
+			byIP[ph.IP.String()] = ph.Name
+			if cms := ph.Config.CallManagers; len(cms) == 0 || cms[0].Host != callManagerAddrs[0].String() {
+				t.Errorf("%s: CallManagers %+v, want %s first", ph.Name, cms, callManagerAddrs[0])
+			}
+		}
+		stations := l.cms[0].Stations()
+		for _, st := range stations {
+			host, _, _ := net.SplitHostPort(st.Remote)
+			if byIP[host] != st.Device {
+				t.Errorf("%s registered from %s, want from its own address", st.Device, st.Remote)
+			}
+		}
+		if len(stations) != 8 {
+			t.Errorf("%d phones registered with cm1, want 8", len(stations))
+		}
+		return nil
+	}
+	rep, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 8 {
+		t.Errorf("completed %d of 8: %+v", rep.Completed, rep.Failures)
+	}
+}
+
 // waitFor polls cond until it holds or ctx ends.
 func waitFor(ctx context.Context, cond func() bool) error {
 	for !cond() {
