@@ -145,7 +145,7 @@ func TestLabRefusesStormPastFileLimit(t *testing.T) {
 		want string
 	}{
 		{[]string{"--phones", "1000"}, "run with --no-proxy"},
-		{[]string{"--phones", "1000", "--no-proxy"}, "open files in the lab"},
+		{[]string{"--phones", "1000", "--no-proxy"}, "open files in the lab"}, // 1,000 + a reserve of 4,096
 	} {
 		args := append([]string{"--nofile=3000:3000", binary, "lab"}, tt.args...)
 		r := run(t, exec.Command(prlimit, args...))

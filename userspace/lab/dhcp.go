@@ -25,10 +25,22 @@ type dhcpPhase struct {
 
 func (dhcpPhase) Name() string { return "dhcp" }
 
+// WireTime is the phase's latency in the report: the time its exchanges
+// took on the wire and in the server, from each exchange's first request
+// leaving the phone to the answer reaching the phone's kernel (the raw
+// socket's SO_TIMESTAMPNS), retransmissions included. Left out is the
+// phone's own time: between its boot and its DISCOVER, and between an
+// OFFER's arrival and its REQUEST. A real phone takes microseconds for
+// that, while the lab's thousands of phones share two cores with the
+// appliance and the phones' downloads, so counting it would measure the
+// simulator's wait for a CPU, not the server.
+func (dhcpPhase) WireTime(ph *Phone) time.Duration { return ph.dhcpWire }
+
 // Option 150, the TFTP server list Cisco phones ask for.
 const optTFTPServers = 150
 
 func (d dhcpPhase) Run(ctx context.Context, ph *Phone) error {
+	ph.dhcpWire = 0
 	for {
 		ack, err := d.dora(ctx, ph)
 		if errors.Is(err, errNAK) {
@@ -111,9 +123,14 @@ func (d dhcpPhase) exchange(ctx context.Context, ph *Phone, m *dhcpv4.DHCPv4, wa
 	defer io.unregister(xid)
 	frame := clientFrame(ph.MAC, netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255}), m.ToBytes())
 	backoff := 4 * time.Second
+	var firstSent time.Time
 	for attempt := 0; ; attempt++ {
+		sent := time.Now()
 		if err := io.conn.Write(frame); err != nil {
 			return nil, err
+		}
+		if attempt == 0 {
+			firstSent = sent
 		}
 		if attempt > 0 {
 			ph.Retransmits++
@@ -129,17 +146,19 @@ func (d dhcpPhase) exchange(ctx context.Context, ph *Phone, m *dhcpv4.DHCPv4, wa
 				return nil, fmt.Errorf("no %s after %d attempts: %w", want, attempt+1, context.Cause(ctx))
 			case <-t.C:
 				break waiting
-			case raw := <-replies:
-				r, err := dhcpv4.FromBytes(raw)
+			case reply := <-replies:
+				r, err := dhcpv4.FromBytes(reply.payload)
 				if err != nil || r.OpCode != dhcpv4.OpcodeBootReply || !macEqual(r.ClientHWAddr, ph.MAC) {
 					continue
 				}
 				switch r.MessageType() {
 				case want:
 					t.Stop()
+					ph.dhcpWire += reply.at.Sub(firstSent)
 					return r, nil
 				case dhcpv4.MessageTypeNak:
 					t.Stop()
+					ph.dhcpWire += reply.at.Sub(firstSent)
 					return nil, errNAK
 				}
 			}

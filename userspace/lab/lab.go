@@ -891,9 +891,9 @@ func (l *lab) cleanup() error {
 
 // fitFileLimit makes room for the storm's file descriptors, and refuses a
 // storm the host's limit cannot hold rather than fail its last phones
-// minutes into it. The lab holds a TCP connection per registered phone
-// and a socket while a phone fetches (the CallManagers run in a process of
-// their own); the agent, started from here, inherits the limit, and its
+// minutes into it. The lab holds a TCP connection per registered phone,
+// or while the phone fetches, a transfer's socket (the CallManagers run in
+// a process of their own); the agent, started from here, inherits the limit, and its
 // registration proxy holds two per registered phone (the phone's side and
 // the CallManager's). Raising the hard limit needs CAP_SYS_RESOURCE.
 func fitFileLimit(o *Options) error {
@@ -935,8 +935,8 @@ func fitFileLimit(o *Options) error {
 
 // Descriptors per phone and besides, in the lab and in the daemon.
 const (
-	labFilesPerPhone   = 2    // its registered connection and a transfer's socket
-	labFilesReserve    = 4096 // raw sockets, netlink, namespaces, the phones' interfaces' files
+	labFilesPerPhone   = 1    // its registered connection, or while it fetches, a transfer's socket
+	labFilesReserve    = 4096 // raw sockets, netlink, namespaces; a fetching phone's kept HTTP connection
 	proxyFilesPerPhone = 2    // the phone's side and the CallManager's side
 	agentFilesReserve  = 1024 // the ports' sockets, listeners, maps, files, transfers in flight
 )

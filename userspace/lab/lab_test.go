@@ -123,6 +123,9 @@ func TestLabStorm(t *testing.T) {
 				if !(p.P50ms <= p.P95ms && p.P95ms <= p.P99ms && p.P99ms <= p.MaxMs) {
 					t.Errorf("phase %s percentiles out of order: %+v", p.Name, p)
 				}
+				if p.Name == "dhcp" && (rep.Series.LatencyMs["dhcp"][0] <= 0 || p.MaxMs > rep.WallSeconds*1000) {
+					t.Errorf("dhcp wire times from %v to %v ms, in a storm of %.1f s", rep.Series.LatencyMs["dhcp"][0], p.MaxMs, rep.WallSeconds)
+				}
 				if n, m := len(rep.Series.PhaseDone[p.Name]), len(rep.Series.LatencyMs[p.Name]); n != p.Done || m != p.Done {
 					t.Errorf("phase %s: %d completion times and %d latencies plotted, want %d", p.Name, n, m, p.Done)
 				}

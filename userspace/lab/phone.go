@@ -68,7 +68,10 @@ type Phone struct {
 	// listen opens its UDP sockets; nil is net.ListenUDP (tests).
 	listen func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
 	http   *http.Client // made on first use (httpClient)
-	rng    *rand.Rand
+	// dhcpWire is the time its DHCP exchanges took on the wire and in
+	// the server (dhcpPhase.WireTime).
+	dhcpWire time.Duration
+	rng      *rand.Rand
 }
 
 // httpClient is the phone's HTTP client: its connections are made from
@@ -108,6 +111,13 @@ func newPhone(index int, model images.Model, port *Port, seed uint64) *Phone {
 		bootLoad: model.Load,
 		rng:      rand.New(rand.NewPCG(seed, uint64(index))),
 	}
+}
+
+// wireTimed is a phase whose latency in the report is the time it spent
+// on the wire and in the servers, as the phone's kernel timestamps tell,
+// rather than the wall time it took the simulated phone.
+type wireTimed interface {
+	WireTime(ph *Phone) time.Duration
 }
 
 // Phase is one step of a phone's boot. Phases run in order; a phone that

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/net/bpf"
 
@@ -32,7 +33,7 @@ type portIO struct {
 	tagger *phonetag.Attachment
 
 	mu      sync.Mutex
-	waiters map[uint32]chan []byte // DHCP xid -> the phone waiting for it
+	waiters map[uint32]chan dhcpReply // DHCP xid -> the phone waiting for it
 	// voiceVLAN is the last VoIP VLAN Reply heard on the port (0: none
 	// yet); voiceHeard is closed and replaced each time one is heard.
 	voiceVLAN  uint16
@@ -55,7 +56,7 @@ var udpDstPort68 = []bpf.Instruction{
 }
 
 func openPortIO(p *Port, tagger *phonetag.Tagger) (*portIO, error) {
-	io := &portIO{port: p, waiters: map[uint32]chan []byte{}, voiceHeard: make(chan struct{})}
+	io := &portIO{port: p, waiters: map[uint32]chan dhcpReply{}, voiceHeard: make(chan struct{})}
 	err := p.NS.Do(func() error {
 		ifi, err := net.InterfaceByName(p.Link)
 		if err != nil {
@@ -105,15 +106,26 @@ func (io *portIO) run(ctx context.Context) {
 		if ch == nil {
 			continue
 		}
+		at := fr.Received
+		if at.IsZero() {
+			at = time.Now() // the kernel has not begun stamping yet
+		}
 		select {
-		case ch <- append([]byte(nil), payload...):
+		case ch <- dhcpReply{payload: append([]byte(nil), payload...), at: at}:
 		default: // the phone has one reply it has not read yet; a real one would drop this too
 		}
 	}
 }
 
-func (io *portIO) register(xid uint32) chan []byte {
-	ch := make(chan []byte, 4)
+// dhcpReply is a reply for a phone, and when it reached the phone's
+// kernel.
+type dhcpReply struct {
+	payload []byte
+	at      time.Time
+}
+
+func (io *portIO) register(xid uint32) chan dhcpReply {
+	ch := make(chan dhcpReply, 4)
 	io.mu.Lock()
 	io.waiters[xid] = ch
 	io.mu.Unlock()

@@ -285,7 +285,11 @@ func (r *phoneRun) pass(ctx context.Context) (string, error) {
 		}
 		now := time.Now()
 		if i == r.recorded {
-			r.rec.done(p.Name(), now.Sub(start), now.Sub(r.stormStart))
+			latency := now.Sub(start)
+			if wt, ok := p.(wireTimed); ok {
+				latency = wt.WireTime(r.ph)
+			}
+			r.rec.done(p.Name(), latency, now.Sub(r.stormStart))
 			r.recorded++
 		}
 		start = now
