@@ -96,6 +96,20 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 		}
 	}()
 
+	// PoE first: with fast PoE the phones boot while the rest loads.
+	if cfg.Power.Backend != "none" {
+		a.power, err = newPowerManager(cfg, serviceLoad{a}, log.With("service", "power"))
+		if err != nil {
+			return nil, fmt.Errorf("power: %w", err)
+		}
+		if cfg.Power.FastPoE && cfg.Power.Policy != "adaptive" {
+			a.add("power", startEarly(a.power))
+			a.setState("power", "running", nil)
+		} else {
+			a.add("power", a.power)
+		}
+	}
+
 	if cfg.FastPath.Enabled && len(cfg.Ports) > 0 {
 		a.fastpath, err = fastpath.New(fastpath.Config{
 			Ports:         cfg.PortNames(),
@@ -110,14 +124,6 @@ func New(cfg Config, log *slog.Logger) (_ *Agent, err error) {
 		if err := applyVLANs(cfg, a.fastpath, log.With("service", "fastpath")); err != nil {
 			return nil, fmt.Errorf("fastpath: %w", err)
 		}
-	}
-
-	if cfg.Power.Backend != "none" {
-		a.power, err = newPowerManager(cfg, serviceLoad{a}, log.With("service", "power"))
-		if err != nil {
-			return nil, fmt.Errorf("power: %w", err)
-		}
-		a.add("power", a.power)
 	}
 
 	if cfg.Discovery.Enabled() && len(cfg.Ports) > 0 {

@@ -25,6 +25,13 @@ type PowerConfig struct {
 	StaggerPorts    int            `yaml:"stagger_ports"`
 	StaggerInterval Duration       `yaml:"stagger_interval"`
 	Adaptive        AdaptiveConfig `yaml:"adaptive"`
+	// FastPoE powers the ports (all or stagger) as soon as the PoE
+	// controller is open, before the daemon loads its data path and
+	// binds its services, as switches' fast PoE powers devices before the
+	// switch has finished booting: a phone takes 15-30 s to boot, longer
+	// than the daemon takes to start, so it loses nothing and gains the
+	// daemon's start. Adaptive waits for the services whose load it reads.
+	FastPoE bool `yaml:"fast_poe"`
 	// BudgetMW is the power all ports may draw together; 0: the
 	// controller's own figure, and without one no limit.
 	BudgetMW int `yaml:"budget_mw"`
@@ -97,6 +104,7 @@ func defaultPowerConfig() PowerConfig {
 		StaggerPorts:    1,
 		StaggerInterval: Duration(2 * time.Second),
 		Adaptive:        AdaptiveConfig{DHCPBacklog: 32, TFTPActive: 256, ProxyQueued: 64, MaxHold: Duration(30 * time.Second)},
+		FastPoE:         true,
 		Accounting:      "class",
 		ReserveMW:       poe.ClassPowerMW[0],
 		PollInterval:    Duration(2 * time.Second),

@@ -247,3 +247,39 @@ func (c powerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPoERequests, prometheus.CounterValue, float64(st.RequestsRefused), "refused")
 	ch <- prometheus.MustNewConstMetric(descPoEHolds, prometheus.CounterValue, float64(st.AdaptiveHolds))
 }
+
+// earlyService runs a service from the moment it is acquired rather than
+// from the agent's Run (fast PoE). Its Run stops it with the agent, and
+// its Close stops it if the agent never ran, then closes it.
+type earlyService struct {
+	svc    service
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // the service's Run's, once done is closed
+}
+
+func startEarly(svc service) *earlyService {
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &earlyService{svc: svc, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		e.err = svc.Run(ctx)
+	}()
+	return e
+}
+
+func (e *earlyService) Run(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		e.cancel()
+	case <-e.done:
+	}
+	<-e.done
+	return e.err
+}
+
+func (e *earlyService) Close() error {
+	e.cancel()
+	<-e.done
+	return e.svc.Close()
+}
