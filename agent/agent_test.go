@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/cdp"
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/offload"
+	"github.com/phoneboot/phoneboot/userspace/poe"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/rawsock"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
@@ -705,5 +707,57 @@ power:
 	}
 	if _, err := client.PoEAction(ctx, "swp1", control.PoEPriority, "urgent"); err == nil || !strings.Contains(err.Error(), "400") {
 		t.Errorf("a bad priority: %v, want 400", err)
+	}
+}
+
+// TestAgentFastPoE: with power.fast_poe the port is powered from New on,
+// before Run; without it, not until Run.
+func TestAgentFastPoE(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fast_poe=%v", fast), func(t *testing.T) {
+			n := newAgentNet(t)
+			cfg, err := ParseConfig("test.yaml", []byte(fmt.Sprintf(`
+control: {socket: %s}
+metrics: {listen: ""}
+fastpath: {enabled: false}
+discovery: {lldp: false, cdp: false}
+ports: [{name: swp1, lab: {netns: %s, link: eth0, class: 2}}]
+power: {backend: lab, detect_delay: 10ms, poll_interval: 100ms, state_file: "", fast_poe: %v}
+`, filepath.Join(runDir(t), "control.sock"), n.phone.Name, fast)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var a *Agent
+			if err := n.app.Do(func() (err error) { a, err = New(cfg, testLogger(t)); return err }); err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			delivering := func() bool { return a.power.Status().Ports[0].State == poe.StateDelivering }
+			// Unpowered, the lab PSE would detect the phone within its 10 ms
+			// detect_delay of an enable; half a second shows there was none.
+			wait := 500 * time.Millisecond
+			if fast {
+				wait = 5 * time.Second
+			}
+			deadline := time.Now().Add(wait)
+			for !delivering() && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if delivering() != fast {
+				t.Fatalf("before Run: delivering %v, want %v", delivering(), fast)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			for deadline := time.Now().Add(5 * time.Second); !delivering(); time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("not delivering after Run")
+				}
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
 	}
 }
