@@ -65,6 +65,13 @@ type Config struct {
 	// converted in memory per transfer; default 1 MiB. Firmware goes in
 	// octet mode.
 	MaxNetascii int
+	// ReceiveBuffer is each listening socket's receive buffer in bytes;
+	// default 4 MiB. A boot storm's read requests come in bursts of
+	// thousands, and with the kernel's default (208 KiB here, some 270
+	// small datagrams) the rest are dropped and the phones wait out their
+	// retransmission timer. Set with SO_RCVBUFFORCE (CAP_NET_ADMIN),
+	// else SO_RCVBUF, which net.core.rmem_max caps.
+	ReceiveBuffer int
 }
 
 func (c *Config) setDefaults() error {
@@ -101,6 +108,7 @@ func (c *Config) setDefaults() error {
 	def(&c.MaxBlockSize, MaxBlockSize)
 	def(&c.MaxWindowSize, 64)
 	def(&c.MaxNetascii, 1<<20)
+	def(&c.ReceiveBuffer, 4<<20)
 	switch {
 	case c.Timeout < 10*time.Millisecond || c.IdleTimeout < c.Timeout:
 		return fmt.Errorf("tftp: timeout %s and idle timeout %s", c.Timeout, c.IdleTimeout)
@@ -110,6 +118,8 @@ func (c *Config) setDefaults() error {
 		return errors.New("tftp: rates must be positive and bursts at least 1")
 	case c.MaxBlockSize < MinBlockSize || c.MaxBlockSize > MaxBlockSize:
 		return fmt.Errorf("tftp: max block size %d not in %d..%d", c.MaxBlockSize, MinBlockSize, MaxBlockSize)
+	case c.ReceiveBuffer < 4096:
+		return fmt.Errorf("tftp: receive buffer %d bytes, below 4096", c.ReceiveBuffer)
 	case c.MaxWindowSize < 1 || c.MaxWindowSize > 4096:
 		return fmt.Errorf("tftp: max window size %d not in 1..4096", c.MaxWindowSize)
 	}
@@ -121,7 +131,12 @@ func (c *Config) setDefaults() error {
 // transfer started ends in exactly one of the ending counters.
 type Stats struct {
 	// Requests (packets read on the listening sockets).
-	Requests        uint64 `json:"requests"`
+	Requests uint64 `json:"requests"`
+	// Overflowed counts packets the kernel dropped because a listening
+	// socket's receive buffer was full (SO_RXQ_OVFL), as of the last
+	// packet read: requests that got no answer and none of the counters
+	// below.
+	Overflowed      uint64 `json:"overflowed"`
 	Malformed       uint64 `json:"malformed"`         // answered ERROR 4
 	NotRequests     uint64 `json:"not_requests"`      // DATA, ACK... sent to port 69: ignored
 	WriteRefused    uint64 `json:"write_refused"`     // WRQ: ERROR 2
@@ -164,6 +179,7 @@ type counters struct {
 	active                                                                 atomic.Int64
 	oacks, blocks, retransmitted, bytes, sendCalls                         atomic.Uint64
 	duplicateAcks, strayPackets, gsoFallbacks                              atomic.Uint64
+	overflowed                                                             atomic.Uint64
 }
 
 // Server is the TFTP service.
@@ -184,6 +200,9 @@ type Server struct {
 type listener struct {
 	conn *net.UDPConn
 	v6   bool
+	// overflowed is the socket's drop count (SO_RXQ_OVFL) last seen;
+	// only the listener's goroutine touches it.
+	overflowed uint32
 }
 
 // New binds the listening sockets (in the calling thread's network
@@ -212,7 +231,7 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		}
 	}()
 	for _, a := range cfg.Addrs {
-		l, err := listen(a)
+		l, err := listen(a, cfg.ReceiveBuffer)
 		if err != nil {
 			return nil, fmt.Errorf("tftp: listen on %s: %w", a, err)
 		}
@@ -221,7 +240,7 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	return s, nil
 }
 
-func listen(a netip.AddrPort) (*listener, error) {
+func listen(a netip.AddrPort, rcvbuf int) (*listener, error) {
 	network := "udp4"
 	v6 := a.Addr().Is6() && !a.Addr().Is4In6()
 	if v6 {
@@ -244,6 +263,11 @@ func listen(a netip.AddrPort) (*listener, error) {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
 		} else {
 			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+		}
+		// Each packet read carries the count of those dropped before it.
+		serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1))
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvbuf) != nil {
+			serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf))
 		}
 	})
 	if err = errors.Join(err, serr); err != nil {
@@ -310,7 +334,7 @@ func (s *Server) Close() error {
 func (s *Server) Stats() Stats {
 	c := &s.c
 	return Stats{
-		Requests: c.requests.Load(), Malformed: c.malformed.Load(), NotRequests: c.notRequests.Load(),
+		Requests: c.requests.Load(), Overflowed: c.overflowed.Load(), Malformed: c.malformed.Load(), NotRequests: c.notRequests.Load(),
 		WriteRefused: c.writeRefused.Load(), BadMode: c.badMode.Load(), OptionRefused: c.optionRefused.Load(),
 		RateLimited: c.rateLimited.Load(), RateLimitedAll: c.rateLimitedAll.Load(),
 		Busy: c.busy.Load(), BusyClient: c.busyClient.Load(),
@@ -351,7 +375,11 @@ func (s *Server) serve(ctx context.Context, l *listener) error {
 			continue
 		}
 		s.c.requests.Add(1)
-		local, ok := destination(oob[:oobn], l.v6)
+		local, ok, dropped := controlMessages(oob[:oobn], l.v6)
+		if dropped != l.overflowed {
+			s.c.overflowed.Add(uint64(dropped - l.overflowed)) // uint32 arithmetic: wraps as the kernel's does
+			l.overflowed = dropped
+		}
 		if !ok || from.Port() == 0 {
 			s.c.malformed.Add(1)
 			continue
@@ -364,28 +392,31 @@ func (s *Server) serve(ctx context.Context, l *listener) error {
 	}
 }
 
-// destination reads the request's destination address from IP_PKTINFO
-// or IPV6_PKTINFO.
-func destination(oob []byte, v6 bool) (netip.Addr, bool) {
+// controlMessages reads a request's destination address from IP_PKTINFO
+// or IPV6_PKTINFO, and the socket's drop count from SO_RXQ_OVFL (absent,
+// and so 0, until the first drop).
+func controlMessages(oob []byte, v6 bool) (dst netip.Addr, ok bool, dropped uint32) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return netip.Addr{}, false
+		return netip.Addr{}, false, 0
 	}
 	for _, m := range msgs {
 		switch {
+		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_RXQ_OVFL && len(m.Data) >= 4:
+			dropped = *(*uint32)(unsafe.Pointer(&m.Data[0]))
 		case !v6 && m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= unix.SizeofInet4Pktinfo:
 			info := (*unix.Inet4Pktinfo)(unsafe.Pointer(&m.Data[0]))
-			return netip.AddrFrom4(info.Addr), true
+			dst, ok = netip.AddrFrom4(info.Addr), true
 		case v6 && m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_PKTINFO && len(m.Data) >= unix.SizeofInet6Pktinfo:
 			info := (*unix.Inet6Pktinfo)(unsafe.Pointer(&m.Data[0]))
-			a := netip.AddrFrom16(info.Addr)
-			if a.IsLinkLocalUnicast() {
-				a = a.WithZone(zoneName(int(info.Ifindex)))
+			dst = netip.AddrFrom16(info.Addr)
+			if dst.IsLinkLocalUnicast() {
+				dst = dst.WithZone(zoneName(int(info.Ifindex)))
 			}
-			return a, true
+			ok = true
 		}
 	}
-	return netip.Addr{}, false
+	return dst, ok, dropped
 }
 
 func zoneName(ifindex int) string {

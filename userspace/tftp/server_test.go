@@ -223,3 +223,62 @@ func TestFetchListen(t *testing.T) {
 		t.Errorf("fetch with a failing Listen: %v", err)
 	}
 }
+
+// TestOverflowCounted: packets the kernel drops at a full listening socket
+// are counted (SO_RXQ_OVFL), so that every packet sent is either read or
+// counted as dropped.
+func TestOverflowCounted(t *testing.T) {
+	src, err := bootfiles.OpenDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	s, err := New(Config{Addrs: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}, Source: src, ReceiveBuffer: 4096},
+		privtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(s.Addrs()[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stray := []byte{0, byte(OpData), 0, 1} // read and counted, never answered
+	send := func() {
+		if _, err := c.Write(stray); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Sent before the server reads: far more than 8 KiB of buffer holds.
+	const burst = 500
+	for range burst {
+		send()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	// A drop is reported with the next packet read after it.
+	sent := burst
+	var st Stats
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		send()
+		sent++
+		time.Sleep(10 * time.Millisecond)
+		if st = s.Stats(); st.Requests+st.Overflowed == uint64(sent) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sent, %d read and %d counted as dropped", sent, st.Requests, st.Overflowed)
+		}
+	}
+	if st.Overflowed == 0 || st.NotRequests != st.Requests {
+		t.Errorf("%d sent: %+v", sent, st)
+	}
+}
