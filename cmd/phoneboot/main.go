@@ -271,7 +271,7 @@ func labCommand() *cli.Command {
 		Name:  "lab",
 		Usage: "run a boot storm of simulated phones against the real agent, in network namespaces",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "phones", Value: 48, Usage: "number of phones"},
+			&cli.IntFlag{Name: "phones", Value: 5000, Usage: "number of phones (the default storm takes about a minute on 2 cores)"},
 			&cli.IntFlag{Name: "ports", Usage: "number of switch ports (default: one per phone, at most 48)"},
 			&cli.StringFlag{Name: "power-policy", Value: "all", Usage: "all: power every port at once; stagger: --stagger-ports ports every --stagger; adaptive: as stagger, holding a step while a service's queue is at its --adaptive-* threshold"},
 			&cli.DurationFlag{Name: "stagger", Value: 100 * time.Millisecond, Usage: "interval between stagger and adaptive steps"},
