@@ -173,20 +173,20 @@ func (s *loadSampler) scrape(ctx context.Context) (loadCounters, error) {
 // run samples until ctx ends, then once more so that the storm's last
 // moments are in. A failed scrape (the agent not up yet, or restarting)
 // leaves a gap: the next good one is measured against the last good one,
-// so no interval is counted twice.
+// so no interval is counted twice. The first is measured against zero at
+// start, when the agent and the baseline's servers began counting: with
+// fast PoE phones can be answered before the agent's metrics listen.
 func (s *loadSampler) run(ctx context.Context, start time.Time) {
 	t := time.NewTicker(s.every)
 	defer t.Stop()
 	defer s.client.CloseIdleConnections()
-	var prev *loadCounters
+	prev := &loadCounters{at: start, keaAt: start}
 	sample := func(ctx context.Context) {
 		cur, err := s.scrape(ctx)
 		if err != nil {
 			return
 		}
-		if prev != nil {
-			s.samples = append(s.samples, sampleBetween(*prev, cur, start))
-		}
+		s.samples = append(s.samples, sampleBetween(*prev, cur, start))
 		prev = &cur
 	}
 	for {
