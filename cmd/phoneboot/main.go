@@ -329,6 +329,10 @@ func labCommand() *cli.Command {
 				return fmt.Errorf("raise RLIMIT_MEMLOCK for BPF maps: %w", err)
 			}
 			labGC()
+			// A reader that goes away (phoneboot lab --verbose 2>&1 | head)
+			// must not kill the lab with SIGPIPE before it has removed its
+			// namespaces and stopped the daemon: the write fails instead.
+			signal.Ignore(syscall.SIGPIPE)
 			voiceVLANs := c.Int("voice-vlans")
 			if (c.Bool("no-xdp") || c.Bool("baseline")) && !c.IsSet("voice-vlans") {
 				voiceVLANs = 0 // the tagging is XDP's and TC's

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"net"
 	"os"
@@ -151,6 +152,65 @@ func TestLabRefusesStormPastFileLimit(t *testing.T) {
 		r := run(t, exec.Command(prlimit, args...))
 		if r.code == 0 || !strings.Contains(r.stderr, tt.want) || !strings.Contains(r.stderr, "hard limit is 3000") {
 			t.Errorf("lab %v under a limit of 3000: exit %d, stderr %q; want a refusal with %q", tt.args, r.code, r.stderr, tt.want)
+		}
+	}
+}
+
+// TestLabOutputClosed: a lab whose reader goes away (phoneboot lab
+// --verbose 2>&1 | head) stops with an error after removing its
+// namespaces and run directory, instead of dying of SIGPIPE with them left
+// behind.
+func TestLabOutputClosed(t *testing.T) {
+	privtest.Require(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "lab", "--phones", "2", "--verbose")
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	// Read up to the line naming the lab's namespaces and directory, then
+	// go away as head does.
+	var namespaces, runDir string
+	lines := bufio.NewScanner(r)
+	for lines.Scan() {
+		line := lines.Text()
+		if strings.Contains(line, `msg="lab built"`) {
+			for _, f := range strings.Fields(line) {
+				if v, ok := strings.CutPrefix(f, "namespaces="); ok {
+					namespaces = strings.TrimSuffix(v, "*")
+				}
+				if v, ok := strings.CutPrefix(f, "run_dir="); ok {
+					runDir = v
+				}
+			}
+			break
+		}
+	}
+	r.Close()
+	werr := cmd.Wait()
+	if namespaces == "" || runDir == "" {
+		t.Fatalf("no \"lab built\" line naming the namespaces and run directory (exit: %v)", werr)
+	}
+	if st := cmd.ProcessState.Sys().(syscall.WaitStatus); st.Signaled() || st.ExitStatus() == 0 {
+		t.Errorf("lab with its output closed: %v; want an exit with an error, not a signal", cmd.ProcessState)
+	}
+	if _, err := os.Stat(runDir); !os.IsNotExist(err) {
+		t.Errorf("%s still there after the lab ended (%v)", runDir, err)
+		unix.Unmount(filepath.Join(runDir, "bpffs"), 0)
+		os.RemoveAll(runDir)
+	}
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), namespaces) {
+			t.Errorf("namespace %s left behind", e.Name())
+			exec.Command("ip", "netns", "del", e.Name()).Run()
 		}
 	}
 }

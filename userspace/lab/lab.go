@@ -508,6 +508,8 @@ func (l *lab) build(models []images.Model) ([]*Phone, error) {
 			return nil, err
 		}
 	}
+	// Named so that what a killed lab leaves behind can be found.
+	l.o.Log.Info("lab built", "namespaces", "pb"+l.id+"*", "run_dir", l.runDir)
 	return phones, nil
 }
 
