@@ -25,7 +25,6 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/neighbor"
 	"github.com/phoneboot/phoneboot/userspace/poe"
 	"github.com/phoneboot/phoneboot/userspace/provision"
-	"github.com/phoneboot/phoneboot/userspace/proxy"
 	"github.com/phoneboot/phoneboot/userspace/tftp"
 )
 
@@ -74,7 +73,7 @@ type Agent struct {
 	tftp      *tftp.Server
 	http      *httpboot.Server
 
-	proxy *proxy.Proxy
+	proxy registrationProxy
 
 	services []serviceEntry
 

@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/offload"
 	"github.com/phoneboot/phoneboot/userspace/poe"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/proxy"
 	"github.com/phoneboot/phoneboot/userspace/rawsock"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -31,7 +34,22 @@ import (
 // The tests run in a network namespace of their own: the registration
 // proxy connects to its CallManagers from whichever thread its goroutines
 // run on, so its test's loopback addresses must be the process's own.
-func TestMain(m *testing.M) { os.Exit(privtest.RunInNetNS(m)) }
+//
+// With proxy.workers above 1 the agent starts this binary again as a proxy
+// worker (proxyWorkerCommand), as phoneboot's main would run it.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "proxy-worker" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		err := proxy.RunWorker(ctx)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "proxy worker:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(privtest.RunInNetNS(m))
+}
 
 func testLogger(t *testing.T) *slog.Logger { return privtest.Logger(t) }
 

@@ -18,6 +18,11 @@ import (
 // onto proxy.Config (see ServerConfig).
 type ProxyConfig struct {
 	Enabled bool `yaml:"enabled"`
+	// Workers is how many processes run the proxy: 1 runs it in the
+	// daemon's; more run it in worker processes, each with a descriptor
+	// table of its own, for a host whose hard open-file limit one process
+	// cannot hold two descriptors per phone within (see proxy.NewWorkers).
+	Workers int `yaml:"workers"`
 	// Listeners are where phones connect; the default is SCCP on 2000, SIP
 	// on 5060 and their TLS ports 2443 and 5061 (passed through) on every
 	// address.
@@ -114,11 +119,15 @@ type ProxyAdmission struct {
 	QueueLimit int `yaml:"queue_limit"`
 }
 
+// MaxProxyWorkers bounds proxy.workers.
+const MaxProxyWorkers = 64
+
 // The proxy package's own defaults, written out so that the example
 // config can show them.
 func defaultProxyConfig() ProxyConfig {
 	any4 := netip.IPv4Unspecified()
 	return ProxyConfig{
+		Workers: 1,
 		Listeners: []ProxyListener{
 			{Protocol: proxy.SCCP, Listen: netip.AddrPortFrom(any4, sccp.Port)},
 			{Protocol: proxy.SIP, Listen: netip.AddrPortFrom(any4, provision.DefaultSIPPort)},
@@ -224,6 +233,9 @@ func checkHost(s string) error {
 func (c *ProxyConfig) validate(bad func(string, string, ...any) error) error {
 	if !c.Enabled {
 		return nil
+	}
+	if c.Workers < 1 || c.Workers > MaxProxyWorkers {
+		return bad("proxy.workers", "%d is not 1 to %d (1: the proxy runs in the daemon's process)", c.Workers, MaxProxyWorkers)
 	}
 	if len(c.Listeners) == 0 {
 		return bad("proxy.listeners", "an enabled proxy needs at least one listener")

@@ -239,12 +239,12 @@ func (c proxyCollector) Collect(ch chan<- prometheus.Metric) {
 			regs[key{string(s), cm.Name}] = 0
 		}
 	}
-	for _, r := range p.Registrations() {
+	for _, r := range st.Table {
 		cm := r.CallManager
 		if cm == "" {
 			cm = "none"
 		}
-		regs[key{string(r.State), cm}]++
+		regs[key{string(r.State), cm}] += r.Rows
 	}
 	for k, n := range regs {
 		gauge(descProxyRegistrations, float64(n), k.state, k.cm)

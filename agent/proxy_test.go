@@ -14,9 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/phoneboot/phoneboot/userspace/cmsim"
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
+	"github.com/phoneboot/phoneboot/userspace/proxy"
 	"github.com/phoneboot/phoneboot/userspace/sccp"
 )
 
@@ -264,5 +267,167 @@ func TestAgentRegistrationsWithoutProxy(t *testing.T) {
 	a := &Agent{}
 	if _, err := a.Registrations(context.Background()); err == nil || !strings.Contains(err.Error(), "not enabled") {
 		t.Errorf("Registrations with the proxy off: %v", err)
+	}
+}
+
+// TestAgentProxyWorkers runs the proxy in two worker processes: many
+// simulated SCCP phones register through it, every one is listed by the
+// control API and counted in the metrics, both workers hold some; a
+// worker killed makes Run fail, and Close leaves no worker behind.
+func TestAgentProxyWorkers(t *testing.T) {
+	privtest.RequireNetNS(t)
+	const (
+		proxyIP = "127.78.0.1"
+		metrics = proxyIP + ":9617"
+		phones  = 200
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	cm, err := cmsim.New(cmsim.Config{Name: "cm1", Addr: "127.78.1.1:2000"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); cm.Run(ctx) }()
+
+	socket := filepath.Join(runDir(t), "control.sock")
+	cfg, err := ParseConfig("test.yaml", []byte(`
+control: {socket: `+socket+`}
+metrics: {listen: "`+metrics+`"}
+fastpath: {enabled: false}
+proxy:
+  enabled: true
+  workers: 2
+  listeners:
+    - {protocol: sccp, listen: "`+proxyIP+`:2000"}
+  callmanagers:
+    - {name: cm1, host: 127.78.1.1}
+  health: {interval: 500ms, timeout: 400ms}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			a.Close()
+		}
+	}()
+	workers, ok := a.proxy.(*proxy.Workers)
+	if !ok {
+		t.Fatalf("proxy is a %T, want worker processes", a.proxy)
+	}
+	pids := workers.PIDs()
+	if len(pids) != 2 {
+		t.Fatalf("worker pids %v, want 2", pids)
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(runCtx) }()
+
+	phCtx, stopPhones := context.WithCancel(ctx)
+	var phWG sync.WaitGroup
+	defer func() { stopPhones(); phWG.Wait() }()
+	devices := map[string]bool{}
+	for i := range phones {
+		dev := fmt.Sprintf("SEP001E7B%06X", i)
+		devices[dev] = true
+		ph, err := cmsim.NewPhone(cmsim.PhoneConfig{
+			Register: sccp.Register{DeviceName: dev, Instance: 1, StationIP: netip.AddrFrom4([4]byte{10, 64, byte(i >> 8), byte(i)}),
+				DeviceType: 115, MaxStreams: 5, ProtocolVersion: 11, LoadInfo: "SCCP41.9-4-2SR3-1S", BodyLen: sccp.RegisterLoadBody},
+			Servers: []string{proxyIP + ":2000"}, RetryDelay: 100 * time.Millisecond, RegisterTimeout: 10 * time.Second,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		phWG.Add(1)
+		go func() { defer phWG.Done(); ph.Run(phCtx) }()
+	}
+	waitUntil(t, "every phone registered on cm1", func() bool { return cm.Registered() == phones })
+
+	client := control.NewClient(socket)
+	var rows []control.Registration
+	waitUntil(t, "the control API lists every phone registered", func() bool {
+		rows, err = client.Registrations(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range rows {
+			if r.State == "registered" && r.CallManager == "cm1" {
+				n++
+			}
+		}
+		return n == phones
+	})
+	if len(rows) != phones {
+		t.Errorf("%d rows, want %d", len(rows), phones)
+	}
+	for _, r := range rows {
+		if !devices[r.Device] {
+			t.Errorf("row %+v: not one of the phones, or listed twice", r)
+		}
+		delete(devices, r.Device)
+	}
+
+	body := scrapeMetrics(t, nil, metrics)
+	for series, want := range map[string]float64{
+		`phoneboot_proxy_registrations{callmanager="cm1",state="registered"}`: phones,
+		`phoneboot_proxy_registrations{callmanager="none",state="reading"}`:   0,
+		`phoneboot_proxy_sessions_open`:                                       phones,
+		`phoneboot_proxy_callmanager_sessions{callmanager="cm1"}`:             phones,
+		`phoneboot_proxy_callmanager_up{callmanager="cm1"}`:                   1,
+		`phoneboot_proxy_accepted_total{protocol="sccp"}`:                     phones,
+		`phoneboot_proxy_register_answers_total{answer="ack"}`:                phones,
+		`phoneboot_proxy_admission_queue_depth{callmanager="cm1"}`:            0,
+		`phoneboot_service_load{signal="proxy_queued"}`:                       0,
+		`phoneboot_service_up{service="proxy"}`:                               1,
+	} {
+		if got := metricValue(body, series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	// The kernel spreads the phones over both workers' sockets.
+	per := workers.WorkerStats()
+	if len(per) != 2 {
+		t.Fatalf("stats of %d workers, want 2", len(per))
+	}
+	for i, st := range per {
+		t.Logf("worker %d: %d sessions", i, st.Active)
+		if st.Active == 0 {
+			t.Errorf("worker %d holds no phone", i)
+		}
+	}
+
+	// A worker killed: the proxy's Run, and so the agent's, fails.
+	if err := unix.Kill(pids[0], unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-runErr:
+		if err == nil || !strings.Contains(err.Error(), "proxy: worker 0") {
+			t.Errorf("Run after a worker was killed: %v, want the proxy's worker 0 named", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run went on after a worker was killed")
+	}
+	closed = true
+	if err := a.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	for _, pid := range pids {
+		if err := unix.Kill(pid, 0); err != unix.ESRCH {
+			t.Errorf("worker %d still there after Close (kill 0: %v)", pid, err)
+		}
+	}
+	if c, err := net.DialTimeout("tcp", proxyIP+":2000", 5*time.Second); err == nil {
+		c.Close()
+		t.Error("the proxy still listens after Close")
 	}
 }

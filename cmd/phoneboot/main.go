@@ -25,6 +25,7 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/doctor"
 	"github.com/phoneboot/phoneboot/userspace/lab"
+	"github.com/phoneboot/phoneboot/userspace/proxy"
 )
 
 func main() {
@@ -51,6 +52,7 @@ func newApp() *cli.App {
 			doctorCommand(),
 			labCommand(),
 			labCallManagersCommand(),
+			proxyWorkerCommand(),
 		},
 	}
 }
@@ -74,6 +76,21 @@ func labCallManagersCommand() *cli.Command {
 				Addrs: c.StringSlice("addr"), KeepAlive: c.Duration("keepalive"), Control: c.String("control"),
 				Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 			})
+		},
+	}
+}
+
+// proxyWorkerCommand is one process of the registration proxy when
+// proxy.workers is above 1; the daemon starts it, people do not.
+func proxyWorkerCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "proxy-worker",
+		Usage:  "a registration proxy worker (started by phoneboot serve with proxy.workers above 1)",
+		Hidden: true,
+		Action: func(c *cli.Context) error {
+			ctx, stop := signalContext()
+			defer stop()
+			return proxy.RunWorker(ctx)
 		},
 	}
 }

@@ -92,6 +92,16 @@ func New(cfg Config, log *slog.Logger) (_ *Proxy, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
+	lns, err := listen(cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	return newProxy(cfg, log, lns), nil
+}
+
+// newProxy is the proxy serving on lns, listeners of cfg.Listeners in
+// order; cfg has its defaults and is valid.
+func newProxy(cfg Config, log *slog.Logger, lns []*net.TCPListener) *Proxy {
 	p := &Proxy{cfg: cfg, log: log, sessions: map[uint64]*session{}, failbackKick: make(chan struct{}, 1), dialer: newDialer(&cfg)}
 	for i, c := range cfg.CallManagers {
 		p.cms = append(p.cms, &upstream{idx: i, cfg: c,
@@ -99,48 +109,71 @@ func New(cfg Config, log *slog.Logger) (_ *Proxy, err error) {
 		p.cms[i].healthy.Store(true) // until the first probe round in Run says otherwise
 		p.cms[i].trouble()
 	}
+	for i, lc := range cfg.Listeners {
+		l := &listener{cfg: lc, ln: lns[i], port: lc.UpstreamPort}
+		if l.port == 0 {
+			l.port = lns[i].Addr().(*net.TCPAddr).Port
+		}
+		p.lns = append(p.lns, l)
+	}
+	return p
+}
+
+// listen opens cfg's listeners in the calling thread's network namespace;
+// with reusePort, with SO_REUSEPORT so that more sockets may bind the
+// same addresses (see NewWorkers).
+func listen(cfg Config, reusePort bool) (_ []*net.TCPListener, err error) {
+	var lns []*net.TCPListener
 	defer func() {
 		if err != nil {
-			for _, l := range p.lns {
-				l.ln.Close()
+			for _, ln := range lns {
+				ln.Close()
 			}
 		}
 	}()
 	for _, lc := range cfg.Listeners {
-		// Phones speak first (Register, REGISTER, ClientHello): with
-		// TCP_DEFER_ACCEPT the kernel hands over a connection once its
-		// first bytes are in, which saves a wakeup per phone. TCP
-		// keepalive (for SIP and TLS phones that vanish) is set on the
-		// listener, whose connections inherit it, instead of with four
-		// system calls on each.
-		lcfg := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			err := rc.Control(func(fd uintptr) {
-				for _, o := range []struct{ level, opt, v int }{
-					{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, int(cfg.HeaderTimeout / time.Second)},
-					{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-					{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 60},
-					{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
-					{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 4},
-				} {
-					if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.v); serr != nil {
-						return
-					}
-				}
-			})
-			return errors.Join(err, serr)
-		}}
-		ln, err := lcfg.Listen(context.Background(), "tcp", lc.Addr)
+		ln, err := listenOne(cfg, lc.Addr, reusePort)
 		if err != nil {
 			return nil, fmt.Errorf("proxy: %s listener: %w", lc.Protocol, err)
 		}
-		l := &listener{cfg: lc, ln: ln.(*net.TCPListener), port: lc.UpstreamPort}
-		p.lns = append(p.lns, l)
-		if l.port == 0 {
-			l.port = ln.Addr().(*net.TCPAddr).Port
-		}
+		lns = append(lns, ln)
 	}
-	return p, nil
+	return lns, nil
+}
+
+func listenOne(cfg Config, addr string, reusePort bool) (*net.TCPListener, error) {
+	// Phones speak first (Register, REGISTER, ClientHello): with
+	// TCP_DEFER_ACCEPT the kernel hands over a connection once its
+	// first bytes are in, which saves a wakeup per phone. TCP
+	// keepalive (for SIP and TLS phones that vanish) is set on the
+	// listener, whose connections inherit it, instead of with four
+	// system calls on each.
+	opts := []struct{ level, opt, v int }{
+		{unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, int(cfg.HeaderTimeout / time.Second)},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 60},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 4},
+	}
+	if reusePort {
+		opts = append(opts, struct{ level, opt, v int }{unix.SOL_SOCKET, unix.SO_REUSEPORT, 1})
+	}
+	lcfg := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			for _, o := range opts {
+				if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.v); serr != nil {
+					return
+				}
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	ln, err := lcfg.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
 }
 
 // Addrs are the listeners' addresses, in the order of Config.Listeners
@@ -258,13 +291,17 @@ func (p *Proxy) Registrations() []Registration {
 		out = append(out, s.row())
 	}
 	p.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Device != out[j].Device {
-			return out[i].Device < out[j].Device
-		}
-		return out[i].Phone < out[j].Phone
-	})
+	sortRegistrations(out)
 	return out
+}
+
+func sortRegistrations(rs []Registration) {
+	sort.Slice(rs, func(i, j int) bool {
+		if rs[i].Device != rs[j].Device {
+			return rs[i].Device < rs[j].Device
+		}
+		return rs[i].Phone < rs[j].Phone
+	})
 }
 
 // upstreamAddr is the CallManager's address for a listener's protocol.

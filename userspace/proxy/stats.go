@@ -1,6 +1,10 @@
 package proxy
 
-import "sync/atomic"
+import (
+	"cmp"
+	"slices"
+	"sync/atomic"
+)
 
 // closeReason says why the proxy ended a session; each has a counter.
 type closeReason int
@@ -65,6 +69,17 @@ type Stats struct {
 	HealthFailures uint64              `json:"health_failures"` // failed probes
 	Closed         map[string]uint64   `json:"closed"`          // by reason
 	CallManagers   []CallManagerStats  `json:"call_managers"`
+	// Table counts the registration table's rows by state and
+	// CallManager: what Registrations lists, without the rows.
+	Table []TableCount `json:"table"`
+}
+
+// TableCount is how many rows of the registration table are in one state
+// with one CallManager ("" before one is chosen).
+type TableCount struct {
+	State       State  `json:"state"`
+	CallManager string `json:"call_manager"`
+	Rows        int    `json:"rows"`
 }
 
 // CallManagerStats is one CallManager's state and counters.
@@ -105,5 +120,37 @@ func (p *Proxy) Stats() Stats {
 			Vetoes: u.vetoes.Load(),
 		})
 	}
+	st.Table = p.tableCounts()
 	return st
+}
+
+func (p *Proxy) tableCounts() []TableCount {
+	type key struct {
+		state State
+		cm    string
+	}
+	n := map[key]int{}
+	p.mu.Lock()
+	for _, s := range p.sessions {
+		s.mu.Lock()
+		k := key{state: s.state}
+		if s.cm != nil {
+			k.cm = s.cm.cfg.Name
+		}
+		s.mu.Unlock()
+		n[k]++
+	}
+	p.mu.Unlock()
+	out := make([]TableCount, 0, len(n))
+	for k, rows := range n {
+		out = append(out, TableCount{State: k.state, CallManager: k.cm, Rows: rows})
+	}
+	sortTable(out)
+	return out
+}
+
+func sortTable(t []TableCount) {
+	slices.SortFunc(t, func(a, b TableCount) int {
+		return cmp.Or(cmp.Compare(a.State, b.State), cmp.Compare(a.CallManager, b.CallManager))
+	})
 }
