@@ -23,6 +23,10 @@ func TestParseConfigProxyErrors(t *testing.T) {
 		yaml string
 		want string
 	}{
+		{"no workers", on + cm + "  workers: 0\n",
+			`f.yaml:4: proxy.workers: 0 is not 1 to 64 (1: the proxy runs in the daemon's process)`},
+		{"too many workers", on + cm + "  workers: 65\n",
+			`f.yaml:4: proxy.workers: 65 is not 1 to 64 (1: the proxy runs in the daemon's process)`},
 		{"no listener", on + "  listeners: []\n" + cm,
 			`f.yaml:3: proxy.listeners: an enabled proxy needs at least one listener`},
 		{"unknown protocol", on + "  listeners: [{protocol: h323, listen: 0.0.0.0:1720}]\n" + cm,
@@ -125,6 +129,23 @@ func TestParseConfigProxyErrors(t *testing.T) {
 				t.Errorf("error is %T, not *ConfigError", err)
 			}
 		})
+	}
+}
+
+// proxy.workers takes 1 to 64; 1 is the default.
+func TestParseConfigProxyWorkers(t *testing.T) {
+	const on = "proxy:\n  enabled: true\n  callmanagers: [{name: cm1, host: 10.0.0.10}]\n"
+	for _, tt := range []struct {
+		yaml string
+		want int
+	}{{on, 1}, {on + "  workers: 1\n", 1}, {on + "  workers: 2\n", 2}, {on + "  workers: 64\n", 64}} {
+		cfg, err := ParseConfig("f.yaml", []byte(tt.yaml))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.yaml, err)
+		}
+		if cfg.Proxy.Workers != tt.want {
+			t.Errorf("%q: workers %d, want %d", tt.yaml, cfg.Proxy.Workers, tt.want)
+		}
 	}
 }
 

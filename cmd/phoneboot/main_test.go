@@ -99,6 +99,8 @@ func TestBadInputExitsNonZero(t *testing.T) {
 		{"lab ports over phones", []string{"lab", "--phones", "2", "--ports", "3"}, "--ports 3: more ports than --phones 2"},
 		{"lab bad time scale", []string{"lab", "--time-scale", "-1"}, "--time-scale -1: must be above 0"},
 		{"lab bad number", []string{"lab", "--phones", "many"}, "many"},
+		{"lab bad proxy workers", []string{"lab", "--proxy-workers", "65"}, "--proxy-workers 65: must be 0 to 64"},
+		{"proxy worker run by hand", []string{"proxy-worker"}, "proxy workers are started by the daemon"},
 		{"lab unknown variant", []string{"lab", "--compare", "xdp,warp"}, `--compare: unknown variant "warp"`},
 		{"lab one variant", []string{"lab", "--compare", "baseline"}, "name at least two variants"},
 		{"lab baseline and compare", []string{"lab", "--baseline", "--compare", "xdp,baseline"}, "--baseline with --compare"},
@@ -134,7 +136,10 @@ func TestLabRefusesNonRoot(t *testing.T) {
 }
 
 // TestLabRefusesStormPastFileLimit: a storm the open-file limit cannot
-// hold is refused at once, naming the way out, not failed minutes in.
+// hold is refused at once, naming the way out, not failed minutes in. A
+// storm one daemon process cannot proxy gets proxy workers instead
+// (userspace/lab's TestFitHardLimit), unless --proxy-workers named too
+// few.
 func TestLabRefusesStormPastFileLimit(t *testing.T) {
 	privtest.Require(t)
 	prlimit, err := exec.LookPath("prlimit")
@@ -142,16 +147,19 @@ func TestLabRefusesStormPastFileLimit(t *testing.T) {
 		t.Fatalf("prlimit (util-linux) not found: %v", err)
 	}
 	for _, tt := range []struct {
-		args []string
-		want string
+		limit string
+		args  []string
+		want  string
 	}{
-		{[]string{"--phones", "1000"}, "run with --no-proxy"},
-		{[]string{"--phones", "1000", "--no-proxy"}, "open files in the lab"}, // 1,000 + a reserve of 4,096
+		{"3000", []string{"--phones", "1000"}, "open files in the lab"}, // 1,000 + a reserve of 4,096
+		{"3000", []string{"--phones", "1000", "--no-proxy"}, "open files in the lab"},
+		// The lab's 8,096 fit; one proxy process's 9,024 do not.
+		{"8500", []string{"--phones", "4000", "--proxy-workers", "1"}, "run with --proxy-workers 0"},
 	} {
-		args := append([]string{"--nofile=3000:3000", binary, "lab"}, tt.args...)
+		args := append([]string{"--nofile=" + tt.limit + ":" + tt.limit, binary, "lab"}, tt.args...)
 		r := run(t, exec.Command(prlimit, args...))
-		if r.code == 0 || !strings.Contains(r.stderr, tt.want) || !strings.Contains(r.stderr, "hard limit is 3000") {
-			t.Errorf("lab %v under a limit of 3000: exit %d, stderr %q; want a refusal with %q", tt.args, r.code, r.stderr, tt.want)
+		if r.code == 0 || !strings.Contains(r.stderr, tt.want) || !strings.Contains(r.stderr, "hard limit is "+tt.limit) {
+			t.Errorf("lab %v under a limit of %s: exit %d, stderr %q; want a refusal with %q", tt.args, tt.limit, r.code, r.stderr, tt.want)
 		}
 	}
 }

@@ -102,6 +102,7 @@ func (l *lab) startCallManagers() error {
 // appliance's address in their subnet.
 func (l *lab) proxyConfig(cfg *agent.Config) {
 	cfg.Proxy.Enabled = true
+	cfg.Proxy.Workers = max(l.o.ProxyWorkers, 1)
 	cfg.Proxy.CallManagers = nil
 	for i, a := range callManagerAddrs {
 		cfg.Proxy.CallManagers = append(cfg.Proxy.CallManagers, agent.ProxyCallManager{Name: fmt.Sprintf("cm%d", i+1), Host: a.String()})

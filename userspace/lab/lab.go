@@ -72,6 +72,10 @@ type Options struct {
 	// files name the CallManagers, which the phones reach through the
 	// appliance (it routes between the bridge and the uplink).
 	NoProxy bool
+	// ProxyWorkers is how many processes run the daemon's registration
+	// proxy (its proxy.workers); 0: one, or as many as the host's hard
+	// open-file limit needs for the storm's phones (see fitFileLimit).
+	ProxyWorkers int
 	// Baseline runs the storm against the stack a user would otherwise
 	// deploy (baseline.go): Kea for DHCP, tftpd-hpa for files, the phones
 	// registering straight with the CallManagers; the agent keeps only the
@@ -145,6 +149,9 @@ func (o *Options) normalize() error {
 	}
 	if !(o.TimeScale > 0 && o.TimeScale <= 10) {
 		return fmt.Errorf("--time-scale %v: must be above 0 and at most 10", o.TimeScale)
+	}
+	if o.ProxyWorkers < 0 || o.ProxyWorkers > agent.MaxProxyWorkers {
+		return fmt.Errorf("--proxy-workers %d: must be 0 to %d (0: as the open-file limit needs)", o.ProxyWorkers, agent.MaxProxyWorkers)
 	}
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--timeout %s: must be positive", o.Timeout)
@@ -895,17 +902,14 @@ func (l *lab) cleanup() error {
 // storm the host's limit cannot hold rather than fail its last phones
 // minutes into it. The lab holds a TCP connection per registered phone,
 // or while the phone fetches, a transfer's socket (the CallManagers run in
-// a process of their own); the agent, started from here, inherits the limit, and its
-// registration proxy holds two per registered phone (the phone's side and
-// the CallManager's). Raising the hard limit needs CAP_SYS_RESOURCE.
+// a process of their own); the agent, started from here, inherits the
+// limit, and its registration proxy holds two per registered phone (the
+// phone's side and the CallManager's). Raising the hard limit needs
+// CAP_SYS_RESOURCE; without it, see fitHardLimit.
 func fitFileLimit(o *Options) error {
-	labNeeds := uint64(labFilesPerPhone*o.Phones + labFilesReserve)
-	need := labNeeds
-	proxied := !o.Baseline && !o.NoProxy
-	agentNeeds := uint64(0)
-	if proxied {
-		agentNeeds = uint64(proxyFilesPerPhone*o.Phones + agentFilesReserve)
-		need = max(need, agentNeeds)
+	need := uint64(labFilesPerPhone*o.Phones + labFilesReserve)
+	if !o.Baseline && !o.NoProxy {
+		need = max(need, proxyProcessFiles(o.Phones, max(o.ProxyWorkers, 1)))
 	}
 	var lim unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
@@ -922,17 +926,57 @@ func fitFileLimit(o *Options) error {
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
 		return fmt.Errorf("raise the open file limit to %d: %w", lim.Max, err)
 	}
-	switch {
-	case proxied && lim.Max < agentNeeds:
-		return fmt.Errorf("--phones %d through the registration proxy need about %d open files in the daemon (two per registered phone), "+
-			"and this host's hard limit is %d (raising it needs CAP_SYS_RESOURCE): run with --no-proxy (the phones register straight "+
-			"with the CallManagers), with at most %d phones, or with a higher limit",
-			o.Phones, agentNeeds, lim.Max, (lim.Max-agentFilesReserve)/proxyFilesPerPhone)
-	case lim.Max < labNeeds:
-		return fmt.Errorf("--phones %d need about %d open files in the lab, and this host's hard limit is %d (raising it needs CAP_SYS_RESOURCE): "+
-			"run with at most %d phones, or with a higher limit", o.Phones, labNeeds, lim.Max, (lim.Max-labFilesReserve)/labFilesPerPhone)
+	workers, err := fitHardLimit(*o, lim.Max)
+	if err != nil {
+		return err
+	}
+	if workers != max(o.ProxyWorkers, 1) {
+		o.Log.Info("the daemon's registration proxy runs in worker processes: one cannot hold the phones within the hard open-file limit",
+			"proxy_workers", workers, "hard_limit", lim.Max)
+		o.ProxyWorkers = workers
 	}
 	return nil
+}
+
+// fitHardLimit is how many processes the daemon's proxy needs for the
+// storm's phones under a hard open-file limit of hard (each process has
+// the limit to itself): o.ProxyWorkers if it names a number, else the
+// fewest that hold the phones. It refuses a storm the lab's own process
+// cannot hold, and too few workers named.
+func fitHardLimit(o Options, hard uint64) (int, error) {
+	labNeeds := uint64(labFilesPerPhone*o.Phones + labFilesReserve)
+	if hard < labNeeds {
+		return 0, fmt.Errorf("--phones %d need about %d open files in the lab, and this host's hard limit is %d (raising it needs CAP_SYS_RESOURCE): "+
+			"run with at most %d phones, or with a higher limit", o.Phones, labNeeds, hard, (hard-labFilesReserve)/labFilesPerPhone)
+	}
+	workers := max(o.ProxyWorkers, 1)
+	if o.Baseline || o.NoProxy || proxyProcessFiles(o.Phones, workers) <= hard {
+		return workers, nil
+	}
+	if o.ProxyWorkers != 0 {
+		return 0, fmt.Errorf("--phones %d through %d proxy workers need about %d open files in each, and this host's hard limit is %d "+
+			"(raising it needs CAP_SYS_RESOURCE): run with --proxy-workers 0 (as many as the limit needs), or with --no-proxy",
+			o.Phones, o.ProxyWorkers, proxyProcessFiles(o.Phones, workers), hard)
+	}
+	// The fewest that hold the phones: at most 3, since the lab's own
+	// process holds one file per phone within the same limit.
+	n := 2
+	for proxyProcessFiles(o.Phones, n) > hard {
+		n++
+	}
+	return n, nil
+}
+
+// proxyProcessFiles is what each of n processes running the proxy holds
+// for phones proxied phones: the kernel spreads connections over the
+// workers by a hash, not evenly, so with more than one each is given
+// room for a tenth more than its even share.
+func proxyProcessFiles(phones, n int) uint64 {
+	share := phones
+	if n > 1 {
+		share = (phones*11/10 + n - 1) / n
+	}
+	return uint64(proxyFilesPerPhone*share + agentFilesReserve)
 }
 
 // Descriptors per phone and besides, in the lab and in the daemon.

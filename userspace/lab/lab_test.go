@@ -17,6 +17,7 @@ import (
 	"github.com/phoneboot/phoneboot/agent"
 	"github.com/phoneboot/phoneboot/images"
 	"github.com/phoneboot/phoneboot/userspace/cmsim"
+	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
 	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
@@ -340,6 +341,97 @@ func TestLabNoProxy(t *testing.T) {
 	}
 }
 
+// TestLabProxyWorkers: with the daemon's proxy in two worker processes
+// (as the lab picks when the open-file limit is too low for one), every
+// phone registers through them and the table lists them all.
+func TestLabProxyWorkers(t *testing.T) {
+	privtest.Require(t)
+	o := testOptions(t)
+	o.Phones, o.Ports = 40, 8
+	o.ProxyWorkers = 2
+	o.beforeReport = func(ctx context.Context, l *lab) error {
+		cfg := l.daemonConfig()
+		if cfg.Proxy.Workers != 2 {
+			t.Errorf("daemon config proxy.workers %d, want 2", cfg.Proxy.Workers)
+		}
+		workers := 0
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", l.agent.Process.Pid))
+		for _, f := range tasks {
+			b, _ := os.ReadFile(f)
+			for _, pid := range strings.Fields(string(b)) {
+				if cmdline, err := os.ReadFile("/proc/" + pid + "/cmdline"); err == nil && strings.Contains(string(cmdline), "proxy-worker") {
+					workers++
+				}
+			}
+		}
+		if workers != 2 {
+			t.Errorf("the agent runs %d proxy workers, want 2", workers)
+		}
+		rows, err := control.NewClient(filepath.Join(l.runDir, "control.sock")).Registrations(ctx)
+		if err != nil {
+			return err
+		}
+		registered := 0
+		for _, r := range rows {
+			if r.State == "registered" {
+				registered++
+			}
+		}
+		if registered != 40 {
+			t.Errorf("%d registered of %d rows, want 40", registered, len(rows))
+		}
+		return nil
+	}
+	rep, err := Run(context.Background(), o)
+	assertCleanedUp(t, o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 40 || rep.Failed != 0 {
+		t.Errorf("completed %d, failed %d of 40: %+v", rep.Completed, rep.Failed, rep.Failures)
+	}
+}
+
+// fitHardLimit: a storm one daemon process cannot proxy within the hard
+// open-file limit gets as many proxy workers as it needs; the lab refuses
+// only what its own process cannot hold, or a number of workers chosen
+// too small.
+func TestFitHardLimit(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		o       Options
+		hard    uint64
+		workers int
+		err     string
+	}{
+		{"one process holds it", Options{Phones: 5000}, 20000, 1, ""},
+		{"9,488 phones in one", Options{Phones: 9488}, 20000, 1, ""},
+		{"10,000 phones need two", Options{Phones: 10000}, 20000, 2, ""},
+		{"15,000 phones need two", Options{Phones: 15000}, 20000, 2, ""},
+		{"three", Options{Phones: 40000}, 45000, 3, ""},
+		{"forced", Options{Phones: 100, ProxyWorkers: 4}, 20000, 4, ""},
+		{"forced too few", Options{Phones: 10000, ProxyWorkers: 1}, 20000, 0, "run with --proxy-workers 0"},
+		{"without the proxy", Options{Phones: 15000, NoProxy: true}, 20000, 1, ""},
+		{"the lab's own limit", Options{Phones: 1000}, 3000, 0, "open files in the lab"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := fitHardLimit(tt.o, tt.hard)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("got %d, %v; want an error with %q", n, err, tt.err)
+				}
+				return
+			}
+			if err != nil || n != tt.workers {
+				t.Errorf("got %d, %v; want %d workers", n, err, tt.workers)
+			}
+			if !tt.o.NoProxy && proxyProcessFiles(tt.o.Phones, n) > tt.hard {
+				t.Errorf("%d workers need %d files each, above %d", n, proxyProcessFiles(tt.o.Phones, n), tt.hard)
+			}
+		})
+	}
+}
+
 // waitFor polls cond until it holds or ctx ends.
 func waitFor(ctx context.Context, cond func() bool) error {
 	for !cond() {
@@ -474,6 +566,8 @@ func TestOptionsValidation(t *testing.T) {
 		{"tagged baseline", func(o *Options) { o.Baseline, o.VoiceVLANs = true, 2 }, "--voice-vlans 2 with --baseline"},
 		{"negative upgrade fraction", func(o *Options) { o.UpgradeFraction = -0.1 }, "--upgrade-fraction -0.1: must be 0 to 1"},
 		{"upgrade fraction above 1", func(o *Options) { o.UpgradeFraction = 1.5 }, "--upgrade-fraction 1.5: must be 0 to 1"},
+		{"negative proxy workers", func(o *Options) { o.ProxyWorkers = -1 }, "--proxy-workers -1: must be 0 to 64"},
+		{"too many proxy workers", func(o *Options) { o.ProxyWorkers = 65 }, "--proxy-workers 65: must be 0 to 64"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -532,9 +532,6 @@ func (w *Workers) Registrations() []Registration {
 // ctx ends or the parent goes away, answering the parent's queries.
 func RunWorker(ctx context.Context) error {
 	f := os.NewFile(workerCtlFD, "proxy-worker-ctl")
-	if f == nil {
-		return errors.New("no control socket (descriptor 3): proxy workers are started by the daemon")
-	}
 	ctl, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
@@ -597,9 +594,6 @@ func workerProxy(h workerHello, log *slog.Logger) (*Proxy, error) {
 	var lns []*net.TCPListener
 	for i := range h.Listeners {
 		f := os.NewFile(uintptr(workerFirstListFD+i), "proxy-listener")
-		if f == nil {
-			return nil, fmt.Errorf("listener descriptor %d missing", workerFirstListFD+i)
-		}
 		ln, err := net.FileListener(f)
 		f.Close()
 		if err != nil {

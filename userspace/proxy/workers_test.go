@@ -1,0 +1,84 @@
+package proxy
+
+import (
+	"net"
+	"reflect"
+	"testing"
+)
+
+// Each worker gets a share of the pacing, at least 1 where 0 would mean
+// something else, and the port a port-0 listener was given.
+func TestWorkerConfig(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	for _, tt := range []struct {
+		name     string
+		in       AdmissionConfig
+		failback float64
+		n        int
+		want     AdmissionConfig
+		wantFB   float64
+	}{
+		{"split", AdmissionConfig{Rate: 100, Burst: 10, QueueLimit: 10000}, 0, 4, AdmissionConfig{Rate: 25, Burst: 2, QueueLimit: 2500}, 25},
+		{"at least one", AdmissionConfig{Rate: 1, Burst: 1, QueueLimit: 3}, 8, 4, AdmissionConfig{Rate: 0.25, Burst: 1, QueueLimit: 1}, 2},
+		{"unpaced stays unpaced", AdmissionConfig{}, 0, 2, AdmissionConfig{Rate: 0, Burst: 1, QueueLimit: 5000}, 25},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Config{Listeners: []Listener{{Protocol: SCCP, Addr: "127.0.0.1:0"}, {Protocol: SIP, Addr: "127.0.0.1:0", UpstreamPort: 5062}},
+				Admission: tt.in, Failback: FailbackConfig{Rate: tt.failback}}
+			cfg.setDefaults()
+			got := workerConfig(cfg, []*net.TCPListener{ln, ln}, tt.n)
+			if got.Admission != tt.want || got.Failback.Rate != tt.wantFB {
+				t.Errorf("admission %+v, failback rate %v; want %+v, %v", got.Admission, got.Failback.Rate, tt.want, tt.wantFB)
+			}
+			if got.Listeners[0].UpstreamPort != port || got.Listeners[1].UpstreamPort != 5062 {
+				t.Errorf("upstream ports %d, %d; want %d, 5062", got.Listeners[0].UpstreamPort, got.Listeners[1].UpstreamPort, port)
+			}
+			if cfg.Listeners[0].UpstreamPort != 0 {
+				t.Error("the caller's config was changed")
+			}
+		})
+	}
+}
+
+func TestMergeStats(t *testing.T) {
+	a := Stats{
+		Accepted: map[Protocol]uint64{SCCP: 3, SIP: 1}, Active: 4, Registered: 3, Rejected: 1, Queued: 2,
+		DialFailures: 1, AcceptErrors: 0, HealthFailures: 2, Closed: map[string]uint64{"idle": 1},
+		CallManagers: []CallManagerStats{
+			{Name: "cm1", Healthy: true, Sessions: 3, Waiting: 1, Transitions: 2, Failovers: 1, ProbesOK: 10, ProbesFail: 2, Vetoes: 1},
+			{Name: "cm2", Healthy: true, Sessions: 1, ProbesOK: 12},
+		},
+		Table: []TableCount{{State: StateRegistered, CallManager: "cm1", Rows: 3}, {State: StateReading, Rows: 1}},
+	}
+	b := Stats{
+		Accepted: map[Protocol]uint64{SCCP: 5}, Active: 5, Registered: 5, Closed: map[string]uint64{"idle": 2, "failback": 1},
+		CallManagers: []CallManagerStats{
+			{Name: "cm1", Healthy: false, Sessions: 4, Waiting: 2, Transitions: 3, Failovers: 1, ProbesOK: 9, ProbesFail: 3},
+			{Name: "cm2", Healthy: true, Sessions: 1, ProbesOK: 12},
+		},
+		Table: []TableCount{{State: StateRegistered, CallManager: "cm1", Rows: 4}, {State: StateRegistered, CallManager: "cm2", Rows: 1}},
+	}
+	want := Stats{
+		Accepted: map[Protocol]uint64{SCCP: 8, SIP: 1}, Active: 9, Registered: 8, Rejected: 1, Queued: 2,
+		DialFailures: 1, HealthFailures: 2, Closed: map[string]uint64{"idle": 3, "failback": 1},
+		CallManagers: []CallManagerStats{
+			// Down while any worker holds it down; one event, seen by
+			// every worker, counted once.
+			{Name: "cm1", Healthy: false, Sessions: 7, Waiting: 3, Transitions: 3, Failovers: 1, ProbesOK: 19, ProbesFail: 5, Vetoes: 1},
+			{Name: "cm2", Healthy: true, Sessions: 2, ProbesOK: 24},
+		},
+		Table: []TableCount{{State: StateReading, Rows: 1}, {State: StateRegistered, CallManager: "cm1", Rows: 7},
+			{State: StateRegistered, CallManager: "cm2", Rows: 1}},
+	}
+	if got := mergeStats([]Stats{a, b}); !reflect.DeepEqual(got, want) {
+		t.Errorf("merged\n got %+v\nwant %+v", got, want)
+	}
+	if got := mergeStats(nil); got.Active != 0 || len(got.CallManagers) != 0 || got.Accepted == nil {
+		t.Errorf("merged nothing: %+v", got)
+	}
+}
