@@ -25,9 +25,9 @@ type call struct {
 // fakePort is a port of the fake controller: enabling it delivers power
 // at once if a device (class >= 0) is plugged in.
 type fakePort struct {
-	enabled   bool
-	class     int // -1: nothing plugged in
-	drawMW    int
+	enabled    bool
+	class      int // -1: nothing plugged in
+	drawMW     int
 	statusErr  error
 	enableErr  error
 	disableErr error
