@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -337,6 +338,12 @@ func relayLog(log *slog.Logger, r *os.File) {
 		}
 		log.Log(context.Background(), level, msg, args...)
 	}
+	if err := sc.Err(); err != nil {
+		// Drained all the same: a worker blocked on a full pipe would
+		// hang.
+		log.Error("worker output unreadable; the rest is dropped", "error", err)
+		io.Copy(io.Discard, r)
+	}
 }
 
 // Addrs are the listeners' addresses, in the order of Config.Listeners.
@@ -365,7 +372,7 @@ func (w *Workers) Run(ctx context.Context) error {
 		if w.stopping.Load() {
 			return nil
 		}
-		err := fmt.Errorf("worker %d (pid %d) exited: %v", wk.index, wk.cmd.Process.Pid, wk.waitErr)
+		err := fmt.Errorf("worker %d (pid %d) exited (%s)", wk.index, wk.cmd.Process.Pid, wk.cmd.ProcessState)
 		w.stop(w.stopTimeout)
 		return err
 	}
@@ -407,7 +414,9 @@ func (w *Workers) Close() error {
 	return nil
 }
 
-// query asks the worker one thing.
+// query asks the worker one thing. A query that fails midway leaves the
+// stream out of step: the connection is closed, and the worker, seeing
+// it closed, stops (and Run reports it).
 func (wk *worker) query(op string) (workerReply, error) {
 	wk.mu.Lock()
 	defer wk.mu.Unlock()
@@ -432,9 +441,13 @@ func (wk *worker) query(op string) (workerReply, error) {
 }
 
 // WorkerStats are each worker's counters, in worker order; a worker that
-// does not answer is left out (and logged).
+// does not answer is left out (and logged), and once they are stopping
+// none is asked.
 func (w *Workers) WorkerStats() []Stats {
 	var out []Stats
+	if w.stopping.Load() {
+		return nil
+	}
 	for _, wk := range w.ws {
 		r, err := wk.query("stats")
 		if err != nil || r.Stats == nil {
@@ -509,6 +522,9 @@ func mergeStats(all []Stats) Stats {
 // plus its index.
 func (w *Workers) Registrations() []Registration {
 	var out []Registration
+	if w.stopping.Load() {
+		return nil
+	}
 	n := uint64(len(w.ws))
 	for _, wk := range w.ws {
 		r, err := wk.query("registrations")

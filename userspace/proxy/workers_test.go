@@ -1,8 +1,13 @@
 package proxy
 
 import (
+	"bytes"
+	"fmt"
+	"log/slog"
 	"net"
+	"os"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -81,4 +86,53 @@ func TestMergeStats(t *testing.T) {
 	if got := mergeStats(nil); got.Active != 0 || len(got.CallManagers) != 0 || got.Accepted == nil {
 		t.Errorf("merged nothing: %+v", got)
 	}
+}
+
+// relayLog passes a worker's JSON log lines on at their level with their
+// attributes, anything else as an error, and reads to the end.
+func TestRelayLog(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{
+		Level: slog.LevelDebug,
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	})).With("worker", 1)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		fmt.Fprintln(w, `{"time":"2026-12-06T06:00:00Z","level":"WARN","msg":"accept","listener":"0.0.0.0:2000","error":"too many open files"}`)
+		fmt.Fprintln(w, `{"level":"DEBUG","msg":"dial CallManager","cm":"cm1"}`)
+		fmt.Fprintln(w, `panic: boom`)
+		w.Write(bytes.Repeat([]byte("x"), 2<<20)) // past the line limit: dropped, still drained
+		w.Close()
+	}()
+	relayLog(log, r)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	want := []string{
+		`level=WARN msg=accept worker=1 error="too many open files" listener=0.0.0.0:2000`,
+		`level=DEBUG msg="dial CallManager" worker=1 cm=cm1`,
+		`level=ERROR msg="worker output" worker=1 line="panic: boom"`,
+	}
+	if len(lines) != 4 || !reflect.DeepEqual(lines[:3], want) || !strings.Contains(lines[3], "worker output unreadable") {
+		t.Errorf("relayed:\n%s\nwant first:\n%s\nthen the unreadable rest", buf.String(), strings.Join(want, "\n"))
+	}
+}
+
+func FuzzRelayLog(f *testing.F) {
+	f.Add([]byte(`{"level":"INFO","msg":"m","a":{"b":[1,2]}}` + "\n"))
+	f.Add([]byte(`{"level":7,"msg":null}` + "\nnot json\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { w.Write(data); w.Close() }()
+		relayLog(slog.New(slog.DiscardHandler), r) // returns: read to the end
+	})
 }
