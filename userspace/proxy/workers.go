@@ -286,14 +286,16 @@ func (w *Workers) start(i int, wc WorkersConfig, lns []*net.TCPListener) (*worke
 func (wk *worker) handshake(h workerHello) error {
 	wk.ctl.SetDeadline(time.Now().Add(workerReadyTimeout))
 	defer wk.ctl.SetDeadline(time.Time{})
-	if err := wk.enc.Encode(h); err != nil {
-		return fmt.Errorf("send config: %w", err)
-	}
 	var r workerReply
-	if err := wk.dec.Decode(&r); err != nil {
+	err := wk.enc.Encode(h)
+	if err == nil {
+		err = wk.dec.Decode(&r)
+	}
+	if err != nil {
+		// Most likely it exited: say how.
 		select {
 		case <-wk.exited:
-			return fmt.Errorf("exited before it was ready (%v)", wk.waitErr)
+			return fmt.Errorf("exited before it was ready (%s)", wk.cmd.ProcessState)
 		case <-time.After(time.Second):
 			return fmt.Errorf("not ready: %w", err)
 		}

@@ -136,3 +136,30 @@ func FuzzRelayLog(f *testing.F) {
 		relayLog(slog.New(slog.DiscardHandler), r) // returns: read to the end
 	})
 }
+
+// A worker that exits before it is ready fails NewWorkers, which leaves
+// nothing listening.
+func TestNewWorkersWorkerFails(t *testing.T) {
+	cfg := Config{Listeners: []Listener{{Protocol: SCCP, Addr: "127.0.0.1:0"}}, CallManagers: []CallManager{{Name: "cm1", Host: "127.0.0.1"}}}
+	// The port: bound once to learn a free one, then handed to the workers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg.Listeners[0].Addr = addr
+	_, err = NewWorkers(cfg, WorkersConfig{Workers: 2, Command: []string{"/bin/false"}}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "exited before it was ready") {
+		t.Fatalf("NewWorkers with workers that exit: %v", err)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Errorf("%s still listens after NewWorkers failed", addr)
+	}
+	for _, n := range []int{0, 1} {
+		if _, err := NewWorkers(cfg, WorkersConfig{Workers: n, Command: []string{"/bin/false"}}, slog.New(slog.DiscardHandler)); err == nil {
+			t.Errorf("NewWorkers with %d workers: no error", n)
+		}
+	}
+}
