@@ -227,7 +227,6 @@ func (p *Proxy) failback(ctx context.Context) {
 	if p.cfg.Failback.Disabled {
 		return
 	}
-	gap := time.Duration(float64(time.Second) / p.cfg.Failback.Rate)
 	t := time.NewTicker(p.cfg.Health.Interval)
 	defer t.Stop()
 	for {
@@ -262,14 +261,21 @@ func (p *Proxy) failback(ctx context.Context) {
 				break
 			}
 			s.close(reasonFailback)
-			j := time.Duration(float64(gap) * (0.5 + rand.Float64()))
 			select {
-			case <-time.After(j):
+			case <-time.After(p.failbackGap()):
 			case <-ctx.Done():
 				return
 			}
 		}
 	}
+}
+
+// failbackGap is the wait before the next failback move: 1/Rate
+// jittered by ±50 %, so that phones moved back together do not register
+// again in lockstep.
+func (p *Proxy) failbackGap() time.Duration {
+	gap := float64(time.Second) / p.cfg.Failback.Rate
+	return time.Duration(gap * (0.5 + rand.Float64()))
 }
 
 // troubleFree is when the CallManager last came up or last failed a dial.
