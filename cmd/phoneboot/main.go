@@ -184,10 +184,11 @@ func registrationsCommand() *cli.Command {
 
 func printRegistrations(w io.Writer, rs []control.Registration) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tPHONE\tCALLMANAGER\tPROTO\tSTATE\tSINCE")
+	// AOR and CONTACT are a SIP REGISTER's; "-" on the other rows.
+	fmt.Fprintln(tw, "DEVICE\tPHONE\tCALLMANAGER\tPROTO\tSTATE\tSINCE\tAOR\tCONTACT")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.Device), r.Phone, orDash(r.CallManager), r.Protocol, r.State,
-			r.Since.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.Device), r.Phone, orDash(r.CallManager), r.Protocol, r.State,
+			r.Since.Local().Format(time.DateTime), orDash(r.AOR), orDash(r.Contact))
 	}
 	return tw.Flush()
 }

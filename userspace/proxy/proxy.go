@@ -50,7 +50,7 @@ const (
 // Registration is one row of the registration table.
 type Registration struct {
 	ID          uint64        `json:"id"`
-	Device      string        `json:"device"` // SCCP device name or SIP device/AOR; "" when unknown (TLS)
+	Device      string        `json:"device"` // SCCP device name, or SIP device (from Contact) or else AOR; "" when unknown (TLS)
 	Protocol    Protocol      `json:"protocol"`
 	Phone       string        `json:"phone"`        // the phone's address and port
 	CallManager string        `json:"call_manager"` // name; "" before one is chosen
@@ -59,6 +59,8 @@ type Registration struct {
 	DeviceType  uint32        `json:"device_type,omitempty"` // SCCP
 	Load        string        `json:"load,omitempty"`        // SCCP loadInfo
 	KeepAlive   time.Duration `json:"keepalive,omitempty"`   // from RegisterAck
+	AOR         string        `json:"aor,omitempty"`         // SIP: the REGISTER's To URI, the address of record
+	Contact     string        `json:"contact,omitempty"`     // SIP: the REGISTER's Contact URI, where the phone is reached
 }
 
 // Proxy is the registration proxy.
