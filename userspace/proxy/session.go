@@ -391,7 +391,7 @@ func (s *session) toPhone(b []byte) error {
 func (p *Proxy) connect(ctx context.Context, s *session) bool {
 	var tried uint8
 	for {
-		u := p.pick(tried)
+		u := p.pick(tried, s.proto)
 		if u == nil {
 			s.close(reasonNoUpstream)
 			return false
@@ -412,14 +412,15 @@ func (p *Proxy) connect(ctx context.Context, s *session) bool {
 			}
 			return false
 		}
-		if !u.healthy.Load() && p.anyHealthy() {
+		hc := u.check(s.proto)
+		if !hc.healthy.Load() && p.anyHealthy(s.proto) {
 			tried &^= 1 << u.idx // went down while we waited: choose again
 			continue
 		}
 		c, err := p.dial(ctx, u.addr(s.port))
 		if err != nil {
 			p.st.dialFailures.Add(1)
-			u.trouble()
+			hc.trouble()
 			p.log.Debug("dial CallManager", "cm", u.cfg.Name, "error", err)
 			continue
 		}
@@ -428,7 +429,7 @@ func (p *Proxy) connect(ctx context.Context, s *session) bool {
 		// attached to a healthy CallManager or closed with the rest.
 		p.mu.Lock()
 		s.mu.Lock()
-		ok := !s.done && (u.healthy.Load() || !p.anyHealthy())
+		ok := !s.done && (hc.healthy.Load() || !p.anyHealthy(s.proto))
 		if ok {
 			s.up = c
 			u.sessions.Add(1)

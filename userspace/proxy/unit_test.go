@@ -81,6 +81,9 @@ func TestConfigValidate(t *testing.T) {
 		{"protocol", func(c *Config) { c.Listeners[0].Protocol = "h323" }, "unknown protocol"},
 		{"address", func(c *Config) { c.Listeners[0].Addr = "2000" }, "missing port"},
 		{"probe", func(c *Config) { c.Health.Probe = "icmp" }, "unknown health probe"},
+		{"sip-options probe", func(c *Config) { c.Health.Probe = ProbeSIPOptions }, ""},
+		{"SIP probe", func(c *Config) { c.Health.SIPProbe = ProbeSIPOptions }, ""},
+		{"SIP probe sccp", func(c *Config) { c.Health.SIPProbe = ProbeSCCP }, "SIP health probe"},
 		{"timeout over interval", func(c *Config) { c.Health.Interval, c.Health.Timeout = time.Second, 2*time.Second }, "below the interval"},
 		{"negative rate", func(c *Config) { c.Admission.Rate = -1 }, "negative"},
 	} {
