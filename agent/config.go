@@ -85,7 +85,7 @@ type PortConfig struct {
 	// management is on). Defaults to true.
 	PoE *bool `yaml:"poe"`
 	// Power is how the power manager treats the port.
-	Power PortPowerConfig `yaml:"power"`
+	Power PortPowerConfig `yaml:"power,omitempty"`
 	// Lab wires the port to the lab's simulated PSE; only with power.backend lab.
 	Lab *LabPortConfig `yaml:"lab"`
 	// VoiceVLAN is the VLAN phones on this port tag with (and are told by

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
 	"github.com/phoneboot/phoneboot/userspace/provision"
 )
@@ -277,4 +279,26 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted config fails validation: %v", err)
 		}
 	})
+}
+
+// TestConfigMarshalsBack: a config built in Go and written as YAML (as the
+// lab and the benchmarks write the daemon's) parses back unchanged, a port
+// without PoE included: keys written at their zero value must not trip
+// the checks of what a user sets.
+func TestConfigMarshalsBack(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Control.Socket = "/run/phoneboot-test/control.sock"
+	poe := false
+	cfg.Ports = []PortConfig{{Name: "swp1", PoE: &poe}, {Name: "swp2"}}
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseConfig("written.yaml", data)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, data)
+	}
+	if len(back.Ports) != 2 || back.Ports[0].PoEEnabled() || !back.Ports[1].PoEEnabled() {
+		t.Errorf("ports read back: %+v", back.Ports)
+	}
 }

@@ -29,9 +29,14 @@ func (p *Pool) ClassMatch(c int) (exact, prefix string) {
 func (h *Handler) OfferTimeout() time.Duration { return h.offerTimeout }
 
 // KernelAllocates reports whether the fast path may give new clients
-// addresses: not when a per-port lease cap applies, which only the
-// handler can count.
-func (h *Handler) KernelAllocates() bool { return h.cfg.MaxLeasesPerPort == 0 }
+// addresses: not when a per-port lease cap or rate limit applies, which
+// only the handler counts. Otherwise a port sending DISCOVERs from made-up
+// MACs would drain the pool at line rate through the kernel, past the
+// defences configured against exactly that. Bound clients are still
+// answered in the kernel: they take nothing new.
+func (h *Handler) KernelAllocates() bool {
+	return h.cfg.MaxLeasesPerPort == 0 && h.cfg.RatePerPort == 0
+}
 
 // VerifyClientMAC reports whether chaddr must equal the frame's source.
 func (h *Handler) VerifyClientMAC() bool { return h.cfg.VerifyClientMAC }

@@ -147,6 +147,15 @@ func (rep Report) stormSeconds() (s float64, ok bool) {
 	return rep.AllDoneSeconds, rep.Completed == rep.Phones && rep.Phones > 0
 }
 
+// stormText is stormSeconds as the report shows it: - when not every
+// phone completed.
+func (rep Report) stormText() string {
+	if s, ok := rep.stormSeconds(); ok {
+		return fmt.Sprintf("%.1f", s)
+	}
+	return "-"
+}
+
 // phase returns the named phase's line of the report.
 func (rep Report) phase(name string) (PhaseReport, bool) {
 	for _, p := range rep.Phases {
@@ -202,19 +211,17 @@ func WriteComparison(w io.Writer, reps []Report) error {
 	r0 := reps[0]
 	fmt.Fprintf(w, "comparison: %d phones on %d ports, the same phones, models, seed and upgrade set in every run\n", r0.Phones, r0.Ports)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "run\tmode\tpower\tvoice VLANs\tcompleted\tfailed\tstorm s\tdhcp p50 ms\tdhcp p99 ms\t")
+	fmt.Fprintln(tw, "run\tmode\tpower\tvoice VLANs\tcompleted\tfailed\tstorm s\tdhcp p50 ms\tdhcp p99 ms\tpeak DHCP backlog\tpeak TFTP\tpeak proxy queue\t")
 	for _, r := range reps {
-		storm := "-"
-		if s, ok := r.stormSeconds(); ok {
-			storm = fmt.Sprintf("%.1f", s)
-		}
 		d, _ := r.phase("dhcp")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%.1f\t%.1f\t\n", r.Label, r.Mode, r.PowerPolicy, r.voiceVLANs, r.Completed, r.Failed, storm, d.P50ms, d.P99ms)
+		pk := r.PeakLoad
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%.1f\t%.1f\t%d\t%d\t%d\t\n", r.Label, r.Mode, r.PowerPolicy, r.voiceVLANs,
+			r.Completed, r.Failed, r.stormText(), d.P50ms, d.P99ms, pk.DHCPBacklog, pk.TFTPActive, pk.ProxyQueued)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "storm s: from the daemon's start until the last phone registered (- when not every phone completed)")
+	fmt.Fprintln(w, "storm s: from the daemon's start until the last phone registered (- when not every phone completed); peaks: the Go DHCP server's backlog, TFTP transfers at once and phones queued at the proxy, sampled every 50 ms (the baseline's servers have no such counters: 0)")
 	base, ok := baselineOf(reps)
 	if !ok {
 		return nil

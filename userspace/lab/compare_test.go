@@ -79,12 +79,15 @@ func comparedRuns() []Report {
 			Failed: 100 - completed, AllDoneSeconds: storm, WallSeconds: storm + 0.01,
 			Phases: []PhaseReport{{Name: "power", P99ms: 5}, {Name: "dhcp", P50ms: dhcpP99 / 2, P99ms: dhcpP99}}}
 	}
-	return []Report{
+	runs := []Report{
 		mk("xdp", "xdp", 10, 1.5, 100),
 		mk("no-xdp", "userspace", 12, 40, 100),
 		mk("stagger", "xdp", 30, 1, 99),
 		mk("baseline", "baseline", 25, 30, 100),
 	}
+	runs[0].PeakLoad = PeakLoad{TFTPActive: 47, ProxyQueued: 3, Samples: 200}
+	runs[1].PeakLoad = PeakLoad{DHCPBacklog: 20, TFTPActive: 51, Samples: 240}
+	return runs
 }
 
 func TestWriteComparison(t *testing.T) {
@@ -103,13 +106,16 @@ func TestWriteComparison(t *testing.T) {
 			t.Errorf("summary lacks %q", want)
 		}
 	}
-	// The table: storm time per run, "-" for an incomplete one, and the
-	// DHCP p99.
-	for _, want := range [][]string{{"xdp", "10.0", "1.5"}, {"stagger", "-", "1.0"}, {"baseline", "25.0", "30.0"}} {
+	// The table: storm time per run, "-" for an incomplete one, the DHCP
+	// p99, and the peak DHCP backlog, TFTP transfers and proxy queue.
+	for _, want := range [][]string{
+		{"xdp", "10.0", "1.5", "0", "47", "3"}, {"no-xdp", "12.0", "40.0", "20", "51", "0"},
+		{"stagger", "-", "1.0", "0", "0", "0"}, {"baseline", "25.0", "30.0", "0", "0", "0"},
+	} {
 		found := false
 		for _, line := range strings.Split(out, "\n") {
 			f := strings.Fields(line)
-			if len(f) > 0 && f[0] == want[0] && slices.Contains(f, want[1]) && f[len(f)-1] == want[2] {
+			if len(f) > 4 && f[0] == want[0] && slices.Contains(f, want[1]) && slices.Equal(f[len(f)-4:], want[2:]) {
 				found = true
 			}
 		}

@@ -198,9 +198,13 @@ func summaryRows(runs []Report, phases []string) []summaryRow {
 		row("phones / ports", func(r Report) string { return fmt.Sprintf("%d / %d", r.Phones, r.Ports) }),
 		row("mode", func(r Report) string { return r.Mode }),
 		row("power policy", func(r Report) string { return r.PowerPolicy }),
-		row("storm time (s)", func(r Report) string { return fmt.Sprintf("%.1f", r.WallSeconds) }),
+		row("storm time (s)", Report.stormText),
+		row("wall time (s)", func(r Report) string { return fmt.Sprintf("%.1f", r.WallSeconds) }),
 		row("completed", func(r Report) string { return fmt.Sprint(r.Completed) }),
 		row("failed", func(r Report) string { return fmt.Sprint(r.Failed) }),
+		row("peak DHCP backlog / TFTP transfers / proxy queue", func(r Report) string {
+			return fmt.Sprintf("%d / %d / %d", r.PeakLoad.DHCPBacklog, r.PeakLoad.TFTPActive, r.PeakLoad.ProxyQueued)
+		}),
 		row("lease integrity", func(r Report) string {
 			switch {
 			case r.Integrity == nil:

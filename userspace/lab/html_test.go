@@ -57,6 +57,7 @@ func sampleRuns() []Report {
 				rep.Series.Registered = append(rep.Series.Registered, RegisteredSample{T: 0.5 + float64(i)/400, N: i + 1})
 			}
 			rep.Integrity = &IntegrityReport{Phones: 200, StoreLeases: 200}
+			rep.PeakLoad = PeakLoad{DHCPBacklog: 4, TFTPActive: 47, ProxyQueued: 2, Samples: 60}
 		}
 		return rep
 	}
@@ -81,6 +82,10 @@ func TestWriteHTML(t *testing.T) {
 		"<td>lease integrity</td><td>no violation</td><td>—</td>",
 		"<td>slowest recovery (s)</td><td>1.200</td><td>—</td>",
 		"Phones registered over time",
+		// One phone of 201 failed: no storm time, as in the terminal's table.
+		"<td>storm time (s)</td><td>-</td><td>-</td>",
+		"<td>wall time (s)</td><td>3.0</td><td>3.0</td>",
+		"<td>peak DHCP backlog / TFTP transfers / proxy queue</td><td>4 / 47 / 2</td><td>0 / 0 / 0</td>",
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)

@@ -144,8 +144,14 @@ type managed struct {
 	configured bool // limit and priority given to the controller
 	held       string
 	status     PortStatus
-	requested  int
-	granted    int
+	// unknown: the controller could not say (a read or command failed);
+	// status is then a fault naming the error, and lastRead, the last
+	// status the controller did give, is what the budget goes by: a phone
+	// that was drawing power may well still be.
+	unknown   bool
+	lastRead  PortStatus
+	requested int
+	granted   int
 }
 
 // Manager keeps the budget and the ports' priorities, powers ports up by
@@ -253,15 +259,20 @@ func classAllocMW(class int) (int, bool) {
 	return 0, false
 }
 
-// allocation is what a port counts against the budget; m.mu is held.
+// allocation is what a port counts against the budget: a port the manager
+// powered, or one the controller last said was delivering whatever the
+// manager meant (a failed enable that took effect after all); m.mu is held.
 func (m *Manager) allocation(p *managed) int {
-	if !p.on {
+	st := p.status
+	if p.unknown {
+		st = p.lastRead
+	}
+	if !p.on && st.State != StateDelivering {
 		return 0
 	}
 	if p.granted > 0 {
 		return p.granted
 	}
-	st := p.status
 	capped := func(v int) int {
 		if p.cfg.LimitMW > 0 {
 			return min(v, p.cfg.LimitMW)
@@ -322,6 +333,29 @@ func (m *Manager) turnOff(p *managed, held string) {
 	p.on, p.granted, p.requested, p.held = false, 0, 0, held
 }
 
+// disableShed turns the shed ports off; false if one would not go. A port
+// the controller turned off is known to draw nothing from then on; one it
+// did not stays counted and powered in the manager's books (its phone may
+// still draw), to be shed again at the next poll if the total is still
+// over budget. m.opMu is held.
+func (m *Manager) disableShed(ctx context.Context, shed []*managed) bool {
+	ok := true
+	for _, v := range shed {
+		err := m.ctrl.Disable(ctx, v.cfg.Name)
+		m.mu.Lock()
+		if err != nil {
+			m.log.Error("disable shed port", "port", v.cfg.Name, "error", err)
+			v.on, v.held = true, "shed, but the controller did not turn it off: "+err.Error()
+			m.record(v, PortStatus{}, err)
+			ok = false
+		} else {
+			m.record(v, PortStatus{Port: v.cfg.Name, State: StateDisabled, Class: -1, LimitMW: v.status.LimitMW}, nil)
+		}
+		m.mu.Unlock()
+	}
+	return ok
+}
+
 // tryPower powers p if the budget allows, shedding ports of a lower
 // priority if that makes room; otherwise p waits, held for budget, and is
 // tried again at every poll. m.opMu is held.
@@ -365,11 +399,16 @@ func (m *Manager) tryPower(ctx context.Context, p *managed) bool {
 	p.configured = true
 	m.mu.Unlock()
 
-	for _, v := range shed {
-		if err := m.ctrl.Disable(ctx, v.cfg.Name); err != nil {
-			m.log.Error("disable shed port", "port", v.cfg.Name, "error", err)
-			m.setStatus(v, faultStatus(v.cfg.Name, fmt.Errorf("shed, but the controller did not turn it off: %w", err)))
+	if !m.disableShed(ctx, shed) {
+		// A port that would not go off still counts: power p only if
+		// it fits beside it.
+		m.mu.Lock()
+		if budget := m.budget(); budget > 0 && m.used() > budget {
+			m.turnOff(p, heldBudget)
+			m.mu.Unlock()
+			return false
 		}
+		m.mu.Unlock()
 	}
 	if configure {
 		m.configure(ctx, p)
@@ -383,7 +422,7 @@ func (m *Manager) tryPower(ctx context.Context, p *managed) bool {
 			m.log.Error("enable PoE port", "port", p.cfg.Name, "error", err)
 		}
 		m.turnOff(p, held)
-		p.status = faultStatus(p.cfg.Name, err)
+		m.record(p, PortStatus{}, err)
 		m.mu.Unlock()
 		return false
 	}
@@ -406,9 +445,23 @@ func (m *Manager) configure(ctx context.Context, p *managed) {
 	}
 }
 
-func (m *Manager) setStatus(p *managed, st PortStatus) {
+// record keeps what the controller said of a port, or, when it could not
+// say (err), a fault naming err, with the port's last known status kept
+// for the budget; m.mu is held.
+func (m *Manager) record(p *managed, st PortStatus, err error) {
+	if err != nil {
+		if !p.unknown {
+			p.lastRead = p.status
+		}
+		p.status, p.unknown = faultStatus(p.cfg.Name, err), true
+		return
+	}
+	p.status, p.lastRead, p.unknown = st, st, false
+}
+
+func (m *Manager) recordLocked(p *managed, st PortStatus, err error) {
 	m.mu.Lock()
-	p.status = st
+	m.record(p, st, err)
 	m.mu.Unlock()
 }
 
@@ -425,6 +478,7 @@ func (m *Manager) poll(ctx context.Context) {
 // ctx ended first.
 func (m *Manager) readAll(ctx context.Context) bool {
 	statuses := make([]PortStatus, len(m.ports))
+	errs := make([]error, len(m.ports))
 	for i, p := range m.ports {
 		st, err := m.ctrl.Status(ctx, p.cfg.Name)
 		if err != nil {
@@ -432,9 +486,8 @@ func (m *Manager) readAll(ctx context.Context) bool {
 				return false
 			}
 			m.log.Warn("PoE port status", "port", p.cfg.Name, "error", err)
-			st = faultStatus(p.cfg.Name, err)
 		}
-		statuses[i] = st
+		statuses[i], errs[i] = st, err
 	}
 	budget := 0
 	if m.cfg.BudgetMW == 0 {
@@ -445,10 +498,11 @@ func (m *Manager) readAll(ctx context.Context) bool {
 	}
 	m.mu.Lock()
 	for i, p := range m.ports {
-		if p.status.State != statuses[i].State {
-			m.log.Debug("PoE port state", "port", p.cfg.Name, "from", string(p.status.State), "to", string(statuses[i].State), "fault", statuses[i].Fault)
+		from := p.status
+		m.record(p, statuses[i], errs[i])
+		if p.status.State != from.State {
+			m.log.Debug("PoE port state", "port", p.cfg.Name, "from", string(from.State), "to", string(p.status.State), "fault", p.status.Fault)
 		}
-		p.status = statuses[i]
 	}
 	if m.cfg.BudgetMW == 0 && budget > 0 {
 		m.ctrlBudget = budget
@@ -484,11 +538,7 @@ func (m *Manager) enforce(ctx context.Context) {
 		}
 	}
 	m.mu.Unlock()
-	for _, v := range shed {
-		if err := m.ctrl.Disable(ctx, v.cfg.Name); err != nil {
-			m.log.Error("disable shed port", "port", v.cfg.Name, "error", err)
-		}
-	}
+	m.disableShed(ctx, shed)
 	m.sortForPower(waiting)
 	for _, p := range waiting {
 		m.tryPower(ctx, p)
@@ -558,7 +608,7 @@ func (m *Manager) start(ctx context.Context) []*managed {
 	for _, p := range off {
 		if err := m.ctrl.Disable(ctx, p.cfg.Name); err != nil {
 			m.log.Error("disable PoE port", "port", p.cfg.Name, "error", err)
-			m.setStatus(p, faultStatus(p.cfg.Name, err))
+			m.recordLocked(p, PortStatus{}, err)
 		}
 	}
 	m.sortForPower(queue)
@@ -696,12 +746,9 @@ func (m *Manager) Cycle(ctx context.Context, name string) (ManagedPort, error) {
 // refresh reads one port's status and returns it as managed.
 func (m *Manager) refresh(ctx context.Context, p *managed) ManagedPort {
 	st, err := m.ctrl.Status(ctx, p.cfg.Name)
-	if err != nil {
-		st = faultStatus(p.cfg.Name, err)
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p.status = st
+	m.record(p, st, err)
 	return m.view(p)
 }
 

@@ -25,11 +25,12 @@ type call struct {
 // fakePort is a port of the fake controller: enabling it delivers power
 // at once if a device (class >= 0) is plugged in.
 type fakePort struct {
-	enabled   bool
-	class     int // -1: nothing plugged in
-	drawMW    int
-	statusErr error
-	enableErr error
+	enabled    bool
+	class      int // -1: nothing plugged in
+	drawMW     int
+	statusErr  error
+	enableErr  error
+	disableErr error
 }
 
 // fakeController is a PoE controller in memory that records every call.
@@ -77,7 +78,11 @@ func (f *fakeController) Disable(_ context.Context, port string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("disable", port)
-	f.ports[port].enabled = false
+	p := f.ports[port]
+	if p.disableErr != nil {
+		return p.disableErr
+	}
+	p.enabled = false
 	return nil
 }
 
@@ -734,6 +739,82 @@ func TestStatusErrorIsAFault(t *testing.T) {
 	if ctrl.closed != 1 {
 		t.Errorf("controller closed %d times, want 1", ctrl.closed)
 	}
+}
+
+// TestUnreadablePortStaysCounted: a powered port whose status cannot be
+// read shows as a fault, and keeps counting what it last drew against the
+// budget: its phone may still draw it, so the budget it held is not given
+// to another port.
+func TestUnreadablePortStaysCounted(t *testing.T) {
+	ctrl := newFake("a", "b", "c")
+	cfgPorts := ports("a", "b", "c")
+	cfgPorts[2].Enabled = false
+	m := newManager(t, ctrl, poe.ManagerConfig{Ports: cfgPorts, Policy: poe.PolicyAll, BudgetMW: 25000})
+	_, stop := run(t, m)
+	defer stop()
+	eventually(t, "a and b delivering", func() bool { return m.Status().AllocatedMW == 14000 })
+	ctrl.set("a", func(p *fakePort) { p.statusErr = errors.New("bus timeout") })
+	eventually(t, "a a fault", func() bool { return portStatus(m, "a").State == poe.StateFault })
+	if a := portStatus(m, "a"); a.AllocatedMW != 7000 || a.Fault != "bus timeout" {
+		t.Errorf("a unreadable: %+v; want a fault naming the error, still counted at 7000 mW", a)
+	}
+	// c's 15.4 W reserve fits beside b alone, not beside a and b.
+	c, err := m.SetEnabled(context.Background(), "c", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.State == poe.StateDelivering || !strings.Contains(c.Held, "budget") {
+		t.Errorf("c powered while a may still draw its 7 W: %+v", c)
+	}
+	if st := m.Status(); st.AllocatedMW != 14000 {
+		t.Errorf("allocated %d mW, want 14000", st.AllocatedMW)
+	}
+	// a readable again, then turned off by the operator: c fits.
+	ctrl.set("a", func(p *fakePort) { p.statusErr = nil })
+	eventually(t, "a delivering again", func() bool {
+		a := portStatus(m, "a")
+		return a.State == poe.StateDelivering && a.Fault == "" && a.AllocatedMW == 7000
+	})
+	if _, err := m.SetEnabled(context.Background(), "a", false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "c powered once a is off", func() bool { return portStatus(m, "c").State == poe.StateDelivering })
+}
+
+// TestShedThatFailsStaysCounted: a port shed for a higher-priority one that
+// the controller will not turn off keeps counting, so the higher-priority
+// port waits instead of taking the budget twice; once the controller obeys,
+// the shed goes through.
+func TestShedThatFailsStaysCounted(t *testing.T) {
+	ctrl := newFake("x", "y", "z")
+	for _, n := range []string{"x", "y", "z"} {
+		ctrl.set(n, func(p *fakePort) { p.class = 3 })
+	}
+	cfgPorts := ports("x", "y", "z")
+	cfgPorts[2].Priority, cfgPorts[2].Enabled = poe.PriorityCritical, false
+	m := newManager(t, ctrl, poe.ManagerConfig{Ports: cfgPorts, Policy: poe.PolicyAll, BudgetMW: 31000})
+	_, stop := run(t, m)
+	defer stop()
+	ctrl.waitEnables(t, 2)
+	eventually(t, "x and y delivering", func() bool { return m.Status().AllocatedMW == 30800 })
+	ctrl.set("y", func(p *fakePort) { p.disableErr = errors.New("i2c: no answer") })
+	z, err := m.SetEnabled(context.Background(), "z", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z.State == poe.StateDelivering || !strings.Contains(z.Held, "budget") {
+		t.Errorf("z powered though y would not go off: %+v", z)
+	}
+	if y := portStatus(m, "y"); y.AllocatedMW != 15400 || !strings.Contains(y.Held, "did not turn it off") {
+		t.Errorf("y after a failed shed: %+v; want counted at 15400 mW and held saying why", y)
+	}
+	if st := m.Status(); st.AllocatedMW > 31000 {
+		t.Errorf("allocated %d mW past the 31000 budget", st.AllocatedMW)
+	}
+	ctrl.set("y", func(p *fakePort) { p.disableErr = nil })
+	eventually(t, "z delivering once y goes off", func() bool {
+		return portStatus(m, "z").State == poe.StateDelivering && portStatus(m, "y").State == poe.StateDisabled
+	})
 }
 
 func TestControllerBudgetApplies(t *testing.T) {
