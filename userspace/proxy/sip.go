@@ -217,6 +217,11 @@ func probeSIPOptions(c net.Conn, host string, port int) error {
 		}
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "SIP/2.0" {
 			if code, err := strconv.Atoi(f[1]); err == nil && code >= 100 && code <= 699 {
+				// A registrar that answers 503 or 408 is up but cannot
+				// serve: down, as Cisco's SIP OPTIONS ping counts it.
+				if code == 503 || code == 408 {
+					return fmt.Errorf("OPTIONS answered %q", clip(line))
+				}
 				return nil
 			}
 		}

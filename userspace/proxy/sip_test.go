@@ -212,6 +212,8 @@ func TestSIPOptionsProbe(t *testing.T) {
 	}{
 		{"200", ok.ln.Addr().String(), "", true},
 		{"404", tcpServer(t, cmIP(1)+":0", answer("\r\nSIP/2.0 404 Not Found\r\nContent-Length: 0\r\n\r\n", &got)), "", true},
+		{"503", tcpServer(t, cmIP(6)+":0", answer("SIP/2.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", new(string))), "503 Service Unavailable", true},
+		{"408", tcpServer(t, cmIP(7)+":0", answer("SIP/2.0 408 Request Timeout\r\nContent-Length: 0\r\n\r\n", new(string))), "408 Request Timeout", true},
 		{"silent", tcpServer(t, cmIP(2)+":0", func(c net.Conn) { io.Copy(io.Discard, c) }), "timeout", false},
 		{"refused", cmIP(3) + ":5060", "refused", true},
 		{"not SIP", tcpServer(t, cmIP(4)+":0", answer("HTTP/1.1 400 Bad Request\r\n\r\n", new(string))), "not a SIP status line", true},
