@@ -169,7 +169,7 @@ func printNeighbors(w io.Writer, ns []control.Neighbor) error {
 	for _, n := range ns {
 		power := "-"
 		if n.PowerRequestedMW > 0 {
-			power = fmt.Sprintf("%.1f", float64(n.PowerRequestedMW)/1000)
+			power = fmt.Sprintf("%.2f", float64(n.PowerRequestedMW)/1000)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Port, n.Protocol, n.DeviceID, n.Platform, n.MAC,
 			strings.Join(n.Addresses, ","), n.PortID, power, n.Expires.Local().Format(time.TimeOnly))

@@ -247,3 +247,36 @@ SEP001B54ABCDEF  10.64.0.23:51515     pub          sip       registered  2026-12
 		t.Errorf("empty table: %q %v", buf.String(), err)
 	}
 }
+
+func TestPrintLeasesAndNeighbors(t *testing.T) {
+	at := time.Date(2026, 12, 1, 9, 30, 5, 0, time.Local)
+	var buf bytes.Buffer
+	if err := printLeases(&buf, []control.Lease{
+		{IP: "10.64.0.20", MAC: "00:1e:7a:00:00:01", Pool: "voice", VLAN: 100, State: "bound", Expires: at, Port: "swp1", Hostname: "SEP001E7A000001"},
+		{IP: "10.64.0.21", MAC: "00:1e:7a:00:00:02", Pool: "voice", VLAN: 100, State: "offered", Expires: at, Hostname: `"\x00odd"`},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := `IP          MAC                POOL   VLAN  STATE    EXPIRES              PORT  HOSTNAME
+10.64.0.20  00:1e:7a:00:00:01  voice  100   bound    2026-12-01 09:30:05  swp1  SEP001E7A000001
+10.64.0.21  00:1e:7a:00:00:02  voice  100   offered  2026-12-01 09:30:05        "\x00odd"
+`
+	if buf.String() != want {
+		t.Errorf("leases:\n%s\nwant:\n%s", buf.String(), want)
+	}
+	buf.Reset()
+	if err := printNeighbors(&buf, []control.Neighbor{
+		{Port: "swp1", Protocol: "cdp", DeviceID: "SEP001E7A000001", Platform: "Cisco IP Phone 8845", MAC: "00:1e:7a:00:00:01",
+			Addresses: []string{"10.64.0.20", "10.64.0.21"}, PortID: "Port 1", PowerRequestedMW: 12950, Expires: at},
+		{Port: "swp2", Protocol: "lldp", DeviceID: "SEP001E7A000002", MAC: "00:1e:7a:00:00:02", Expires: at},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want = `PORT  PROTO  DEVICE ID        PLATFORM             MAC                ADDRESSES              THEIR PORT  POWER W  EXPIRES
+swp1  cdp    SEP001E7A000001  Cisco IP Phone 8845  00:1e:7a:00:00:01  10.64.0.20,10.64.0.21  Port 1      12.95    09:30:05
+swp2  lldp   SEP001E7A000002                       00:1e:7a:00:00:02                                     -        09:30:05
+`
+	if buf.String() != want {
+		t.Errorf("neighbours:\n%s\nwant:\n%s", buf.String(), want)
+	}
+}
