@@ -23,6 +23,7 @@ import (
 
 	"github.com/phoneboot/phoneboot/userspace/cdp"
 	"github.com/phoneboot/phoneboot/userspace/control"
+	"github.com/phoneboot/phoneboot/userspace/lldp"
 	"github.com/phoneboot/phoneboot/userspace/offload"
 	"github.com/phoneboot/phoneboot/userspace/poe"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
@@ -531,6 +532,16 @@ discovery: {device_id: testswitch}
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Listening before the agent starts: its first LLDP advertisement
+	// goes out at start, the next a minute later.
+	var lldpConn *rawsock.Conn
+	if err := n.phone.Do(func() (err error) {
+		lldpConn, err = rawsock.Listen("eth0", rawsock.Options{Filter: lldp.Filter()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer lldpConn.Close()
 	a, stop := n.run(t, cfg)
 	defer stop()
 
@@ -569,6 +580,20 @@ discovery: {device_id: testswitch}
 		if a.discovery.Stats().ImmediateReplies > 0 {
 			reply = m
 		}
+	}
+
+	// LLDP-MED announces the voice VLAN CDP does, from the same setting.
+	lldpConn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	f, err := lldpConn.Read(buf)
+	if err != nil {
+		t.Fatalf("no LLDP from the switch: %v", err)
+	}
+	lm, err := lldp.Decode(f.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pol, ok := lm.Policy(lldp.AppVoice); !ok || pol.Unknown || !pol.Tagged || pol.VLAN != reply.VoIPVLANReply.VLAN || pol.Priority != 5 {
+		t.Errorf("LLDP-MED voice policy %+v (present %v), want tagged VLAN %d priority 5 as in CDP", pol, ok, reply.VoIPVLANReply.VLAN)
 	}
 
 	client := control.NewClient(socket)

@@ -80,11 +80,20 @@ type ProxyCallManager struct {
 type ProxyHealth struct {
 	// Probe is sccp (KeepAlive answered), sccp-register (a probe device
 	// registers: for CallManagers that answer no KeepAlive before
-	// registration) or tcp (connect only).
+	// registration), tcp (connect only) or sip-options (a SIP OPTIONS
+	// answered with any status).
 	Probe proxy.ProbeKind `yaml:"probe"`
 	// Port is the port probed; 0: the sccp listener's upstream port, or
-	// 2000 without an sccp listener.
+	// 2000 without an sccp listener (for sip-options the sip one's, or
+	// 5060).
 	Port int `yaml:"port"`
+	// SIPProbe, sip-options or tcp, is a second check, on SIPPort, that
+	// SIP sessions follow instead of the first; "": none, SIP sessions
+	// follow probe.
+	SIPProbe proxy.ProbeKind `yaml:"sip_probe"`
+	// SIPPort is the port SIPProbe probes; 0: the sip listener's upstream
+	// port, or 5060.
+	SIPPort int `yaml:"sip_port"`
 	// ProbeDevice is the device sccp-register registers.
 	ProbeDevice string   `yaml:"probe_device"`
 	Interval    Duration `yaml:"interval"`
@@ -155,7 +164,7 @@ func (c ProxyConfig) ServerConfig() proxy.Config {
 		Health: proxy.HealthConfig{
 			Interval: time.Duration(c.Health.Interval), Timeout: time.Duration(c.Health.Timeout),
 			Rise: c.Health.Rise, Fall: c.Health.Fall, Probe: c.Health.Probe, Port: c.healthPort(),
-			ProbeDevice: c.Health.ProbeDevice,
+			ProbeDevice: c.Health.ProbeDevice, SIPProbe: c.Health.SIPProbe,
 		},
 		Admission: proxy.AdmissionConfig{Rate: c.Admission.Rate, Burst: c.Admission.Burst, QueueLimit: c.Admission.QueueLimit},
 		Failback:  proxy.FailbackConfig{Delay: time.Duration(c.Failback.Delay), Rate: c.Failback.Rate, Disabled: !c.Failback.Enabled},
@@ -171,6 +180,12 @@ func (c ProxyConfig) ServerConfig() proxy.Config {
 	}
 	if c.Failback.Delay == 0 {
 		out.Failback.Delay = -1 // the proxy's "at once"; its zero is 30 s
+	}
+	if c.Health.SIPProbe != "" {
+		out.Health.SIPPort = c.Health.SIPPort
+		if out.Health.SIPPort == 0 {
+			out.Health.SIPPort = c.sipUpstreamPort()
+		}
 	}
 	for _, l := range c.Listeners {
 		out.Listeners = append(out.Listeners, proxy.Listener{Protocol: l.Protocol, Addr: l.Listen.String(), UpstreamPort: l.UpstreamPort})
@@ -190,10 +205,13 @@ func (l ProxyListener) upstreamPort() int {
 }
 
 // healthPort is the port the health checks probe: the CallManagers' SCCP
-// port unless the config names one.
+// port (their SIP port for sip-options) unless the config names one.
 func (c ProxyConfig) healthPort() int {
 	if c.Health.Port != 0 {
 		return c.Health.Port
+	}
+	if c.Health.Probe == proxy.ProbeSIPOptions {
+		return c.sipUpstreamPort()
 	}
 	for _, l := range c.Listeners {
 		if l.Protocol == proxy.SCCP {
@@ -201,6 +219,17 @@ func (c ProxyConfig) healthPort() int {
 		}
 	}
 	return sccp.Port
+}
+
+// sipUpstreamPort is the CallManagers' SIP port: the sip listener's
+// upstream port, or 5060 without a sip listener.
+func (c ProxyConfig) sipUpstreamPort() int {
+	for _, l := range c.Listeners {
+		if l.Protocol == proxy.SIP {
+			return l.upstreamPort()
+		}
+	}
+	return provision.DefaultSIPPort
 }
 
 // A CallManager's name is a metrics label and a column of the table.
@@ -282,12 +311,20 @@ func (c *ProxyConfig) validate(bad func(string, string, ...any) error) error {
 	}
 	h := c.Health
 	switch h.Probe {
-	case proxy.ProbeSCCP, proxy.ProbeSCCPRegister, proxy.ProbeTCP:
+	case proxy.ProbeSCCP, proxy.ProbeSCCPRegister, proxy.ProbeTCP, proxy.ProbeSIPOptions:
 	default:
-		return bad("proxy.health.probe", "%q is not one of sccp, sccp-register, tcp", h.Probe)
+		return bad("proxy.health.probe", "%q is not one of sccp, sccp-register, tcp, sip-options", h.Probe)
 	}
 	if h.Port < 0 || h.Port > 65535 {
 		return bad("proxy.health.port", "%d is not a port 1-65535 (0: the sccp listener's upstream port)", h.Port)
+	}
+	switch h.SIPProbe {
+	case "", proxy.ProbeSIPOptions, proxy.ProbeTCP:
+	default:
+		return bad("proxy.health.sip_probe", "%q is not one of sip-options, tcp (empty: none)", h.SIPProbe)
+	}
+	if h.SIPPort < 0 || h.SIPPort > 65535 {
+		return bad("proxy.health.sip_port", "%d is not a port 1-65535 (0: the sip listener's upstream port)", h.SIPPort)
 	}
 	if !validDeviceName(h.ProbeDevice) {
 		return bad("proxy.health.probe_device", "%q is not a device name of 1 to 15 letters and digits", h.ProbeDevice)

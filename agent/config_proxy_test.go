@@ -58,7 +58,11 @@ func TestParseConfigProxyErrors(t *testing.T) {
 		{"host twice", on + "  callmanagers:\n    - {name: a, host: CM1.example.net}\n    - {name: b, host: cm1.example.net}\n",
 			`f.yaml:5: proxy.callmanagers[1].host: cm1.example.net is also callmanagers[0]`},
 		{"bad probe", on + cm + "  health:\n    probe: icmp\n",
-			`f.yaml:5: proxy.health.probe: "icmp" is not one of sccp, sccp-register, tcp`},
+			`f.yaml:5: proxy.health.probe: "icmp" is not one of sccp, sccp-register, tcp, sip-options`},
+		{"bad SIP probe", on + cm + "  health:\n    sip_probe: sccp\n",
+			`f.yaml:5: proxy.health.sip_probe: "sccp" is not one of sip-options, tcp (empty: none)`},
+		{"bad SIP probe port", on + cm + "  health:\n    sip_port: 65536\n",
+			`f.yaml:5: proxy.health.sip_port: 65536 is not a port 1-65535 (0: the sip listener's upstream port)`},
 		{"bad probe port", on + cm + "  health:\n    port: -1\n",
 			`f.yaml:5: proxy.health.port: -1 is not a port 1-65535 (0: the sccp listener's upstream port)`},
 		{"long probe device", on + cm + "  health:\n    probe_device: SEP0000000000000\n",
@@ -98,7 +102,7 @@ func TestParseConfigProxyErrors(t *testing.T) {
 		{"bad duration", on + cm + "  dial_timeout: soon\n",
 			`f.yaml:4: proxy.dial_timeout: "soon" is not a duration such as 500ms or 2s`},
 		{"unknown key", on + cm + "  health:\n    retries: 3\n",
-			`f.yaml:5: proxy.health.retries: unknown key (known keys here: fall, interval, port, probe, probe_device, rise, timeout)`},
+			`f.yaml:5: proxy.health.retries: unknown key (known keys here: fall, interval, port, probe, probe_device, rise, sip_port, sip_probe, timeout)`},
 
 		// Provisioning phones to the proxy.
 		{"provisioned without a sip listener", prov + on + cm + "  listeners:\n    - {protocol: sccp, listen: 10.1.0.1:2000}\n",
@@ -354,6 +358,41 @@ func TestCheckHost(t *testing.T) {
 	for _, h := range []string{"", "10.0.0.300", "-a", "a-", "a..b", "a_b", "cm1:2000", "[::1]", "1.2.3", strings.Repeat("a", 64)} {
 		if err := checkHost(h); err == nil {
 			t.Errorf("%q accepted", h)
+		}
+	}
+}
+
+// The SIP check probes the CallManagers' SIP port, the sip listener's
+// upstream port unless sip_port names one, and is off by default; a
+// sip-options main probe goes to the SIP port too.
+func TestProxyHealthSIPPorts(t *testing.T) {
+	const base = `
+proxy:
+  enabled: true
+  listeners:
+    - {protocol: sccp, listen: 0.0.0.0:2000, upstream_port: 12000}
+    - {protocol: sip, listen: 0.0.0.0:5060, upstream_port: 15060}
+  callmanagers: [{name: pub, host: 10.0.0.10}]
+`
+	for _, tc := range []struct {
+		health          string
+		probe, sipProbe proxy.ProbeKind
+		port, sipPort   int
+	}{
+		{"{}", proxy.ProbeSCCP, "", 12000, 0},
+		{"{sip_probe: sip-options}", proxy.ProbeSCCP, proxy.ProbeSIPOptions, 12000, 15060},
+		{"{sip_probe: tcp, sip_port: 5080}", proxy.ProbeSCCP, proxy.ProbeTCP, 12000, 5080},
+		{"{probe: sip-options}", proxy.ProbeSIPOptions, "", 15060, 0},
+		{"{probe: sip-options, port: 5070}", proxy.ProbeSIPOptions, "", 5070, 0},
+	} {
+		cfg, err := ParseConfig("f.yaml", []byte(base+"  health: "+tc.health+"\n"))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.health, err)
+		}
+		h := cfg.Proxy.ServerConfig().Health
+		if h.Probe != tc.probe || h.Port != tc.port || h.SIPProbe != tc.sipProbe || h.SIPPort != tc.sipPort {
+			t.Errorf("health %s: probe %s on %d, SIP probe %q on %d; want %s on %d, %q on %d",
+				tc.health, h.Probe, h.Port, h.SIPProbe, h.SIPPort, tc.probe, tc.port, tc.sipProbe, tc.sipPort)
 		}
 	}
 }

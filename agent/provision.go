@@ -55,10 +55,14 @@ func defaultTFTPConfig() TFTPConfig {
 
 func defaultHTTPConfig() HTTPConfig { return HTTPConfig{Listen: "0.0.0.0:6970", MaxConns: 1024} }
 
-// tftpMaxBlockSize keeps a block and its headers (IPv4 20, UDP 8, TFTP 4)
-// in one 1500-byte Ethernet frame: larger blocks would be fragmented, and
-// a lost fragment loses the whole block.
-const tftpMaxBlockSize = 1500 - 20 - 8 - 4
+// The largest TFTP blocks keep a block and its headers (IP, UDP 8, TFTP 4)
+// in one 1500-byte Ethernet frame: larger blocks would be fragmented (a
+// lost fragment loses the whole block), and a GSO send of a window of
+// them is refused. IPv4's header is 20 bytes, IPv6's 40.
+const (
+	tftpMaxBlockSize   = 1500 - 20 - 8 - 4 // 1468
+	tftpMaxBlockSizeV6 = 1500 - 40 - 8 - 4 // 1448
+)
 
 func (c *Config) validateProvision(bad func(string, string, ...any) error) error {
 	if !c.Provision.Enabled {
@@ -123,15 +127,16 @@ func (a *Agent) newProvision(cfg Config, log *slog.Logger) error {
 	a.add("provision", idleService{close: src.Close})
 
 	tc := tftp.Config{
-		Source:        src,
-		MaxTransfers:  cfg.TFTP.MaxTransfers,
-		MaxPerClient:  cfg.TFTP.MaxPerClient,
-		ClientRate:    cfg.TFTP.ClientRate,
-		ClientBurst:   max(1, int(2*cfg.TFTP.ClientRate)),
-		Rate:          cfg.TFTP.Rate,
-		Burst:         cfg.TFTP.Burst,
-		MaxBlockSize:  tftpMaxBlockSize,
-		ReceiveBuffer: cfg.TFTP.ReceiveBuffer,
+		Source:         src,
+		MaxTransfers:   cfg.TFTP.MaxTransfers,
+		MaxPerClient:   cfg.TFTP.MaxPerClient,
+		ClientRate:     cfg.TFTP.ClientRate,
+		ClientBurst:    max(1, int(2*cfg.TFTP.ClientRate)),
+		Rate:           cfg.TFTP.Rate,
+		Burst:          cfg.TFTP.Burst,
+		MaxBlockSize:   tftpMaxBlockSize,
+		MaxBlockSizeV6: tftpMaxBlockSizeV6,
+		ReceiveBuffer:  cfg.TFTP.ReceiveBuffer,
 	}
 	for _, l := range cfg.TFTP.Listen {
 		tc.Addrs = append(tc.Addrs, netip.MustParseAddrPort(l)) // validated

@@ -55,7 +55,7 @@ func (a *Agent) Registrations(context.Context) ([]control.Registration, error) {
 		out = append(out, control.Registration{
 			Device: r.Device, Phone: r.Phone, CallManager: r.CallManager, Protocol: string(r.Protocol),
 			State: string(r.State), Since: r.Since, DeviceType: r.DeviceType, Load: r.Load,
-			KeepAliveSeconds: r.KeepAlive.Seconds(),
+			KeepAliveSeconds: r.KeepAlive.Seconds(), AOR: r.AOR, Contact: r.Contact,
 		})
 	}
 	return out, nil

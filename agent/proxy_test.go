@@ -242,6 +242,51 @@ proxy:
 		t.Errorf("cm1 went down with fewer than fall (2) failed probes:\n%s", grep(body, "phoneboot_proxy_health"))
 	}
 
+	// A SIP phone's REGISTER, toward a registrar on cm2 (cm1 is down)
+	// that never answers: the table shows it registering, with its
+	// device, AOR and Contact.
+	sipCM, err := net.Listen("tcp", "127.77.1.2:5060")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sipCM.Close()
+	go func() {
+		for {
+			c, err := sipCM.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	sipPhone, err := net.DialTimeout("tcp", proxyIP+":5060", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sipPhone.Close()
+	sipPhone.Write([]byte("REGISTER sip:127.77.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 10.64.0.43:51515;branch=z9hG4bK1\r\n" +
+		"From: <sip:4001@127.77.0.1>;tag=a1\r\nTo: <sip:4001@127.77.0.1>\r\nCall-ID: 1@10.64.0.43\r\nCSeq: 101 REGISTER\r\n" +
+		"Contact: <sip:4001@10.64.0.43:51515;transport=tcp>;+u.sip!devicename.ccm.cisco.com=\"SEP001E7A000043\"\r\n" +
+		"Content-Length: 0\r\n\r\n"))
+	var sipRow control.Registration
+	waitUntil(t, "the table shows the SIP phone registering", func() bool {
+		rs, err := client.Registrations(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			if r.Protocol == "sip" && r.State == "registering" {
+				sipRow = r
+				return true
+			}
+		}
+		return false
+	})
+	if sipRow.Device != "SEP001E7A000043" || sipRow.CallManager != "cm2" || sipRow.AOR != "sip:4001@127.77.0.1" ||
+		sipRow.Contact != "sip:4001@10.64.0.43:51515;transport=tcp" {
+		t.Errorf("SIP row %+v", sipRow)
+	}
+
 	// Stopping the daemon closes the phone's session and the listener.
 	stop()
 	stopped = true

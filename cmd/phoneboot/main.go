@@ -186,7 +186,7 @@ func printNeighbors(w io.Writer, ns []control.Neighbor) error {
 	for _, n := range ns {
 		power := "-"
 		if n.PowerRequestedMW > 0 {
-			power = fmt.Sprintf("%.1f", float64(n.PowerRequestedMW)/1000)
+			power = fmt.Sprintf("%.2f", float64(n.PowerRequestedMW)/1000)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Port, n.Protocol, n.DeviceID, n.Platform, n.MAC,
 			strings.Join(n.Addresses, ","), n.PortID, power, n.Expires.Local().Format(time.TimeOnly))
@@ -201,10 +201,11 @@ func registrationsCommand() *cli.Command {
 
 func printRegistrations(w io.Writer, rs []control.Registration) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tPHONE\tCALLMANAGER\tPROTO\tSTATE\tSINCE")
+	// AOR and CONTACT are a SIP REGISTER's; "-" on the other rows.
+	fmt.Fprintln(tw, "DEVICE\tPHONE\tCALLMANAGER\tPROTO\tSTATE\tSINCE\tAOR\tCONTACT")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.Device), r.Phone, orDash(r.CallManager), r.Protocol, r.State,
-			r.Since.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.Device), r.Phone, orDash(r.CallManager), r.Protocol, r.State,
+			r.Since.Local().Format(time.DateTime), orDash(r.AOR), orDash(r.Contact))
 	}
 	return tw.Flush()
 }

@@ -171,13 +171,13 @@ proxy:
 		t.Fatalf("phoneboot registrations exit %d: %s", r.code, r.stderr)
 	}
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "DEVICE PHONE CALLMANAGER PROTO STATE SINCE" {
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "DEVICE PHONE CALLMANAGER PROTO STATE SINCE AOR CONTACT" {
 		t.Fatalf("phoneboot registrations:\n%s", r.stdout)
 	}
 	f := strings.Fields(lines[1])
 	since := rows[0].Since.Local().Format(time.DateTime)
-	if want := []string{"SEP001E7A123456", rows[0].Phone, "cm1", "sccp", "registered"}; len(f) != 7 ||
-		strings.Join(f[:5], " ") != strings.Join(want, " ") || f[5]+" "+f[6] != since {
+	if want := []string{"SEP001E7A123456", rows[0].Phone, "cm1", "sccp", "registered"}; len(f) != 9 ||
+		strings.Join(f[:5], " ") != strings.Join(want, " ") || f[5]+" "+f[6] != since || f[7] != "-" || f[8] != "-" {
 		t.Errorf("row %q, want %v and %s", lines[1], want, since)
 	}
 
@@ -227,20 +227,56 @@ func TestPrintRegistrations(t *testing.T) {
 		{Device: "SEP001E7A000001", Phone: "10.64.0.20:51000", CallManager: "pub", Protocol: "sccp", State: "registered", Since: since},
 		{Phone: "10.64.0.21:40000", CallManager: "sub1", Protocol: "sccp-tls", State: "connected", Since: since},
 		{Phone: "[2001:db8::5]:40001", Protocol: "sip", State: "reading", Since: since},
+		{Device: "SEP001B54ABCDEF", Phone: "10.64.0.23:51515", CallManager: "pub", Protocol: "sip", State: "registered", Since: since,
+			AOR: "sip:4001@10.1.1.1", Contact: "sip:4001@10.64.0.23:51515;transport=tcp"},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `DEVICE           PHONE                CALLMANAGER  PROTO     STATE       SINCE
-SEP001E7A000001  10.64.0.20:51000     pub          sccp      registered  2026-12-01 09:30:05
--                10.64.0.21:40000     sub1         sccp-tls  connected   2026-12-01 09:30:05
--                [2001:db8::5]:40001  -            sip       reading     2026-12-01 09:30:05
+	want := `DEVICE           PHONE                CALLMANAGER  PROTO     STATE       SINCE                AOR                CONTACT
+SEP001E7A000001  10.64.0.20:51000     pub          sccp      registered  2026-12-01 09:30:05  -                  -
+-                10.64.0.21:40000     sub1         sccp-tls  connected   2026-12-01 09:30:05  -                  -
+-                [2001:db8::5]:40001  -            sip       reading     2026-12-01 09:30:05  -                  -
+SEP001B54ABCDEF  10.64.0.23:51515     pub          sip       registered  2026-12-01 09:30:05  sip:4001@10.1.1.1  sip:4001@10.64.0.23:51515;transport=tcp
 `
 	if buf.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", buf.String(), want)
 	}
 	buf.Reset()
-	if err := printRegistrations(&buf, nil); err != nil || buf.String() != "DEVICE  PHONE  CALLMANAGER  PROTO  STATE  SINCE\n" {
+	if err := printRegistrations(&buf, nil); err != nil || buf.String() != "DEVICE  PHONE  CALLMANAGER  PROTO  STATE  SINCE  AOR  CONTACT\n" {
 		t.Errorf("empty table: %q %v", buf.String(), err)
+	}
+}
+
+func TestPrintLeasesAndNeighbors(t *testing.T) {
+	at := time.Date(2026, 12, 1, 9, 30, 5, 0, time.Local)
+	var buf bytes.Buffer
+	if err := printLeases(&buf, []control.Lease{
+		{IP: "10.64.0.20", MAC: "00:1e:7a:00:00:01", Pool: "voice", VLAN: 100, State: "bound", Expires: at, Port: "swp1", Hostname: "SEP001E7A000001"},
+		{IP: "10.64.0.21", MAC: "00:1e:7a:00:00:02", Pool: "voice", VLAN: 100, State: "offered", Expires: at, Hostname: `"\x00odd"`},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := `IP          MAC                POOL   VLAN  STATE    EXPIRES              PORT  HOSTNAME
+10.64.0.20  00:1e:7a:00:00:01  voice  100   bound    2026-12-01 09:30:05  swp1  SEP001E7A000001
+10.64.0.21  00:1e:7a:00:00:02  voice  100   offered  2026-12-01 09:30:05        "\x00odd"
+`
+	if buf.String() != want {
+		t.Errorf("leases:\n%s\nwant:\n%s", buf.String(), want)
+	}
+	buf.Reset()
+	if err := printNeighbors(&buf, []control.Neighbor{
+		{Port: "swp1", Protocol: "cdp", DeviceID: "SEP001E7A000001", Platform: "Cisco IP Phone 8845", MAC: "00:1e:7a:00:00:01",
+			Addresses: []string{"10.64.0.20", "10.64.0.21"}, PortID: "Port 1", PowerRequestedMW: 12950, Expires: at},
+		{Port: "swp2", Protocol: "lldp", DeviceID: "SEP001E7A000002", MAC: "00:1e:7a:00:00:02", Expires: at},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want = `PORT  PROTO  DEVICE ID        PLATFORM             MAC                ADDRESSES              THEIR PORT  POWER W  EXPIRES
+swp1  cdp    SEP001E7A000001  Cisco IP Phone 8845  00:1e:7a:00:00:01  10.64.0.20,10.64.0.21  Port 1      12.95    09:30:05
+swp2  lldp   SEP001E7A000002                       00:1e:7a:00:00:02                                     -        09:30:05
+`
+	if buf.String() != want {
+		t.Errorf("neighbours:\n%s\nwant:\n%s", buf.String(), want)
 	}
 }

@@ -149,6 +149,10 @@ type Registration struct {
 	Load        string    `json:"load,omitempty"`
 	// KeepAliveSeconds is the interval the CallManager's RegisterAck gave.
 	KeepAliveSeconds float64 `json:"keepalive_seconds,omitempty"`
+	// AOR and Contact are a SIP REGISTER's To and Contact URIs: the
+	// address of record, and where the phone is reached.
+	AOR     string `json:"aor,omitempty"`
+	Contact string `json:"contact,omitempty"`
 }
 
 // Provider answers the API's questions.

@@ -713,6 +713,8 @@ func TestRegistrations(t *testing.T) {
 			Since: since, DeviceType: 115, Load: "SCCP41.9-4-2SR3-1S", KeepAliveSeconds: 30},
 		{Phone: "10.64.0.21:40000", Protocol: "sccp-tls", State: "connected", CallManager: "cm2", Since: since},
 		{Phone: "10.64.0.22:40001", Protocol: "sip", State: "reading", Since: since},
+		{Device: "SEP001B54ABCDEF", Phone: "10.64.0.23:51515", CallManager: "cm1", Protocol: "sip", State: "registered", Since: since,
+			AOR: "sip:4001@10.1.1.1", Contact: "sip:4001@10.64.0.23:51515;transport=tcp"},
 	}
 	checkList(t, (*Client).Registrations, []listCase[Registration]{
 		{"some", fakeProvider{regs: want}, want, ""},

@@ -25,6 +25,10 @@ import (
 
 var diffPortMAC = net.HardwareAddr{0x02, 0x50, 0x42, 0x00, 0x00, 0x01}
 
+// diffKernelQueue is the kernel's free queue here: a few clients per run
+// need no more, and every reset refills it.
+const diffKernelQueue = 64
+
 type diffEnv struct {
 	objs *fastpath.Objects
 	srv  *Server  // the kernel side: its handler fills the kernel's tables
@@ -46,7 +50,7 @@ func newDiffEnv(t testing.TB, cfg Config) *diffEnv {
 	// ifindex 1 is lo, which exists in every namespace BPF_PROG_RUN may
 	// name as the ingress device.
 	p := &phonePort{name: "p1", ifindex: 1, mac: diffPortMAC}
-	srv := &Server{h: hk, cfg: ServerConfig{FastPath: objs.DHCP(), KernelQueue: DefaultKernelQueue}, log: log,
+	srv := &Server{h: hk, cfg: ServerConfig{FastPath: objs.DHCP(), KernelQueue: diffKernelQueue}, log: log,
 		ports: []*phonePort{p}, byIdx: map[int]*phonePort{1: p}, queued: map[*Pool]*atomic.Int64{}, poolID: map[*Pool]uint32{}}
 	if err := srv.loadKernel(context.Background()); err != nil {
 		t.Fatal(err)
@@ -61,7 +65,7 @@ func newDiffEnv(t testing.TB, cfg Config) *diffEnv {
 
 // reset brings both sides back to the state newDiffEnv made: empty
 // stores, the kernel's queues refilled from a fresh allocator.
-func (e *diffEnv) reset(t *testing.T) {
+func (e *diffEnv) reset(t testing.TB) {
 	t.Helper()
 	log := testLogger(t)
 	var err error
@@ -80,6 +84,13 @@ func (e *diffEnv) reset(t *testing.T) {
 		}
 	}
 	e.srv.events.SetDeadline(time.Time{})
+	e.srv.log = log
+	// Forget the last run's clients in the kernel too, or loadBindings
+	// adopts the bound ones into the fresh store, which the reference's
+	// lacks.
+	if _, err := e.srv.cfg.FastPath.PruneBindings(func(uint16, [6]byte) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
 	for id := uint32(1); id < fastpath.DHCPPoolMax; id++ {
 		if _, err := e.srv.cfg.FastPath.DrainFree(id); err != nil {
 			t.Fatal(err)
@@ -128,7 +139,7 @@ func untag(frame []byte) ([]byte, uint16) {
 
 // step runs one frame through both. It returns whether the kernel
 // answered, after checking that the Go server's answer is the same frame.
-func (e *diffEnv) step(t *testing.T, frame []byte) (bool, []byte) {
+func (e *diffEnv) step(t testing.TB, frame []byte) (bool, []byte) {
 	t.Helper()
 	out := make([]byte, len(frame)+600)
 	ctx := struct{ Data, DataEnd, DataMeta, Ingress, RxQueue, Egress uint32 }{DataEnd: uint32(len(frame)), Ingress: 1}
@@ -145,6 +156,11 @@ func (e *diffEnv) step(t *testing.T, frame []byte) (bool, []byte) {
 		rep, outcome = e.ref.Handle(context.Background(), req)
 	}
 	switch verdict {
+	case 1: // XDP_DROP: the Go server must not answer it either
+		if derr == nil && outcome.Action == Answered {
+			t.Fatalf("kernel dropped a frame the Go server answers (%v)", outcome)
+		}
+		return false, nil
 	case 2: // XDP_PASS: the Go server decides; nothing to compare
 		return false, nil
 	case 3: // XDP_TX
@@ -164,7 +180,7 @@ func (e *diffEnv) step(t *testing.T, frame []byte) (bool, []byte) {
 	return true, opts.DataOut
 }
 
-func parseReplyFrame(t *testing.T, frame []byte) *dhcpv4.DHCPv4 {
+func parseReplyFrame(t testing.TB, frame []byte) *dhcpv4.DHCPv4 {
 	t.Helper()
 	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
 	udp, _ := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
@@ -180,7 +196,7 @@ func parseReplyFrame(t *testing.T, frame []byte) *dhcpv4.DHCPv4 {
 
 var bcast = netip.MustParseAddr("255.255.255.255")
 
-func phoneDiscover(t *testing.T, hw net.HardwareAddr, broadcast bool, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+func phoneDiscover(t testing.TB, hw net.HardwareAddr, broadcast bool, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
 	m, err := dhcpv4.NewDiscovery(hw, mods...)
 	if err != nil {
 		t.Fatal(err)
@@ -325,4 +341,109 @@ func fixLengths(frame []byte, off int) {
 	buf := gopacket.NewSerializeBuffer()
 	gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ipl, udp, gopacket.Payload(frame[off:]))
 	copy(frame[l2:], buf.Bytes())
+}
+
+// diffClient is the client the stateful fuzz targets bring to a stage
+// before the fuzzed frame.
+var diffClient = net.HardwareAddr{0x00, 0x1e, 0x7a, 9, 8, 7}
+
+// toStage runs diffClient's exchange on vlan up to stage (0: unknown, 1:
+// offered, 2: bound) through both sides, every step answered by the kernel;
+// it returns the address offered (zero at stage 0).
+func (e *diffEnv) toStage(t testing.TB, vlan uint16, stage uint8) net.IP {
+	t.Helper()
+	if stage == 0 {
+		return nil
+	}
+	answered, out := e.step(t, frameFor(t, vlan, net.IPv4zero, bcast, phoneDiscover(t, diffClient, true)))
+	if !answered {
+		t.Fatal("the kernel passed the stage's DISCOVER")
+	}
+	offer := parseReplyFrame(t, out)
+	if stage >= 2 {
+		req, err := dhcpv4.NewRequestFromOffer(offer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.SetBroadcast()
+		if answered, _ := e.step(t, frameFor(t, vlan, net.IPv4zero, bcast, req)); !answered {
+			t.Fatal("the kernel passed the stage's REQUEST")
+		}
+	}
+	return offer.YourIPAddr
+}
+
+// FuzzDifferentialRequest mutates the next message of a client the kernel
+// knows nothing of, has offered an address or has bound: REQUESTs in every
+// state (SELECTING, INIT-REBOOT, RENEWING) and DISCOVERs of a known client
+// reach binding paths of the kernel that a fresh state never does. A
+// message with a ciaddr comes unicast from it to the server, as a renewal
+// does; the rest broadcast from 0.0.0.0.
+func FuzzDifferentialRequest(f *testing.F) {
+	e := newDiffEnv(f, testConfig())
+	for _, vlan := range []uint16{0, 100} {
+		e.reset(f)
+		ip := e.toStage(f, vlan, 1)
+		server := e.ref.PoolByVLAN(vlan).ServerIP()
+		selecting, _ := dhcpv4.New(dhcpv4.WithHwAddr(diffClient), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+			dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IP(server.AsSlice()))),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(ip)),
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier(vcPhone8845)))
+		selecting.SetBroadcast()
+		reboot, _ := dhcpv4.New(dhcpv4.WithHwAddr(diffClient), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(ip)))
+		reboot.SetBroadcast()
+		renew, _ := dhcpv4.New(dhcpv4.WithHwAddr(diffClient), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+			dhcpv4.WithClientIP(ip))
+		again := phoneDiscover(f, diffClient, true)
+		for stage := range uint8(3) {
+			for _, m := range []*dhcpv4.DHCPv4{selecting, reboot, renew, again} {
+				f.Add(m.ToBytes(), vlan == 100, stage)
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, payload []byte, tagged bool, stage uint8) {
+		if len(payload) < 240 || len(payload) > 1400 {
+			return
+		}
+		m, err := dhcpv4.FromBytes(payload)
+		if err != nil || len(m.ClientHWAddr) != 6 {
+			return
+		}
+		vlan := uint16(0)
+		if tagged {
+			vlan = 100
+		}
+		e.reset(t)
+		e.toStage(t, vlan, stage%3)
+		src, dst := net.IPv4zero, bcast
+		if ci := m.ClientIPAddr.To4(); ci != nil && !ci.IsUnspecified() {
+			src, dst = ci, e.ref.PoolByVLAN(vlan).ServerIP()
+		}
+		frame := frameFor(t, vlan, src, dst, m)
+		hdr := len(frame) - len(m.ToBytes())
+		frame = append(frame[:hdr:hdr], payload...)
+		fixLengths(frame, hdr)
+		e.step(t, frame)
+	})
+}
+
+// FuzzDifferentialFrame mutates whole frames, the Ethernet, VLAN, IPv4 and
+// UDP headers too: whatever the kernel answers, the Go server answers with
+// the same bytes; whatever it drops, the Go server does not answer.
+func FuzzDifferentialFrame(f *testing.F) {
+	e := newDiffEnv(f, testConfig())
+	for _, vlan := range []uint16{0, 100} {
+		f.Add(frameFor(f, vlan, net.IPv4zero, bcast, phoneDiscover(f, diffClient, true)))
+		f.Add(frameFor(f, vlan, net.IPv4zero, bcast,
+			phoneDiscover(f, diffClient, false, dhcpv4.WithOption(dhcpv4.OptClassIdentifier(vcPhone8845)))))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		// BPF_PROG_RUN refuses a frame shorter than an Ethernet header.
+		if len(frame) < 14 || len(frame) > 1600 {
+			return
+		}
+		e.reset(t)
+		e.step(t, frame)
+	})
 }

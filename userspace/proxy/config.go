@@ -49,6 +49,11 @@ const (
 	ProbeSCCPRegister ProbeKind = "sccp-register"
 	// ProbeTCP only connects.
 	ProbeTCP ProbeKind = "tcp"
+	// ProbeSIPOptions connects to the SIP port and sends OPTIONS; any
+	// SIP status line within the timeout passes (a 404 or 503 too: the
+	// SIP stack answered). It tells a CallManager whose SIP service is
+	// down or hung from a live one.
+	ProbeSIPOptions ProbeKind = "sip-options"
 )
 
 // HealthConfig tunes the active health checks.
@@ -59,6 +64,12 @@ type HealthConfig struct {
 	Fall     int           // failures in a row to go down; 0 means 3
 	Probe    ProbeKind     // "" means sccp
 	Port     int           // the probed port; 0 means 2000
+	// SIPProbe, when set (sip-options or tcp), is a second check on
+	// SIPPort that SIP sessions follow instead of the main one: a
+	// CallManager whose SIP service is down is then left for SIP phones
+	// only. "" means none: SIP sessions follow Probe like every other.
+	SIPProbe ProbeKind
+	SIPPort  int // 0 means 5060
 	// ProbeDevice is the device name ProbeSCCPRegister registers; ""
 	// means SEP000000000000, which no phone has.
 	ProbeDevice string
@@ -144,6 +155,9 @@ func (c *Config) setDefaults() {
 	if c.Health.Port == 0 {
 		c.Health.Port = 2000
 	}
+	if c.Health.SIPPort == 0 {
+		c.Health.SIPPort = 5060
+	}
 	if c.Health.ProbeDevice == "" {
 		c.Health.ProbeDevice = "SEP000000000000"
 	}
@@ -199,9 +213,14 @@ func (c *Config) validate() error {
 		}
 	}
 	switch c.Health.Probe {
-	case ProbeSCCP, ProbeSCCPRegister, ProbeTCP:
+	case ProbeSCCP, ProbeSCCPRegister, ProbeTCP, ProbeSIPOptions:
 	default:
 		return fmt.Errorf("unknown health probe %q", c.Health.Probe)
+	}
+	switch c.Health.SIPProbe {
+	case "", ProbeSIPOptions, ProbeTCP:
+	default:
+		return fmt.Errorf("SIP health probe %q, want sip-options or tcp", c.Health.SIPProbe)
 	}
 	if c.Health.Timeout >= c.Health.Interval {
 		return fmt.Errorf("health timeout %s must be below the interval %s", c.Health.Timeout, c.Health.Interval)

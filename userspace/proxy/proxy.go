@@ -50,7 +50,7 @@ const (
 // Registration is one row of the registration table.
 type Registration struct {
 	ID          uint64        `json:"id"`
-	Device      string        `json:"device"` // SCCP device name or SIP device/AOR; "" when unknown (TLS)
+	Device      string        `json:"device"` // SCCP device name, or SIP device (from Contact) or else AOR; "" when unknown (TLS)
 	Protocol    Protocol      `json:"protocol"`
 	Phone       string        `json:"phone"`        // the phone's address and port
 	CallManager string        `json:"call_manager"` // name; "" before one is chosen
@@ -59,6 +59,8 @@ type Registration struct {
 	DeviceType  uint32        `json:"device_type,omitempty"` // SCCP
 	Load        string        `json:"load,omitempty"`        // SCCP loadInfo
 	KeepAlive   time.Duration `json:"keepalive,omitempty"`   // from RegisterAck
+	AOR         string        `json:"aor,omitempty"`         // SIP: the REGISTER's To URI, the address of record
+	Contact     string        `json:"contact,omitempty"`     // SIP: the REGISTER's Contact URI, where the phone is reached
 }
 
 // Proxy is the registration proxy.
@@ -104,10 +106,12 @@ func New(cfg Config, log *slog.Logger) (_ *Proxy, err error) {
 func newProxy(cfg Config, log *slog.Logger, lns []*net.TCPListener) *Proxy {
 	p := &Proxy{cfg: cfg, log: log, sessions: map[uint64]*session{}, failbackKick: make(chan struct{}, 1), dialer: newDialer(&cfg)}
 	for i, c := range cfg.CallManagers {
-		p.cms = append(p.cms, &upstream{idx: i, cfg: c,
-			bucket: newBucket(cfg.Admission.Rate, cfg.Admission.Burst, cfg.Admission.QueueLimit)})
-		p.cms[i].healthy.Store(true) // until the first probe round in Run says otherwise
-		p.cms[i].trouble()
+		u := &upstream{idx: i, cfg: c, bucket: newBucket(cfg.Admission.Rate, cfg.Admission.Burst, cfg.Admission.QueueLimit)}
+		u.main = newCheck("main", cfg.Health.Probe, cfg.Health.Port)
+		if cfg.Health.SIPProbe != "" {
+			u.sip = newCheck("sip", cfg.Health.SIPProbe, cfg.Health.SIPPort)
+		}
+		p.cms = append(p.cms, u)
 	}
 	for i, lc := range cfg.Listeners {
 		l := &listener{cfg: lc, ln: lns[i], port: lc.UpstreamPort}
@@ -206,8 +210,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}()
 	}
 	for _, u := range p.cms {
-		loops.Add(1)
-		go func() { defer loops.Done(); p.health(ctx, u) }()
+		for _, hc := range u.checks() {
+			loops.Add(1)
+			go func() { defer loops.Done(); p.health(ctx, u, hc) }()
+		}
 	}
 	loops.Add(2)
 	go func() { defer loops.Done(); p.sweep(ctx) }()
@@ -309,26 +315,28 @@ func (u *upstream) addr(port int) string {
 	return net.JoinHostPort(u.cfg.Host, strconv.Itoa(port))
 }
 
-// pick returns the highest-priority healthy CallManager not in skip; when
-// none is healthy, the highest-priority one not in skip all the same (the
-// dial tells), or nil when all were tried.
-func (p *Proxy) pick(skip uint8) *upstream {
+// pick returns the highest-priority CallManager not in skip that is
+// healthy for the protocol (by the check its sessions follow); when none
+// is, the highest-priority one not in skip all the same (the dial tells),
+// or nil when all were tried.
+func (p *Proxy) pick(skip uint8, proto Protocol) *upstream {
 	for _, u := range p.cms {
-		if skip&(1<<u.idx) == 0 && u.healthy.Load() {
+		if skip&(1<<u.idx) == 0 && u.check(proto).healthy.Load() {
 			return u
 		}
 	}
 	for _, u := range p.cms {
-		if skip&(1<<u.idx) == 0 && !p.anyHealthy() {
+		if skip&(1<<u.idx) == 0 && !p.anyHealthy(proto) {
 			return u
 		}
 	}
 	return nil
 }
 
-func (p *Proxy) anyHealthy() bool {
+// anyHealthy says whether any CallManager is healthy for the protocol.
+func (p *Proxy) anyHealthy(proto Protocol) bool {
 	for _, u := range p.cms {
-		if u.healthy.Load() {
+		if u.check(proto).healthy.Load() {
 			return true
 		}
 	}

@@ -410,11 +410,12 @@ func TestProbes(t *testing.T) {
 			cfg.setDefaults()
 			p := &Proxy{cfg: cfg}
 			u := &upstream{cfg: cfg.CallManagers[0]}
-			if err := p.probe(ctx, u); err != nil {
+			hc := newCheck("main", kind, cfg.Health.Port)
+			if err := p.probe(ctx, u, hc); err != nil {
 				t.Errorf("%s probe of simulator %d: %v", kind, i, err)
 			}
 			s.SetMode(cmsim.Hung)
-			err := p.probe(ctx, u)
+			err := p.probe(ctx, u, hc)
 			if (err == nil) != (kind == ProbeTCP) {
 				t.Errorf("%s probe of hung simulator %d: %v", kind, i, err)
 			}

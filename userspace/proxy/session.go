@@ -28,6 +28,8 @@ type session struct {
 	device    string
 	devType   uint32
 	load      string
+	aor       string // SIP
+	contact   string // SIP
 	state     State
 	since     time.Time
 	keepalive time.Duration
@@ -53,7 +55,8 @@ func (s *session) row() Registration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := Registration{ID: s.id, Device: s.device, Protocol: s.proto, Phone: s.phone.RemoteAddr().String(),
-		State: s.state, Since: s.since, DeviceType: s.devType, Load: s.load, KeepAlive: s.keepalive}
+		State: s.state, Since: s.since, DeviceType: s.devType, Load: s.load, KeepAlive: s.keepalive,
+		AOR: s.aor, Contact: s.contact}
 	if s.cm != nil {
 		r.CallManager = s.cm.cfg.Name
 	}
@@ -230,7 +233,9 @@ func (s *session) readSCCP(buf []byte) ([]byte, bool, error) {
 }
 
 // readSIP reads the phone's first SIP head within HeaderTimeout and
-// records a REGISTER. Other requests are relayed without a watch.
+// records a REGISTER: its device (a Cisco phone's Contact parameter, or
+// else the AOR), AOR (To) and Contact. Other requests are relayed without
+// a watch.
 func (s *session) readSIP(buf []byte) ([]byte, bool, error) {
 	s.phone.SetReadDeadline(time.Now().Add(s.p.cfg.HeaderTimeout))
 	for {
@@ -251,7 +256,7 @@ func (s *session) readSIP(buf []byte) ([]byte, bool, error) {
 				dev = m.to
 			}
 			s.mu.Lock()
-			s.device = printable(dev)
+			s.device, s.aor, s.contact = printable(dev), printable(m.to), printable(m.contact)
 			s.mu.Unlock()
 			return buf, true, nil
 		}
@@ -386,7 +391,7 @@ func (s *session) toPhone(b []byte) error {
 func (p *Proxy) connect(ctx context.Context, s *session) bool {
 	var tried uint8
 	for {
-		u := p.pick(tried)
+		u := p.pick(tried, s.proto)
 		if u == nil {
 			s.close(reasonNoUpstream)
 			return false
@@ -407,14 +412,15 @@ func (p *Proxy) connect(ctx context.Context, s *session) bool {
 			}
 			return false
 		}
-		if !u.healthy.Load() && p.anyHealthy() {
+		hc := u.check(s.proto)
+		if !hc.healthy.Load() && p.anyHealthy(s.proto) {
 			tried &^= 1 << u.idx // went down while we waited: choose again
 			continue
 		}
 		c, err := p.dial(ctx, u.addr(s.port))
 		if err != nil {
 			p.st.dialFailures.Add(1)
-			u.trouble()
+			hc.trouble()
 			p.log.Debug("dial CallManager", "cm", u.cfg.Name, "error", err)
 			continue
 		}
@@ -423,7 +429,7 @@ func (p *Proxy) connect(ctx context.Context, s *session) bool {
 		// attached to a healthy CallManager or closed with the rest.
 		p.mu.Lock()
 		s.mu.Lock()
-		ok := !s.done && (u.healthy.Load() || !p.anyHealthy())
+		ok := !s.done && (hc.healthy.Load() || !p.anyHealthy(s.proto))
 		if ok {
 			s.up = c
 			u.sessions.Add(1)

@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
 	"strconv"
 	"strings"
 )
@@ -170,4 +174,65 @@ func (w *sipWatch) feed(b []byte) (n, status int, err error) {
 			return n + k, m.status, nil
 		}
 	}
+}
+
+// maxSIPStatusLine bounds what the OPTIONS probe reads of an answer
+// before its status line ends.
+const maxSIPStatusLine = 1024
+
+// probeSIPOptions sends OPTIONS over c, whose deadline the caller set,
+// and waits for a status line: any code passes, as any answer shows the
+// SIP service alive. The request has what RFC 3261 asks of one (Via, Max-
+// Forwards, From, To, Call-ID, CSeq) and nothing that would need state.
+func probeSIPOptions(c net.Conn, host string, port int) error {
+	local, ok := c.LocalAddr().(*net.TCPAddr)
+	if !ok {
+		return fmt.Errorf("OPTIONS probe over %T", c.LocalAddr())
+	}
+	id := strconv.FormatUint(rand.Uint64(), 36)
+	target := "sip:" + net.JoinHostPort(host, strconv.Itoa(port))
+	req := "OPTIONS " + target + " SIP/2.0\r\n" +
+		"Via: SIP/2.0/TCP " + local.String() + ";branch=z9hG4bK" + id + "\r\n" +
+		"Max-Forwards: 70\r\n" +
+		"From: <sip:phoneboot@" + uriHost(local.IP) + ">;tag=" + id + "\r\n" +
+		"To: <" + target + ">\r\n" +
+		"Call-ID: " + id + "@phoneboot\r\n" +
+		"CSeq: 1 OPTIONS\r\n" +
+		"Content-Length: 0\r\n\r\n"
+	if _, err := io.WriteString(c, req); err != nil {
+		return err
+	}
+	r := bufio.NewReader(io.LimitReader(c, maxSIPStatusLine))
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			if errors.Is(err, io.EOF) && len(line) > 0 {
+				err = fmt.Errorf("no status line in the first %d bytes", maxSIPStatusLine)
+			}
+			return fmt.Errorf("OPTIONS: %w", err)
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if line == "" {
+			continue // a CRLF keepalive
+		}
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "SIP/2.0" {
+			if code, err := strconv.Atoi(f[1]); err == nil && code >= 100 && code <= 699 {
+				// A registrar that answers 503 or 408 is up but cannot
+				// serve: down, as Cisco's SIP OPTIONS ping counts it.
+				if code == 503 || code == 408 {
+					return fmt.Errorf("OPTIONS answered %q", clip(line))
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("OPTIONS answered with %q, not a SIP status line", clip(line))
+	}
+}
+
+// uriHost is an address as a SIP URI's host: IPv6 in brackets.
+func uriHost(ip net.IP) string {
+	if ip.To4() == nil {
+		return "[" + ip.String() + "]"
+	}
+	return ip.String()
 }

@@ -17,8 +17,8 @@ import (
 // TestSippRegisterThroughProxy: sipp, as a Cisco SIP phone, registers
 // over TCP through the proxy with sipp as the registrar (a 401 digest
 // challenge, then 200). Neither end is ours; the proxy records the
-// device from the phone's Contact, follows the challenge and marks the
-// phone registered on the 200.
+// device from the phone's Contact, its AOR and Contact, follows the
+// challenge and marks the phone registered on the 200.
 func TestSippRegisterThroughProxy(t *testing.T) {
 	privtest.RequireNetNS(t)
 	wiretest.NeedTool(t, "sipp")
@@ -87,7 +87,8 @@ func TestSippRegisterThroughProxy(t *testing.T) {
 	if err := uac.Wait(); err != nil {
 		t.Fatalf("sipp phone: %v\n%s", err, uacOut.String())
 	}
-	if row.Device != "SEP001B54ABCDEF" || row.Protocol != SIP || row.CallManager != "cucm" || !strings.HasPrefix(row.Phone, pip+":") {
+	if row.Device != "SEP001B54ABCDEF" || row.Protocol != SIP || row.CallManager != "cucm" || !strings.HasPrefix(row.Phone, pip+":") ||
+		row.AOR != "sip:SEP001B54ABCDEF@"+pip || !strings.HasPrefix(row.Contact, "sip:4001@"+pip+":") || !strings.HasSuffix(row.Contact, ";transport=tcp") {
 		t.Errorf("row %+v", row)
 	}
 	waitFor(t, 5*time.Second, "session closed", func() bool { return p.Stats().Active == 0 })

@@ -32,7 +32,7 @@ var reasonNames = [numReasons]string{
 func (r closeReason) String() string { return reasonNames[r] }
 
 type counters struct {
-	accepted       [4]atomic.Uint64 // by protocol, in protoIndex order
+	accepted       [numProtocols]atomic.Uint64 // by protocol, in protoIndex order
 	active         atomic.Int64
 	registered     atomic.Uint64
 	rejected       atomic.Uint64
@@ -42,6 +42,11 @@ type counters struct {
 	closed         [numReasons]atomic.Uint64
 	healthFailures atomic.Uint64
 }
+
+// protocols are the listeners' protocols in protoIndex order.
+var protocols = [numProtocols]Protocol{SCCP, SIP, SCCPTLS, SIPTLS}
+
+const numProtocols = 4
 
 func protoIndex(p Protocol) int {
 	switch p {
@@ -82,21 +87,36 @@ type TableCount struct {
 	Rows        int    `json:"rows"`
 }
 
-// CallManagerStats is one CallManager's state and counters.
+// CallManagerStats is one CallManager's state and counters; the health
+// fields are its main check's.
 type CallManagerStats struct {
-	Name        string `json:"name"`
+	Name     string `json:"name"`
+	Sessions int64  `json:"sessions"` // open now
+	Waiting  int64  `json:"waiting"`  // in the admission queue now
+	CheckStats
+	// SIP is the SIP check's, which SIP sessions follow, when
+	// Health.SIPProbe is set.
+	SIP *CheckStats `json:"sip,omitempty"`
+}
+
+// CheckStats is one health check's state and counters.
+type CheckStats struct {
 	Healthy     bool   `json:"healthy"`
-	Sessions    int64  `json:"sessions"`    // open now
-	Waiting     int64  `json:"waiting"`     // in the admission queue now
 	Transitions uint64 `json:"transitions"` // up and down
-	// Failovers counts times the health checks took it down, closing
-	// its sessions so that their phones register elsewhere.
+	// Failovers counts times the check took the CallManager down,
+	// closing the sessions that follow it so that their phones register
+	// elsewhere.
 	Failovers  uint64 `json:"failovers"`
 	ProbesOK   uint64 `json:"probes_ok"`
 	ProbesFail uint64 `json:"probes_failed"`
 	// Vetoes counts times failed probes would have taken it down while
-	// its sessions still received data from it.
+	// sessions following it still received data from the CallManager.
 	Vetoes uint64 `json:"vetoes"`
+}
+
+func (hc *check) stats() CheckStats {
+	return CheckStats{Healthy: hc.healthy.Load(), Transitions: hc.transitions.Load(), Failovers: hc.failovers.Load(),
+		ProbesOK: hc.probesOK.Load(), ProbesFail: hc.probesFail.Load(), Vetoes: hc.vetoes.Load()}
 }
 
 // Stats returns the counters.
@@ -107,18 +127,19 @@ func (p *Proxy) Stats() Stats {
 		Queued: p.st.queued.Load(), DialFailures: p.st.dialFailures.Load(), AcceptErrors: p.st.acceptErrors.Load(),
 		HealthFailures: p.st.healthFailures.Load(),
 	}
-	for _, pr := range []Protocol{SCCP, SIP, SCCPTLS, SIPTLS} {
+	for _, pr := range protocols {
 		st.Accepted[pr] = p.st.accepted[protoIndex(pr)].Load()
 	}
 	for r := range numReasons {
 		st.Closed[r.String()] = p.st.closed[r].Load()
 	}
 	for _, u := range p.cms {
-		st.CallManagers = append(st.CallManagers, CallManagerStats{
-			Name: u.cfg.Name, Healthy: u.healthy.Load(), Sessions: u.sessions.Load(), Waiting: u.bucket.waiting.Load(),
-			Transitions: u.transitions.Load(), Failovers: u.failovers.Load(), ProbesOK: u.probesOK.Load(), ProbesFail: u.probesFail.Load(),
-			Vetoes: u.vetoes.Load(),
-		})
+		cs := CallManagerStats{Name: u.cfg.Name, Sessions: u.sessions.Load(), Waiting: u.bucket.waiting.Load(), CheckStats: u.main.stats()}
+		if u.sip != nil {
+			sip := u.sip.stats()
+			cs.SIP = &sip
+		}
+		st.CallManagers = append(st.CallManagers, cs)
 	}
 	st.Table = p.tableCounts()
 	return st

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"math"
 	"strconv"
 	"strings"
 	"testing"
@@ -80,6 +81,9 @@ func TestConfigValidate(t *testing.T) {
 		{"protocol", func(c *Config) { c.Listeners[0].Protocol = "h323" }, "unknown protocol"},
 		{"address", func(c *Config) { c.Listeners[0].Addr = "2000" }, "missing port"},
 		{"probe", func(c *Config) { c.Health.Probe = "icmp" }, "unknown health probe"},
+		{"sip-options probe", func(c *Config) { c.Health.Probe = ProbeSIPOptions }, ""},
+		{"SIP probe", func(c *Config) { c.Health.SIPProbe = ProbeSIPOptions }, ""},
+		{"SIP probe sccp", func(c *Config) { c.Health.SIPProbe = ProbeSCCP }, "SIP health probe"},
 		{"timeout over interval", func(c *Config) { c.Health.Interval, c.Health.Timeout = time.Second, 2*time.Second }, "below the interval"},
 		{"negative rate", func(c *Config) { c.Admission.Rate = -1 }, "negative"},
 	} {
@@ -193,5 +197,40 @@ func TestPrintable(t *testing.T) {
 	}
 	if got := printable(strings.Repeat("a", 500)); len(got) != 128 {
 		t.Errorf("not clipped: %d", len(got))
+	}
+}
+
+// TestFailbackGap: the gaps between failback moves average 1/rate and are
+// spread over ±50 % of it, not fixed. Bounds for 2,000 draws of a uniform
+// spread: all within [0.5, 1.5] × 1/rate, the extremes within 5 % of the
+// ends (each missed with probability 0.9^2000), the mean within 3 % and
+// the standard deviation (0.289 × 1/rate) within 15 %.
+func TestFailbackGap(t *testing.T) {
+	const rate = 200.0
+	p := &Proxy{cfg: Config{Failback: FailbackConfig{Rate: rate}}}
+	mean := float64(time.Second) / rate
+	const n = 2000
+	lo, hi, sum, sumSq := math.Inf(1), math.Inf(-1), 0.0, 0.0
+	for range n {
+		g := float64(p.failbackGap())
+		if g < 0.5*mean || g > 1.5*mean {
+			t.Fatalf("gap %v outside %v ± 50 %%", time.Duration(g), time.Duration(mean))
+		}
+		lo, hi = min(lo, g), max(hi, g)
+		sum += g
+		sumSq += g * g
+	}
+	avg := sum / n
+	sd := math.Sqrt(sumSq/n - avg*avg)
+	t.Logf("gaps: min %v, max %v, mean %v, sd %v (1/rate %v)", time.Duration(lo), time.Duration(hi),
+		time.Duration(avg), time.Duration(sd), time.Duration(mean))
+	if lo > 0.55*mean || hi < 1.45*mean {
+		t.Errorf("gaps from %v to %v: not jittered over ±50 %% of %v", time.Duration(lo), time.Duration(hi), time.Duration(mean))
+	}
+	if math.Abs(avg-mean) > 0.03*mean {
+		t.Errorf("mean gap %v, want %v", time.Duration(avg), time.Duration(mean))
+	}
+	if want := mean / math.Sqrt(12); math.Abs(sd-want) > 0.15*want {
+		t.Errorf("gap standard deviation %v, want about %v (uniform over ±50 %%)", time.Duration(sd), time.Duration(want))
 	}
 }

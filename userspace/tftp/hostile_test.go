@@ -74,7 +74,12 @@ func rrq(name, mode string, kv ...string) []byte {
 // the server keeps serving.
 func TestHostileRequests(t *testing.T) {
 	file := randomBytes(t, 100000)
-	s := startServer(t, map[string][]byte{"f": file}, func(c *Config) { c.ClientRate, c.ClientBurst = 1000, 1000 })
+	// Every case comes from 127.0.0.1, and a transfer the last case ended
+	// with an ERROR may not have ended in the server yet on a busy machine:
+	// the per-client limits are tested elsewhere (TestFloods).
+	s := startServer(t, map[string][]byte{"f": file}, func(c *Config) {
+		c.ClientRate, c.ClientBurst, c.MaxPerClient = 1000, 1000, 64
+	})
 	type want struct {
 		op      Opcode    // 0: no answer
 		code    ErrorCode // for ERROR

@@ -57,6 +57,10 @@ type Config struct {
 	// MaxBlockSize (65464) and 64.
 	MaxBlockSize  int
 	MaxWindowSize int
+	// MaxBlockSizeV6 is the largest block for an IPv6 client, whose
+	// packets carry a 40-byte IP header instead of IPv4's 20 (IPv4-mapped
+	// clients count as IPv4); default MaxBlockSize.
+	MaxBlockSizeV6 int
 	// NoGSO sends every DATA packet as a message of its own (sendmmsg)
 	// instead of a window as one GSO send: for a link that mishandles
 	// UDP GSO, and to measure the difference.
@@ -106,6 +110,7 @@ func (c *Config) setDefaults() error {
 	def(&c.Burst, 2000)
 	def(&c.MaxClients, 65536)
 	def(&c.MaxBlockSize, MaxBlockSize)
+	def(&c.MaxBlockSizeV6, c.MaxBlockSize)
 	def(&c.MaxWindowSize, 64)
 	def(&c.MaxNetascii, 1<<20)
 	def(&c.ReceiveBuffer, 4<<20)
@@ -118,12 +123,22 @@ func (c *Config) setDefaults() error {
 		return errors.New("tftp: rates must be positive and bursts at least 1")
 	case c.MaxBlockSize < MinBlockSize || c.MaxBlockSize > MaxBlockSize:
 		return fmt.Errorf("tftp: max block size %d not in %d..%d", c.MaxBlockSize, MinBlockSize, MaxBlockSize)
+	case c.MaxBlockSizeV6 < MinBlockSize || c.MaxBlockSizeV6 > MaxBlockSize:
+		return fmt.Errorf("tftp: max IPv6 block size %d not in %d..%d", c.MaxBlockSizeV6, MinBlockSize, MaxBlockSize)
 	case c.ReceiveBuffer < 4096:
 		return fmt.Errorf("tftp: receive buffer %d bytes, below 4096", c.ReceiveBuffer)
 	case c.MaxWindowSize < 1 || c.MaxWindowSize > 4096:
 		return fmt.Errorf("tftp: max window size %d not in 1..4096", c.MaxWindowSize)
 	}
 	return nil
+}
+
+// maxBlockSize is the largest block for a client, by its address family.
+func (c *Config) maxBlockSize(client netip.Addr) int {
+	if client.Is4() || client.Is4In6() {
+		return c.MaxBlockSize
+	}
+	return c.MaxBlockSizeV6
 }
 
 // Stats counts requests and transfers since New. Every request read on a
@@ -533,7 +548,7 @@ func (s *Server) start(r request) {
 			return
 		}
 	}
-	neg, err := Negotiate(r.pkt.Options, int64(len(data)), OptionLimits{MaxBlockSize: s.cfg.MaxBlockSize, MaxWindowSize: s.cfg.MaxWindowSize})
+	neg, err := Negotiate(r.pkt.Options, int64(len(data)), OptionLimits{MaxBlockSize: s.cfg.maxBlockSize(r.client.Addr()), MaxWindowSize: s.cfg.MaxWindowSize})
 	if err != nil {
 		s.c.optionRefused.Add(1)
 		s.replyError(r.l, r.client, r.local, ErrOptionRefused, err.(*NegotiateError).Msg)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -280,5 +281,51 @@ func TestOverflowCounted(t *testing.T) {
 	}
 	if st.Overflowed == 0 || st.NotRequests != st.Requests {
 		t.Errorf("%d sent: %+v", sent, st)
+	}
+}
+
+// TestBlockSizePerFamily: the block size agreed to is capped per address
+// family, so that a block fills one 1500-byte frame over either: 1468
+// bytes over IPv4 (20-byte header), 1448 over IPv6 (40). An IPv4-mapped
+// client counts as IPv4; without MaxBlockSizeV6 both take MaxBlockSize.
+func TestBlockSizePerFamily(t *testing.T) {
+	c := Config{MaxBlockSize: 1468, MaxBlockSizeV6: 1448}
+	for addr, want := range map[string]int{"10.0.0.1": 1468, "::ffff:10.0.0.1": 1468, "2001:db8::1": 1448, "fe80::1%eth0": 1448} {
+		if got := c.maxBlockSize(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s: %d, want %d", addr, got, want)
+		}
+	}
+
+	file := randomBytes(t, 1468*5+7)
+	for _, tc := range []struct {
+		name         string
+		v6Max        int
+		want4, want6 int
+	}{
+		{"per family", 1448, 1468, 1448},
+		{"default", 0, 1468, 1468},
+	} {
+		s := startServer(t, map[string][]byte{"f": file}, func(c *Config) { c.MaxBlockSize, c.MaxBlockSizeV6 = 1468, tc.v6Max })
+		for _, server := range []netip.AddrPort{s.v4, s.v6} {
+			want := tc.want4
+			if server.Addr().Is6() {
+				want = tc.want6
+			}
+			got, res, err := fetch(t, server, "f", FetchOptions{BlockSize: 1468, WindowSize: 4})
+			if err != nil || !bytes.Equal(got, file) {
+				t.Fatalf("%s over %s: %d bytes, %v", tc.name, server.Addr(), len(got), err)
+			}
+			if res.BlockSize != want || res.Blocks != len(file)/want+1 {
+				t.Errorf("%s over %s: blksize %d in %d blocks, want %d", tc.name, server.Addr(), res.BlockSize, res.Blocks, want)
+			}
+		}
+	}
+	src, err := bootfiles.OpenDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if err := (&Config{Source: src, MaxBlockSizeV6: 7}).setDefaults(); err == nil || !strings.Contains(err.Error(), "IPv6 block size 7") {
+		t.Errorf("MaxBlockSizeV6 7: %v", err)
 	}
 }
