@@ -462,10 +462,10 @@ func (w *Workers) WorkerStats() []Stats {
 }
 
 // Stats are the workers' counters together: sums, except that a
-// CallManager is healthy only while every worker holds it so (one that
-// does not steers its phones away), and its transitions and failovers,
-// which every worker sees for the same event, are the most any worker
-// counted.
+// CallManager (or its SIP check) is healthy only while every worker holds
+// it so (one that does not steers its phones away), and its transitions
+// and failovers, which every worker sees for the same event, are the
+// most any worker counted.
 func (w *Workers) Stats() Stats { return mergeStats(w.WorkerStats()) }
 
 func mergeStats(all []Stats) Stats {
@@ -491,6 +491,10 @@ func mergeStats(all []Stats) Stats {
 		st.HealthFailures += s.HealthFailures
 		for j, c := range s.CallManagers {
 			if i == 0 {
+				if c.SIP != nil {
+					sip := *c.SIP
+					c.SIP = &sip
+				}
 				st.CallManagers = append(st.CallManagers, c)
 				continue
 			}
@@ -498,14 +502,12 @@ func mergeStats(all []Stats) Stats {
 				break // the workers share one config; never so
 			}
 			m := &st.CallManagers[j]
-			m.Healthy = m.Healthy && c.Healthy
 			m.Sessions += c.Sessions
 			m.Waiting += c.Waiting
-			m.Transitions = max(m.Transitions, c.Transitions)
-			m.Failovers = max(m.Failovers, c.Failovers)
-			m.ProbesOK += c.ProbesOK
-			m.ProbesFail += c.ProbesFail
-			m.Vetoes += c.Vetoes
+			mergeCheck(&m.CheckStats, c.CheckStats)
+			if m.SIP != nil && c.SIP != nil {
+				mergeCheck(m.SIP, *c.SIP)
+			}
 		}
 		for _, t := range s.Table {
 			table[key{t.State, t.CallManager}] += t.Rows
@@ -517,6 +519,16 @@ func mergeStats(all []Stats) Stats {
 	}
 	sortTable(st.Table)
 	return st
+}
+
+// mergeCheck adds one worker's view of a health check to m.
+func mergeCheck(m *CheckStats, c CheckStats) {
+	m.Healthy = m.Healthy && c.Healthy
+	m.Transitions = max(m.Transitions, c.Transitions)
+	m.Failovers = max(m.Failovers, c.Failovers)
+	m.ProbesOK += c.ProbesOK
+	m.ProbesFail += c.ProbesFail
+	m.Vetoes += c.Vetoes
 }
 
 // Registrations are every worker's tables in one, sorted by device then

@@ -55,16 +55,18 @@ func TestMergeStats(t *testing.T) {
 		Accepted: map[Protocol]uint64{SCCP: 3, SIP: 1}, Active: 4, Registered: 3, Rejected: 1, Queued: 2,
 		DialFailures: 1, AcceptErrors: 0, HealthFailures: 2, Closed: map[string]uint64{"idle": 1},
 		CallManagers: []CallManagerStats{
-			{Name: "cm1", Healthy: true, Sessions: 3, Waiting: 1, Transitions: 2, Failovers: 1, ProbesOK: 10, ProbesFail: 2, Vetoes: 1},
-			{Name: "cm2", Healthy: true, Sessions: 1, ProbesOK: 12},
+			{Name: "cm1", Sessions: 3, Waiting: 1, CheckStats: CheckStats{Healthy: true, Transitions: 2, Failovers: 1, ProbesOK: 10, ProbesFail: 2, Vetoes: 1},
+				SIP: &CheckStats{Healthy: true, ProbesOK: 10}},
+			{Name: "cm2", Sessions: 1, CheckStats: CheckStats{Healthy: true, ProbesOK: 12}, SIP: &CheckStats{Healthy: true, ProbesOK: 1}},
 		},
 		Table: []TableCount{{State: StateRegistered, CallManager: "cm1", Rows: 3}, {State: StateReading, Rows: 1}},
 	}
 	b := Stats{
 		Accepted: map[Protocol]uint64{SCCP: 5}, Active: 5, Registered: 5, Closed: map[string]uint64{"idle": 2, "failback": 1},
 		CallManagers: []CallManagerStats{
-			{Name: "cm1", Healthy: false, Sessions: 4, Waiting: 2, Transitions: 3, Failovers: 1, ProbesOK: 9, ProbesFail: 3},
-			{Name: "cm2", Healthy: true, Sessions: 1, ProbesOK: 12},
+			{Name: "cm1", Sessions: 4, Waiting: 2, CheckStats: CheckStats{Healthy: false, Transitions: 3, Failovers: 1, ProbesOK: 9, ProbesFail: 3},
+				SIP: &CheckStats{Healthy: true, ProbesOK: 9}},
+			{Name: "cm2", Sessions: 1, CheckStats: CheckStats{Healthy: true, ProbesOK: 12}, SIP: &CheckStats{Healthy: false, ProbesFail: 2, Transitions: 1}},
 		},
 		Table: []TableCount{{State: StateRegistered, CallManager: "cm1", Rows: 4}, {State: StateRegistered, CallManager: "cm2", Rows: 1}},
 	}
@@ -74,14 +76,18 @@ func TestMergeStats(t *testing.T) {
 		CallManagers: []CallManagerStats{
 			// Down while any worker holds it down; one event, seen by
 			// every worker, counted once.
-			{Name: "cm1", Healthy: false, Sessions: 7, Waiting: 3, Transitions: 3, Failovers: 1, ProbesOK: 19, ProbesFail: 5, Vetoes: 1},
-			{Name: "cm2", Healthy: true, Sessions: 2, ProbesOK: 24},
+			{Name: "cm1", Sessions: 7, Waiting: 3, CheckStats: CheckStats{Healthy: false, Transitions: 3, Failovers: 1, ProbesOK: 19, ProbesFail: 5, Vetoes: 1},
+				SIP: &CheckStats{Healthy: true, ProbesOK: 19}},
+			{Name: "cm2", Sessions: 2, CheckStats: CheckStats{Healthy: true, ProbesOK: 24}, SIP: &CheckStats{Healthy: false, ProbesOK: 1, ProbesFail: 2, Transitions: 1}},
 		},
 		Table: []TableCount{{State: StateReading, Rows: 1}, {State: StateRegistered, CallManager: "cm1", Rows: 7},
 			{State: StateRegistered, CallManager: "cm2", Rows: 1}},
 	}
 	if got := mergeStats([]Stats{a, b}); !reflect.DeepEqual(got, want) {
 		t.Errorf("merged\n got %+v\nwant %+v", got, want)
+	}
+	if *a.CallManagers[1].SIP != (CheckStats{Healthy: true, ProbesOK: 1}) {
+		t.Errorf("the first worker's stats were changed: %+v", *a.CallManagers[1].SIP)
 	}
 	if got := mergeStats(nil); got.Active != 0 || len(got.CallManagers) != 0 || got.Accepted == nil {
 		t.Errorf("merged nothing: %+v", got)
