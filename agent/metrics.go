@@ -201,6 +201,12 @@ var (
 		"Times the health checks took the CallManager down, closing its sessions so their phones register on the next.", []string{"callmanager"}, nil)
 	descProxyCMProbes = prometheus.NewDesc("phoneboot_proxy_health_probes_total",
 		"Health probes of the CallManager, by result.", []string{"callmanager", "result"}, nil)
+	descProxySIPUp = prometheus.NewDesc("phoneboot_proxy_sip_check_up",
+		"1 while the SIP check (health.sip_probe), which SIP sessions follow, holds the CallManager healthy.", []string{"callmanager"}, nil)
+	descProxySIPProbes = prometheus.NewDesc("phoneboot_proxy_sip_check_probes_total",
+		"SIP check probes of the CallManager, by result.", []string{"callmanager", "result"}, nil)
+	descProxySIPFailovers = prometheus.NewDesc("phoneboot_proxy_sip_check_failovers_total",
+		"Times the SIP check took the CallManager down for SIP, closing its SIP sessions.", []string{"callmanager"}, nil)
 	descProxyCMVetoes = prometheus.NewDesc("phoneboot_proxy_health_vetoes_total",
 		"Times failed probes would have taken the CallManager down while its phones still heard from it (kept up).", []string{"callmanager"}, nil)
 )
@@ -211,7 +217,8 @@ type proxyCollector struct{ a *Agent }
 func (c proxyCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descProxyRegistrations, descProxySessions, descProxyAccepted, descProxyAnswers,
 		descProxyClosed, descProxyDialFailures, descProxyAcceptErrors, descProxyAdmissionQueued, descProxyAdmissionRejected,
-		descProxyAdmissionWaiting, descProxyCMUp, descProxyCMSessions, descProxyCMFailovers, descProxyCMProbes, descProxyCMVetoes} {
+		descProxyAdmissionWaiting, descProxyCMUp, descProxyCMSessions, descProxyCMFailovers, descProxyCMProbes, descProxyCMVetoes,
+		descProxySIPUp, descProxySIPProbes, descProxySIPFailovers} {
 		ch <- d
 	}
 }
@@ -274,5 +281,15 @@ func (c proxyCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descProxyCMProbes, cm.ProbesOK, cm.Name, "ok")
 		counter(descProxyCMProbes, cm.ProbesFail, cm.Name, "failed")
 		counter(descProxyCMVetoes, cm.Vetoes, cm.Name)
+		if sip := cm.SIP; sip != nil {
+			up := 0.0
+			if sip.Healthy {
+				up = 1
+			}
+			gauge(descProxySIPUp, up, cm.Name)
+			counter(descProxySIPProbes, sip.ProbesOK, cm.Name, "ok")
+			counter(descProxySIPProbes, sip.ProbesFail, cm.Name, "failed")
+			counter(descProxySIPFailovers, sip.Failovers, cm.Name)
+		}
 	}
 }

@@ -476,3 +476,66 @@ proxy:
 		t.Error("the proxy still listens after Close")
 	}
 }
+
+// TestAgentProxySIPCheckMetrics: with health.sip_probe the SIP check of
+// each CallManager is exported: up where its SIP port answers, down where
+// nothing listens, with its probes counted.
+func TestAgentProxySIPCheckMetrics(t *testing.T) {
+	privtest.RequireNetNS(t)
+	const (
+		proxyIP = "127.78.0.1"
+		metrics = proxyIP + ":9617"
+	)
+	// cm1 takes TCP on its SIP port; cm2 has nothing there.
+	sip, err := net.Listen("tcp", "127.78.1.1:5060")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sip.Close()
+	go func() {
+		for {
+			c, err := sip.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	socket := filepath.Join(runDir(t), "control.sock")
+	cfg, err := ParseConfig("test.yaml", []byte(`
+control: {socket: `+socket+`}
+metrics: {listen: "`+metrics+`"}
+fastpath: {enabled: false}
+proxy:
+  enabled: true
+  listeners:
+    - {protocol: sccp, listen: "`+proxyIP+`:2000"}
+    - {protocol: sip, listen: "`+proxyIP+`:5060"}
+  callmanagers:
+    - {name: cm1, host: 127.78.1.1}
+    - {name: cm2, host: 127.78.1.2}
+  health: {interval: 100ms, timeout: 80ms, rise: 1, fall: 1, sip_probe: tcp}
+  failback: {enabled: false}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stop := startAgent(t, cfg, func(f func() error) error { return f() })
+	defer stop()
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		body = scrapeMetrics(t, nil, metrics)
+		if metricValue(body, `phoneboot_proxy_sip_check_probes_total{callmanager="cm2",result="failed"}`) >= 2 &&
+			metricValue(body, `phoneboot_proxy_sip_check_probes_total{callmanager="cm1",result="ok"}`) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("SIP check probes not counted:\n%s", body)
+		}
+	}
+	if metricValue(body, `phoneboot_proxy_sip_check_up{callmanager="cm1"}`) != 1 ||
+		metricValue(body, `phoneboot_proxy_sip_check_up{callmanager="cm2"}`) != 0 {
+		t.Errorf("SIP check up: cm1 %v, cm2 %v; want 1 and 0",
+			metricValue(body, `phoneboot_proxy_sip_check_up{callmanager="cm1"}`), metricValue(body, `phoneboot_proxy_sip_check_up{callmanager="cm2"}`))
+	}
+}
