@@ -486,11 +486,13 @@ func TestLabAdaptive(t *testing.T) {
 	if rep.Completed != 16 || rep.PowerPolicy != "adaptive" || rep.PeakLoad.Samples == 0 {
 		t.Errorf("report %+v", rep)
 	}
-	// 8 ports, 2 per step: at least 3 steps after the first, each at least
-	// 20 ms after the last (longer while a step is held); counted from the
-	// first port powered, since adaptive starts only once the daemon is up.
-	if done := rep.Series.PhaseDone["power"]; len(done) != 16 || done[15]-done[0] < 0.060 {
-		t.Errorf("ports powered at %v s: 4 steps 20 ms apart span at least 60 ms", done)
+	// 8 ports, 2 per step: 3 steps after the first, each 20 ms after the
+	// last (longer while a step is held), so the power-ups span about 60
+	// ms, counted from the first port powered (adaptive starts only once
+	// the daemon is up); 50 leaves the lab PSE's detection its jitter (a
+	// run measured 59.99). Everything at once would span a few ms.
+	if done := rep.Series.PhaseDone["power"]; len(done) != 16 || done[15]-done[0] < 0.050 {
+		t.Errorf("ports powered at %v s: 4 steps 20 ms apart span about 60 ms", done)
 	}
 	checkJSONSchema(t, o.JSONPath)
 }
