@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 
@@ -19,6 +18,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
 // Mode is how the XDP program is attached to a port.
@@ -263,7 +264,7 @@ func New(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			r := &results[i]
-			r.err = inNetns(origin, func() error {
+			r.err = vnet.RunIn(origin, "of the daemon", func() error {
 				var err error
 				if r.a, r.xdp, r.freshX, err = f.attach(port); err != nil {
 					return err
@@ -308,32 +309,6 @@ func New(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 
 // attachConcurrency bounds the ports being attached at once.
 const attachConcurrency = 16
-
-// inNetns runs fn on a thread in the network namespace ns, leaving the
-// thread as it found it; a thread that cannot be put back ends.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	cur, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer cur.Close()
-	if cur.Equal(ns) {
-		defer runtime.UnlockOSThread()
-		return fn()
-	}
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(cur); err != nil {
-		return errors.Join(ferr, err) // the thread stays locked and ends with its goroutine
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
 
 func linkPinPath(pinDir, port string) string {
 	return filepath.Join(pinDir, "link_"+port)

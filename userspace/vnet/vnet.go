@@ -117,34 +117,42 @@ func (n *NS) Handle() netns.NsHandle { return n.handle }
 // namespace after Do returns.
 func (n *NS) Do(fn func() error) error {
 	errc := make(chan error, 1)
-	go func() {
-		// A fresh goroutine whose thread is discarded afterwards if the
-		// namespace cannot be restored.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			// Still in its own namespace: the thread goes back to the
-			// pool. (Ending it would also end every child process it
-			// started with a parent-death signal.)
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.handle); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("leave netns %s: %w", n.Name, err))
-			return // thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
+	// A fresh goroutine, whose thread is discarded afterwards if the
+	// namespace cannot be restored.
+	go func() { errc <- RunIn(n.handle, n.Name, fn) }()
 	return <-errc
+}
+
+// RunIn runs fn on the calling goroutine's thread inside the network
+// namespace ns (name is for errors), leaving the thread as it found it; a
+// thread that cannot be put back stays locked and ends with its goroutine.
+// A thread already in ns is not switched at all, which needs no
+// CAP_SYS_ADMIN: the daemon, without it, calls this for its own namespace.
+func RunIn(ns netns.NsHandle, name string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		// Still in its own namespace: the thread goes back to the pool.
+		// (Ending it would also end every child process it started with
+		// a parent-death signal.)
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	if orig.Equal(ns) {
+		defer runtime.UnlockOSThread()
+		return fn()
+	}
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter netns %s: %w", name, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		return errors.Join(ferr, fmt.Errorf("leave netns %s: %w", name, err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }
 
 // CloseHandles releases this process's handles; the namespace stays.
