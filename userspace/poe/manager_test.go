@@ -462,10 +462,11 @@ func TestBudgetByClass(t *testing.T) {
 	stop()
 }
 
-// TestShedLowerForHigher: the operator enables a critical port while two
-// low-priority ports hold the whole budget: the last configured of them is
-// shed to make room, and is not given power back while it does not fit.
-func TestShedLowerForHigher(t *testing.T) {
+// runShedSetup runs a manager over three class-3 phones (15.4 W each) in a
+// 31 W budget: low-priority x and y powered, critical z off until the
+// operator enables it.
+func runShedSetup(t *testing.T) (*fakeController, *poe.Manager, func()) {
+	t.Helper()
 	ctrl := newFake("x", "y", "z")
 	for _, n := range []string{"x", "y", "z"} {
 		ctrl.set(n, func(p *fakePort) { p.class = 3 })
@@ -474,6 +475,14 @@ func TestShedLowerForHigher(t *testing.T) {
 	cfgPorts[2].Priority, cfgPorts[2].Enabled = poe.PriorityCritical, false
 	m := newManager(t, ctrl, poe.ManagerConfig{Ports: cfgPorts, Policy: poe.PolicyAll, BudgetMW: 31000})
 	_, stop := run(t, m)
+	return ctrl, m, stop
+}
+
+// TestShedLowerForHigher: the operator enables a critical port while two
+// low-priority ports hold the whole budget: the last configured of them is
+// shed to make room, and is not given power back while it does not fit.
+func TestShedLowerForHigher(t *testing.T) {
+	ctrl, m, stop := runShedSetup(t)
 	ctrl.waitEnables(t, 2)
 	p, err := m.SetEnabled(context.Background(), "z", true)
 	if err != nil {
@@ -786,14 +795,7 @@ func TestUnreadablePortStaysCounted(t *testing.T) {
 // port waits instead of taking the budget twice; once the controller obeys,
 // the shed goes through.
 func TestShedThatFailsStaysCounted(t *testing.T) {
-	ctrl := newFake("x", "y", "z")
-	for _, n := range []string{"x", "y", "z"} {
-		ctrl.set(n, func(p *fakePort) { p.class = 3 })
-	}
-	cfgPorts := ports("x", "y", "z")
-	cfgPorts[2].Priority, cfgPorts[2].Enabled = poe.PriorityCritical, false
-	m := newManager(t, ctrl, poe.ManagerConfig{Ports: cfgPorts, Policy: poe.PolicyAll, BudgetMW: 31000})
-	_, stop := run(t, m)
+	ctrl, m, stop := runShedSetup(t)
 	defer stop()
 	ctrl.waitEnables(t, 2)
 	eventually(t, "x and y delivering", func() bool { return m.Status().AllocatedMW == 30800 })
