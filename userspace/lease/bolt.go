@@ -781,7 +781,9 @@ func (s *Bolt) allocateOp(l Lease, now time.Time) (func(b *buckets) (error, erro
 		}
 		// The MAC's previous address in the pool is released and kept, so
 		// that the MAC can get it back later.
-		if old := get(b.bymac, &b.bymacC, mk); old != nil && !bytes.Equal(old, k) {
+		old := get(b.bymac, &b.bymacC, mk)
+		indexed := bytes.Equal(old, k)
+		if old != nil && !indexed {
 			oldKey := bytes.Clone(old)
 			ol, ok, err := getLease(b, oldKey)
 			if err != nil {
@@ -802,6 +804,12 @@ func (s *Bolt) allocateOp(l Lease, now time.Time) (func(b *buckets) (error, erro
 		}
 		if err := b.leases.Put(k, val); err != nil {
 			return nil, err
+		}
+		if indexed {
+			// Already indexed (a bind after the offer): a Put would
+			// rewrite the index's page for nothing, which costs as much
+			// as the lease's own write.
+			return nil, nil
 		}
 		return nil, b.bymac.Put(mk, k)
 	}, nil
