@@ -547,6 +547,9 @@ func (l *lab) buildBridge() error {
 	if err := h.LinkSetUp(link); err != nil {
 		return fmt.Errorf("appliance bridge: %w", err)
 	}
+	if err := l.appNS.Do(bridgeWithoutNetfilter); err != nil {
+		return fmt.Errorf("appliance namespace: %w", err)
+	}
 	rt, err := openRTNL(l.appNS)
 	if err != nil {
 		return err

@@ -277,3 +277,44 @@ func udpFrame(t *testing.T, src, dst net.HardwareAddr, vlan uint16, srcIP, dstIP
 	}
 	return buf.Bytes()
 }
+
+// TestBridgeWithoutNetfilter: in a fresh namespace, where br_netfilter (if
+// the host has it loaded) sets its sysctls to 1, the lab's switch turns
+// them off, and without the module it has nothing to do.
+func TestBridgeWithoutNetfilter(t *testing.T) {
+	app, _ := privtest.VethPair(t, "a0", phoneLink)
+	read := func() map[string]string {
+		got := map[string]string{}
+		err := app.Do(func() error {
+			for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"} {
+				v, err := os.ReadFile("/proc/sys/net/bridge/" + k)
+				if errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				got[k] = strings.TrimSpace(string(v))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	before := read()
+	if err := app.Do(bridgeWithoutNetfilter); err != nil {
+		t.Fatal(err)
+	}
+	after := read()
+	if len(after) != len(before) {
+		t.Fatalf("sysctls before %v, after %v", before, after)
+	}
+	for k, v := range after {
+		if v != "0" {
+			t.Errorf("net.bridge.%s = %s after, want 0 (before: %s)", k, v, before[k])
+		}
+	}
+	t.Logf("br_netfilter sysctls before %v, after %v", before, after)
+}
