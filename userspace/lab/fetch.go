@@ -184,25 +184,72 @@ func (b *bufferSink) Write(p []byte) (int, error) {
 
 func (b *bufferSink) reset() { b.buf = b.buf[:0] }
 
+// httpStall is how long the phone's HTTP fetch waits without a byte (for
+// the response, then for more of its body) before it gives the transfer
+// up and asks over TFTP, as its TFTP fetch gives up after five 1-s
+// timeouts in a row. Without it a connection whose segments the kernel
+// kept dropping sat in TCP's retransmission backoff until the storm's
+// deadline (one phone of 10,000, in the middle of a firmware file). How
+// long Cisco's phones wait is not published: this is an assumption.
+const httpStall = 10 * time.Second
+
+// errHTTPStalled ends a fetch that got nothing for httpStall.
+var errHTTPStalled = errors.New("no data")
+
 // httpGet fetches url over the phone's own HTTP client: from its
 // interface and address, one connection kept open between requests.
 // Anything but 200 is an error (the phone then asks over TFTP).
 func httpGet(ctx context.Context, ph *Phone, url string, w io.Writer) (tftp.FetchResult, error) {
+	res, err := httpGetWith(ctx, ph.httpClient(), url, w, httpStall)
+	if errors.Is(err, errHTTPStalled) {
+		ph.HTTPStalls++
+	}
+	return res, err
+}
+
+// httpGetWith is httpGet with the client and the stall timeout given.
+func httpGetWith(ctx context.Context, c *http.Client, url string, w io.Writer, stall time.Duration) (tftp.FetchResult, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	idle := time.AfterFunc(stall, func() { cancel(errHTTPStalled) })
+	defer idle.Stop()
+	stalled := func(err error) error {
+		if errors.Is(context.Cause(ctx), errHTTPStalled) {
+			return fmt.Errorf("HTTP: %w for %s", errHTTPStalled, stall)
+		}
+		return err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return tftp.FetchResult{}, err
 	}
-	resp, err := ph.httpClient().Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
-		return tftp.FetchResult{}, err
+		return tftp.FetchResult{}, stalled(err)
 	}
 	defer resp.Body.Close()
+	body := &progressReader{r: resp.Body, idle: idle, stall: stall}
 	if resp.StatusCode != http.StatusOK {
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // keep the connection
+		io.Copy(io.Discard, io.LimitReader(body, 64<<10)) // keep the connection
 		return tftp.FetchResult{}, fmt.Errorf("HTTP %s", resp.Status)
 	}
-	n, err := io.Copy(w, resp.Body)
+	n, err := io.Copy(w, body)
 	// TSize plays Content-Length's part in the checks: the size the
 	// server announced.
-	return tftp.FetchResult{Bytes: n, TSize: resp.ContentLength}, err
+	return tftp.FetchResult{Bytes: n, TSize: resp.ContentLength}, stalled(err)
+}
+
+// progressReader restarts the stall timer whenever bytes arrive.
+type progressReader struct {
+	r     io.Reader
+	idle  *time.Timer
+	stall time.Duration
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.idle.Reset(p.stall)
+	}
+	return n, err
 }

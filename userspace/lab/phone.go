@@ -39,8 +39,9 @@ type Phone struct {
 	// FetchRetries are TFTP transfers tried again after a failure.
 	FetchRetries int
 	// HTTPFetches are files it got over HTTP on 6970; HTTPFallbacks are
-	// files it then asked over TFTP because HTTP failed.
-	HTTPFetches, HTTPFallbacks int
+	// files it then asked over TFTP because HTTP failed, HTTPStalls those
+	// of them whose transfer stopped (httpStall).
+	HTTPFetches, HTTPFallbacks, HTTPStalls int
 	// Config is what it kept from its configuration file.
 	Config *phoneConfig
 	// Upgraded is set when it fetched and checked a new load.

@@ -121,8 +121,8 @@ type provisioned struct {
 	Upgraded      int   // of them, phones that fetched and checked the new one
 	Bytes         int64 // firmware bytes fetched and checked
 	// Files fetched over HTTP 6970, and files asked over TFTP after HTTP
-	// failed (models with HTTP provisioning).
-	HTTPFetches, HTTPFallbacks int
+	// failed (models with HTTP provisioning), of them after it stalled.
+	HTTPFetches, HTTPFallbacks, HTTPStalls int
 }
 
 func (l *lab) provisionSummary(phones []*Phone) provisioned {
@@ -143,6 +143,7 @@ func (l *lab) provisionSummary(phones []*Phone) provisioned {
 		}
 		u.HTTPFetches += ph.HTTPFetches
 		u.HTTPFallbacks += ph.HTTPFallbacks
+		u.HTTPStalls += ph.HTTPStalls
 	}
 	return u
 }

@@ -194,8 +194,8 @@ func (rep Report) WriteTable(w io.Writer) error {
 	rep.writePowerSummary(w)
 	rep.baseline.write(w)
 	if u := rep.provisioned; u.OwnConfig+u.DefaultConfig > 0 {
-		fmt.Fprintf(w, "config: %d phones from SEP<MAC>.cnf.xml, %d from XMLDefault.cnf.xml; files over HTTP 6970: %d, asked over TFTP after HTTP failed: %d\n",
-			u.OwnConfig, u.DefaultConfig, u.HTTPFetches, u.HTTPFallbacks)
+		fmt.Fprintf(w, "config: %d phones from SEP<MAC>.cnf.xml, %d from XMLDefault.cnf.xml; files over HTTP 6970: %d, asked over TFTP after HTTP failed: %d (%d after %s without data)\n",
+			u.OwnConfig, u.DefaultConfig, u.HTTPFetches, u.HTTPFallbacks, u.HTTPStalls, httpStall)
 		fmt.Fprintf(w, "firmware: %d of %d phones that booted an older load upgraded, %.1f MB fetched and checked\n",
 			u.Upgraded, u.Older, float64(u.Bytes)/1e6)
 	}
