@@ -15,6 +15,8 @@ import (
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/phoneboot/phoneboot/userspace/offload"
 	"github.com/phoneboot/phoneboot/userspace/phonetag"
 	"github.com/phoneboot/phoneboot/userspace/privtest"
@@ -317,4 +319,38 @@ func TestBridgeWithoutNetfilter(t *testing.T) {
 		}
 	}
 	t.Logf("br_netfilter sysctls before %v, after %v", before, after)
+}
+
+// TestPortQueue: a switch port gets a pfifo_fast queue in place of the
+// veth's noqueue.
+func TestPortQueue(t *testing.T) {
+	app, _ := privtest.VethPair(t, "a0", phoneLink)
+	h := app.Netlink()
+	link, err := h.LinkByName("a0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := func() []string {
+		qs, err := h.QdiscList(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, q := range qs {
+			if q.Attrs().Parent == netlink.HANDLE_ROOT {
+				out = append(out, q.Type())
+			}
+		}
+		return out
+	}
+	if err := app.SetUp("a0"); err != nil {
+		t.Fatal(err)
+	}
+	before := kinds()
+	if err := givePortQueue(h, link); err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(); len(got) != 1 || got[0] != "pfifo_fast" {
+		t.Errorf("root qdisc %v after (before %v), want [pfifo_fast]", got, before)
+	}
 }
