@@ -599,10 +599,9 @@ func (l *lab) buildPort(p *Port) error {
 // full was dropped. A 10,000-phone storm lost 2.9 million segments so,
 // TCP resent them and timed out 13,755 times, and one phone's firmware
 // download sat in the backoff until the storm's deadline. With a qdisc
-// the veth stops its queue while the ring is full (the kernel's veth
-// qdisc backpressure, which this 6.18 kernel has) and nothing is
-// dropped: 26,758 resent
-// segments, 847 timeouts, the storm 110 s against 107-146 s.
+// the veth stops its queue while the ring is full (veth's qdisc
+// backpressure, which this 6.18 kernel has) and nothing is dropped:
+// 26,758 segments resent, 847 timeouts, the storm 110 s against 107-146 s.
 // pfifo_fast, the classic default of a NIC: fq and fq_codel are not built
 // into every kernel (this machine's).
 func givePortQueue(h *netlink.Handle, link netlink.Link) error {
