@@ -187,10 +187,10 @@ func (b *bufferSink) reset() { b.buf = b.buf[:0] }
 // httpStall is how long the phone's HTTP fetch waits without a byte (for
 // the response, then for more of its body) before it gives the transfer
 // up and asks over TFTP, as its TFTP fetch gives up after five 1-s
-// timeouts in a row. Without it a connection whose segments the kernel
-// kept dropping sat in TCP's retransmission backoff until the storm's
-// deadline (one phone of 10,000, in the middle of a firmware file). How
-// long Cisco's phones wait is not published: this is an assumption.
+// timeouts in a row. Without it a download that stopped making progress
+// (frames dropped at the lab's ports, TCP backing off) waited until the
+// storm's deadline: one phone of 10,000, in the middle of a firmware file.
+// How long Cisco's phones wait is not published: this is an assumption.
 const httpStall = 10 * time.Second
 
 // errHTTPStalled ends a fetch that got nothing for httpStall.
