@@ -133,12 +133,19 @@ func healthRig(t *testing.T, interval time.Duration, rise, fall int) (*Proxy, *s
 	privtest.RequireNetNS(t)
 	pip, cmIP := testNet()
 	cm := newScriptedCM(t, cmIP(0))
-	p, err := New(Config{
+	p := runProxy(t, Config{
 		Listeners:    []Listener{{Protocol: SCCP, Addr: pip + ":0", UpstreamPort: cm.port()}},
 		CallManagers: []CallManager{{Name: "cm1", Host: cmIP(0)}},
 		Health:       HealthConfig{Probe: ProbeSCCP, Port: cm.port(), Interval: interval, Timeout: interval * 8 / 10, Rise: rise, Fall: fall},
 		Failback:     FailbackConfig{Disabled: true},
-	}, privtest.Logger(t))
+	})
+	return p, cm, p.Addrs()[0].String()
+}
+
+// runProxy makes a proxy of cfg and runs it until the test ends.
+func runProxy(t *testing.T, cfg Config) *Proxy {
+	t.Helper()
+	p, err := New(cfg, privtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +153,7 @@ func healthRig(t *testing.T, interval time.Duration, rise, fall int) (*Proxy, *s
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return p, cm, p.Addrs()[0].String()
+	return p
 }
 
 // TestHealthHysteresis drives the health loop probe by probe: with fall

@@ -19,7 +19,7 @@ import (
 // sipResponder is a tiny SIP registrar over TCP: it answers each
 // request with 200 OK, echoing its CSeq, and counts the methods it saw.
 type sipResponder struct {
-	ln     *net.TCPListener
+	addr   string
 	silent atomic.Bool // read requests, answer none: a hung SIP service
 	mu     sync.Mutex
 	seen   map[string]int
@@ -27,31 +27,8 @@ type sipResponder struct {
 
 func newSIPResponder(t *testing.T, addr string) *sipResponder {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &sipResponder{ln: ln.(*net.TCPListener), seen: map[string]int{}}
-	var wg sync.WaitGroup
-	var conns sync.Map
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Store(c, true)
-			wg.Add(1)
-			go func() { defer wg.Done(); defer c.Close(); s.serve(c) }()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
-		wg.Wait()
-	})
+	s := &sipResponder{seen: map[string]int{}}
+	s.addr = tcpServer(t, addr, s.serve)
 	return s
 }
 
@@ -103,18 +80,11 @@ func TestSIPRegistrationRecorded(t *testing.T) {
 	privtest.RequireNetNS(t)
 	pip, cmIP := testNet()
 	newSIPResponder(t, cmIP(0)+":5060")
-	p, err := New(Config{
+	p := runProxy(t, Config{
 		Listeners:    []Listener{{Protocol: SIP, Addr: pip + ":0", UpstreamPort: 5060}},
 		CallManagers: []CallManager{{Name: "cucm", Host: cmIP(0)}},
 		Health:       HealthConfig{Probe: ProbeTCP, Port: 5060},
-	}, privtest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	})
 
 	c, err := net.DialTimeout("tcp", p.Addrs()[0].String(), 2*time.Second)
 	if err != nil {
@@ -210,7 +180,7 @@ func TestSIPOptionsProbe(t *testing.T) {
 		want string // "" passes, else a part of the error
 		fast bool   // fails well before the timeout
 	}{
-		{"200", ok.ln.Addr().String(), "", true},
+		{"200", ok.addr, "", true},
 		{"404", tcpServer(t, cmIP(1)+":0", answer("\r\nSIP/2.0 404 Not Found\r\nContent-Length: 0\r\n\r\n", &got)), "", true},
 		{"503", tcpServer(t, cmIP(6)+":0", answer("SIP/2.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", new(string))), "503 Service Unavailable", true},
 		{"408", tcpServer(t, cmIP(7)+":0", answer("SIP/2.0 408 Request Timeout\r\nContent-Length: 0\r\n\r\n", new(string))), "408 Request Timeout", true},
@@ -274,20 +244,13 @@ func TestSIPSessionsFollowSIPCheck(t *testing.T) {
 		tcpServer(t, cmIP(i)+":2000", func(c net.Conn) { io.Copy(io.Discard, c) })
 		sips = append(sips, newSIPResponder(t, cmIP(i)+":5060"))
 	}
-	p, err := New(Config{
+	p := runProxy(t, Config{
 		Listeners:    []Listener{{Protocol: SIP, Addr: pip + ":0", UpstreamPort: 5060}},
 		CallManagers: []CallManager{{Name: "cm1", Host: cmIP(0)}, {Name: "cm2", Host: cmIP(1)}},
 		Health: HealthConfig{Probe: ProbeTCP, Port: 2000, SIPProbe: ProbeSIPOptions, SIPPort: 5060,
 			Interval: 300 * time.Millisecond, Timeout: 250 * time.Millisecond, Rise: 1, Fall: 1},
 		Failback: FailbackConfig{Delay: -1},
-	}, privtest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	})
 	addr := p.Addrs()[0].String()
 	register := func(user string) (net.Conn, Registration) {
 		t.Helper()

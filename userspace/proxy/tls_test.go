@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -56,18 +55,11 @@ func TestTLSPassthrough(t *testing.T) {
 			}()
 		}
 	}()
-	p, err := New(Config{
+	p := runProxy(t, Config{
 		Listeners:    []Listener{{Protocol: SCCPTLS, Addr: pip + ":0", UpstreamPort: 2443}},
 		CallManagers: []CallManager{{Name: "cucm1", Host: cmIP(0)}},
 		Health:       HealthConfig{Probe: ProbeTCP, Port: 2443},
-	}, privtest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	})
 
 	raw, err := net.DialTimeout("tcp", p.Addrs()[0].String(), 2*time.Second)
 	if err != nil {
