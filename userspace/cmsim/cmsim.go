@@ -248,14 +248,30 @@ func (s *Server) Mode() Mode {
 // nothing, and BlackHoled also drops every segment that arrives on a
 // connection, so the peer's TCP sees no acknowledgement and no reset.
 func (s *Server) SetMode(m Mode) error {
+	_, err := s.setMode(m)
+	return err
+}
+
+// Reset is a registered device whose connection Stop reset, and when.
+type Reset struct {
+	Device string
+	At     time.Time
+}
+
+// Stop is SetMode(Stopped) that also says which devices were registered
+// when the server stopped: a phone can read its RegisterAck after the
+// stop's reset, so only the server knows which registrations it ended.
+func (s *Server) Stop() ([]Reset, error) { return s.setMode(Stopped) }
+
+func (s *Server) setMode(m Mode) (resets []Reset, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return errors.New("cmsim: closed")
+		return nil, errors.New("cmsim: closed")
 	}
 	old := s.mode
 	if old == m {
-		return nil
+		return nil, nil
 	}
 	if old == BlackHoled {
 		s.setBlackHole(false)
@@ -264,7 +280,7 @@ func (s *Server) SetMode(m Mode) error {
 	case Serving:
 		if old == Stopped {
 			if err := s.listen(); err != nil {
-				return err
+				return nil, err
 			}
 			select {
 			case s.wake <- struct{}{}:
@@ -280,6 +296,9 @@ func (s *Server) SetMode(m Mode) error {
 			c.c.SetLinger(0) // RST, as a stopped CUCM service sends
 			c.c.Close()
 			s.resetOnStop.Add(1)
+			if c.device != "" && s.stations[c.device] == c {
+				resets = append(resets, Reset{Device: c.device, At: time.Now()})
+			}
 		}
 	case Hung, BlackHoled:
 		if m == BlackHoled {
@@ -290,7 +309,7 @@ func (s *Server) SetMode(m Mode) error {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.log.Info("mode", "from", old.String(), "to", m.String())
-	return nil
+	return resets, nil
 }
 
 // setBlackHole attaches (or detaches) a socket filter that drops every

@@ -237,8 +237,21 @@ func TestModes(t *testing.T) {
 	})
 
 	t.Run("stopped", func(t *testing.T) {
-		if err := s.SetMode(Stopped); err != nil {
+		// An unregistered connection is reset too, but is not a device
+		// the stop ended.
+		accepted := s.Stats().Accepted
+		idle := dial(t, s.Addr())
+		waitFor(t, "the idle connection accepted", func() bool { return s.Stats().Accepted > accepted })
+		before := time.Now()
+		resets, err := s.Stop()
+		if err != nil {
 			t.Fatal(err)
+		}
+		if len(resets) != 1 || resets[0].Device != "SEP001B54000004" || resets[0].At.Before(before) || resets[0].At.After(time.Now()) {
+			t.Errorf("stop reset %+v, want the registered device, at the stop", resets)
+		}
+		if _, err := idle.read(2 * time.Second); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("stopped, unregistered connection: %v, want a reset", err)
 		}
 		if _, err := st.read(2 * time.Second); !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("stopped: %v, want a reset", err)
@@ -310,18 +323,24 @@ func TestPhoneFailover(t *testing.T) {
 			return PhoneEvent{}
 		}
 	}
-	if e := next(); e.Kind != EventRegistered || e.Server != a.Addr() || e.KeepAlive != time.Second {
-		t.Fatalf("first event %+v", e)
+	first := next()
+	if first.Kind != EventRegistered || first.Server != a.Addr() || first.KeepAlive != time.Second || first.Dialed.IsZero() || first.Dialed.After(first.At) {
+		t.Fatalf("first event %+v", first)
 	}
-	a.SetMode(Stopped)
+	resets, err := a.Stop()
+	if err != nil || len(resets) != 1 || resets[0].Device != "SEP001B54000005" {
+		t.Fatalf("stop: %+v, %v", resets, err)
+	}
 	if e := next(); e.Kind != EventLost || !errors.Is(e.Err, syscall.ECONNRESET) {
 		t.Fatalf("after stop: %+v", e)
 	}
 	if e := next(); e.Kind != EventFailed || e.Server != a.Addr() {
 		t.Fatalf("retry of the stopped one: %+v", e)
 	}
-	if e := next(); e.Kind != EventRegistered || e.Server != b.Addr() {
-		t.Fatalf("failover: %+v", e)
+	// The registration that replaces the one the stop ended is on a
+	// connection opened after the reset.
+	if e := next(); e.Kind != EventRegistered || e.Server != b.Addr() || e.Dialed.Before(resets[0].At) {
+		t.Fatalf("failover: %+v (the stop reset at %v)", e, resets[0].At)
 	}
 	if st := p.State(); !st.Registered || st.Server != b.Addr() || st.Registrations != 2 {
 		t.Errorf("state %+v", st)

@@ -58,7 +58,11 @@ type PhoneEvent struct {
 	Server    string
 	At        time.Time
 	KeepAlive time.Duration // from RegisterAck, for EventRegistered
-	Err       error         // why, for EventLost and EventFailed
+	// Dialed is when the registration's connection was opened, for
+	// EventRegistered: a registration on a connection opened after a
+	// server went away is not one that server ended.
+	Dialed time.Time
+	Err    error // why, for EventLost and EventFailed
 }
 
 // PhoneState is a phone's state now.
@@ -165,6 +169,7 @@ var errRejected = errors.New("RegisterReject")
 // session is one connection: register, then keep alive until it ends.
 // registered says whether RegisterAck came.
 func (p *Phone) session(ctx context.Context, server string) (registered bool, err error) {
+	dialed := time.Now()
 	dctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	c, err := p.cfg.Dial(dctx, server)
 	cancel()
@@ -198,7 +203,7 @@ func (p *Phone) session(ctx context.Context, server string) (registered bool, er
 			return false, fmt.Errorf("%w: %s", errRejected, rej.Text)
 		}
 	}
-	p.event(PhoneEvent{Kind: EventRegistered, Server: server, KeepAlive: keepalive})
+	p.event(PhoneEvent{Kind: EventRegistered, Server: server, KeepAlive: keepalive, Dialed: dialed})
 
 	// One goroutine per phone: the read deadline is the next keepalive.
 	ka := sccp.AppendEmpty(nil, v, sccp.KeepAliveID)

@@ -87,6 +87,17 @@ func RunCallManagers(ctx context.Context, cfg CallManagersConfig) error {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		// Stopping answers with the devices whose registrations it
+		// ended (cmsim.Server.Stop).
+		if cmsim.Mode(m) == cmsim.Stopped {
+			resets, err := s.Stop()
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			json.NewEncoder(w).Encode(resets)
+			return
+		}
 		if err := s.SetMode(cmsim.Mode(m)); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 		}
@@ -197,21 +208,43 @@ func (c *remoteCM) state() (cmState, error) {
 
 // SetMode serves, stops, black-holes or hangs the simulator.
 func (c *remoteCM) SetMode(m cmsim.Mode) error {
+	_, err := c.putMode(m)
+	return err
+}
+
+// Stop stops the simulator and returns the devices whose registrations
+// that ended (cmsim.Server.Stop).
+func (c *remoteCM) Stop() ([]cmsim.Reset, error) {
+	body, err := c.putMode(cmsim.Stopped)
+	if err != nil {
+		return nil, err
+	}
+	var resets []cmsim.Reset
+	if err := json.Unmarshal(body, &resets); err != nil {
+		return nil, fmt.Errorf("cm%d: stop: %w", c.n, err)
+	}
+	return resets, nil
+}
+
+func (c *remoteCM) putMode(m cmsim.Mode) ([]byte, error) {
 	body, _ := json.Marshal(int(m))
 	req, err := http.NewRequest(http.MethodPut, c.url("/mode"), bytes.NewReader(body))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := c.p.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cm%d: set mode %s: %w", c.n, m, err)
+		return nil, fmt.Errorf("cm%d: set mode %s: %w", c.n, m, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fmt.Errorf("cm%d: set mode %s: %s: %s", c.n, m, resp.Status, bytes.TrimSpace(b))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("cm%d: set mode %s: %w", c.n, m, err)
 	}
-	return nil
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("cm%d: set mode %s: %s: %s", c.n, m, resp.Status, bytes.TrimSpace(b[:min(len(b), 1024)]))
+	}
+	return b, nil
 }
 
 // Registered is how many phones the simulator has registered now; 0 when

@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/phoneboot/phoneboot/userspace/cmsim"
 	"github.com/phoneboot/phoneboot/userspace/control"
 	"github.com/phoneboot/phoneboot/userspace/fastpath"
 )
@@ -382,21 +381,44 @@ func (f *faultRunner) injectFault(ctx context.Context, r *faultRun) error {
 	return fmt.Errorf("unknown fault kind %q", r.Kind)
 }
 
+// stopCallManager stops the CallManager. The phones it hit are those it
+// had registered when it stopped, each registered again once it has on a
+// connection opened after the CallManager reset its old one, and those
+// the lab saw registered before the stop (registered elsewhere, or lost
+// in between), on a connection opened after the stop began.
 func (f *faultRunner) stopCallManager(r *faultRun) error {
 	registered := f.l.registrations.track.registeredPhones()
 	at := time.Now()
-	if err := f.l.cms[r.cm].SetMode(cmsim.Stopped); err != nil {
+	resets, err := f.l.cms[r.cm].Stop()
+	if err != nil {
 		return err
 	}
 	f.injected(r, at)
 	f.event(eventCallManagerStopped, at, r.rep.Target)
-	f.follow(r, at, at, registered, registered)
+	since := map[*Phone]time.Time{}
+	for _, ph := range registered {
+		since[ph] = at
+	}
+	byName := map[string]*Phone{}
+	for _, ph := range f.l.phones {
+		byName[ph.Name] = ph
+	}
+	for _, rs := range resets {
+		if ph := byName[rs.Device]; ph != nil {
+			if _, seen := since[ph]; !seen {
+				registered = append(registered, ph)
+			}
+			since[ph] = rs.At
+		}
+	}
+	f.follow(r, at, registered, registered, func(ph *Phone) time.Time { return since[ph] })
 	return nil
 }
 
-// follow watches the phones the fault hit until each registered again at
-// or after since: all of them, and those that were registered when it hit.
-func (f *faultRunner) follow(r *faultRun, at, since time.Time, hit, registered []*Phone) {
+// follow watches the phones the fault hit until each registered again
+// on a connection opened at or after since(phone): all of them, and
+// those that were registered when it hit.
+func (f *faultRunner) follow(r *faultRun, at time.Time, hit, registered []*Phone, since func(*Phone) time.Time) {
 	were := map[*Phone]bool{}
 	for _, ph := range registered {
 		were[ph] = true
@@ -408,8 +430,8 @@ func (f *faultRunner) follow(r *faultRun, at, since time.Time, hit, registered [
 		}
 	}
 	track := &f.l.registrations.track
-	r.watch = track.watch(at, since, hit)
-	r.regWatch = track.watch(at, since, both)
+	r.watch = track.watch(at, hit, since)
+	r.regWatch = track.watch(at, both, since)
 }
 
 // restartDaemon kills the daemon and starts it again with its config.
@@ -443,9 +465,10 @@ func (f *faultRunner) restartDaemon(ctx context.Context, r *faultRun) error {
 	} else {
 		l.o.Log.Warn("the restarted daemon's start recovery", "error", err)
 	}
-	// Only the restarted daemon's proxy registers phones: one whose
-	// RegisterAck was on its way at the kill loses that connection too.
-	f.follow(r, at, ready, affected, registered)
+	// A phone registers again through the restarted daemon's proxy, on a
+	// connection opened after the kill: one whose RegisterAck was on its
+	// way at the kill loses that connection too.
+	f.follow(r, at, affected, registered, func(*Phone) time.Time { return at })
 	return downErr
 }
 
@@ -502,9 +525,9 @@ func (f *faultRunner) cyclePort(ctx context.Context, r *faultRun) error {
 	r.port = p
 	f.injected(r, at)
 	back := time.Now()
-	// The phones register again once the power is back: from the end of
-	// the call on.
-	f.follow(r, at, back, affected, registered)
+	// The phones register again once the power is back: on connections
+	// opened from the end of the call on.
+	f.follow(r, at, affected, registered, func(*Phone) time.Time { return back })
 	return nil
 }
 

@@ -110,50 +110,62 @@ func TestFaultValidation(t *testing.T) {
 }
 
 // TestRecoveryWatch: a fault's phones count as recovered once each has
-// registered at or after the watch's start; one registered before does
-// not count, and one that was never registered (a daemon fault's phone
-// mid-boot) counts when it first registers.
+// registered on a connection opened at or after its own start; a
+// registration on an older connection does not count even when it
+// completes later (its RegisterAck read after the fault), and a phone
+// that was never registered (a daemon fault's phone mid-boot) counts
+// when it first registers.
 func TestRecoveryWatch(t *testing.T) {
 	var track registrationTrack
 	a, b, c := &Phone{Name: "a"}, &Phone{Name: "b"}, &Phone{Name: "c"}
 	t0 := time.Now()
-	track.set(a, true, t0)
-	track.set(b, true, t0)
-	w := track.watch(t0.Add(time.Second), t0.Add(2*time.Second), []*Phone{a, b, c})
-	track.set(a, false, t0.Add(time.Second))
-	track.set(a, true, t0.Add(1500*time.Millisecond)) // before since: the old daemon's
-	track.set(b, false, t0.Add(time.Second))
-	track.set(b, true, t0.Add(3*time.Second))
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	track.setRegistered(a, at(0), at(-1))
+	track.setRegistered(b, at(0), at(-1))
+	since := map[*Phone]time.Time{a: at(2), b: at(1), c: at(1)}
+	w := track.watch(at(1), []*Phone{a, b, c}, func(ph *Phone) time.Time { return since[ph] })
+	track.setLost(a, at(1))
+	track.setRegistered(a, at(1.5), at(0.5)) // completed after the fault, on a connection from before a's since
+	track.setLost(b, at(1))
+	track.setRegistered(b, at(3), at(2.5))
 	if n := len(w.pendingPhones()); n != 2 || !w.recoveredAt().IsZero() {
 		t.Fatalf("%d pending, recovered at %v; want a and c pending", n, w.recoveredAt())
 	}
-	track.set(a, false, t0.Add(3*time.Second))
-	track.set(a, true, t0.Add(4*time.Second))
-	track.set(c, true, t0.Add(5*time.Second))
+	track.setLost(a, at(3))
+	track.setRegistered(a, at(4), at(3.5))
+	track.setRegistered(c, at(5), at(4.5))
 	select {
 	case <-w.done:
 	default:
 		t.Fatal("watch not done with every phone registered again")
 	}
-	if got := w.recoveredAt(); !got.Equal(t0.Add(5 * time.Second)) {
+	if got := w.recoveredAt(); !got.Equal(at(5)) {
 		t.Errorf("recovered at %v, want t0+5s", got.Sub(t0))
 	}
 	s := track.series(t0)
 	if len(s) != 9 || s[len(s)-1] != (RegisteredSample{T: 5, N: 3}) || s[2] != (RegisteredSample{T: 1, N: 1}) {
 		t.Errorf("series %+v", s)
 	}
-	if empty := track.watch(t0, t0, nil); !empty.recoveredAt().Equal(t0) {
+	if empty := track.watch(t0, nil, nil); !empty.recoveredAt().Equal(t0) {
 		t.Error("a watch of no phones is not recovered at once")
 	}
 	// A phone that registered again before the watch was made (the
-	// fault's injection takes time) counts from its history.
-	d := &Phone{Name: "d"}
-	track.set(d, true, t0.Add(6*time.Second))
-	track.set(d, false, t0.Add(7*time.Second))
-	track.set(d, true, t0.Add(8*time.Second))
-	late := track.watch(t0.Add(7*time.Second), t0.Add(7*time.Second), []*Phone{d})
-	if got := late.recoveredAt(); !got.Equal(t0.Add(8 * time.Second)) {
-		t.Errorf("phone registered again before the watch: recovered at %v, want t0+8s", got.Sub(t0))
+	// fault's injection takes time) counts from its history; one whose
+	// registration then was on a connection from before the fault does
+	// not.
+	d, e := &Phone{Name: "d"}, &Phone{Name: "e"}
+	track.setRegistered(d, at(6), at(5.9))
+	track.setRegistered(e, at(7.1), at(6.9))
+	track.setLost(d, at(7))
+	track.setRegistered(d, at(8), at(7.5))
+	late := track.watch(at(7), []*Phone{d, e}, func(*Phone) time.Time { return at(7) })
+	if p := late.pendingPhones(); len(p) != 1 || p[0] != e {
+		t.Fatalf("pending %v, want e", p)
+	}
+	track.setLost(e, at(8))
+	track.setRegistered(e, at(9), at(8.5))
+	if got := late.recoveredAt(); !got.Equal(at(9)) {
+		t.Errorf("recovered at %v, want t0+9s", got.Sub(t0))
 	}
 }
 

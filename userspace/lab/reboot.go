@@ -405,6 +405,6 @@ func (p registerPhase) powerLost(ph *Phone) error {
 		<-ph.regDone
 		ph.regDone = nil
 	}
-	p.stats.track.set(ph, false, time.Now())
+	p.stats.track.setLost(ph, time.Now())
 	return nil
 }

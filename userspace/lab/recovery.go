@@ -14,9 +14,15 @@ import (
 type registrationTrack struct {
 	mu      sync.Mutex
 	on      map[*Phone]bool
-	regs    map[*Phone][]time.Time // each phone's registrations, in order
+	regs    map[*Phone][]registration // each phone's registrations, in order
 	changes []registeredChange
 	watches []*recoveryWatch
+}
+
+// registration is one of a phone's registrations: when it completed, and
+// when the phone opened its connection.
+type registration struct {
+	at, dialed time.Time
 }
 
 type registeredChange struct {
@@ -31,31 +37,35 @@ type RegisteredSample struct {
 	N int
 }
 
-// set records that ph is (or is no longer) registered, at t.
-func (r *registrationTrack) set(ph *Phone, registered bool, t time.Time) {
+// setRegistered records that ph registered at t, on a connection it
+// opened at dialed.
+func (r *registrationTrack) setRegistered(ph *Phone, t, dialed time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.on == nil {
-		r.on, r.regs = map[*Phone]bool{}, map[*Phone][]time.Time{}
+		r.on, r.regs = map[*Phone]bool{}, map[*Phone][]registration{}
 	}
-	if r.on[ph] == registered {
-		return
-	}
-	if registered {
-		r.on[ph] = true
-		r.regs[ph] = append(r.regs[ph], t)
-	} else {
-		delete(r.on, ph)
-	}
-	r.changes = append(r.changes, registeredChange{at: t, n: len(r.on)})
-	if !registered {
-		return
-	}
+	reg := registration{at: t, dialed: dialed}
+	r.regs[ph] = append(r.regs[ph], reg)
 	for _, w := range r.watches {
-		if w.pending[ph] && !t.Before(w.since) {
-			w.registered(ph, t)
-		}
+		w.consider(ph, reg)
 	}
+	if r.on[ph] {
+		return
+	}
+	r.on[ph] = true
+	r.changes = append(r.changes, registeredChange{at: t, n: len(r.on)})
+}
+
+// setLost records that ph is no longer registered, at t.
+func (r *registrationTrack) setLost(ph *Phone, t time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.on[ph] {
+		return
+	}
+	delete(r.on, ph)
+	r.changes = append(r.changes, registeredChange{at: t, n: len(r.on)})
 }
 
 // registeredPhones are the phones registered now.
@@ -69,23 +79,22 @@ func (r *registrationTrack) registeredPhones() []*Phone {
 	return out
 }
 
-// watch follows phones a fault at hit until each has registered at or
-// after since. A phone may have done so already (the fault's injection
-// takes time, and a phone may register again within it): its
+// watch follows phones a fault hit at at until each has registered on a
+// connection it opened at or after since(phone): a connection opened
+// before may carry the very registration the fault ended (its
+// RegisterAck read after the fault), one opened after cannot. A phone may
+// have registered again already (the fault's injection takes time): its
 // registrations so far are counted too.
-func (r *registrationTrack) watch(at, since time.Time, phones []*Phone) *recoveryWatch {
-	w := &recoveryWatch{at: at, since: since, affected: len(phones), pending: map[*Phone]bool{}, done: make(chan struct{}), track: r}
+func (r *registrationTrack) watch(at time.Time, phones []*Phone, since func(*Phone) time.Time) *recoveryWatch {
+	w := &recoveryWatch{at: at, affected: len(phones), pending: map[*Phone]time.Time{}, done: make(chan struct{}), track: r}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ph := range phones {
-		w.pending[ph] = true
+		w.pending[ph] = since(ph)
 	}
 	for _, ph := range phones {
-		for _, t := range r.regs[ph] {
-			if !t.Before(since) {
-				w.registered(ph, t)
-				break
-			}
+		for _, reg := range r.regs[ph] {
+			w.consider(ph, reg)
 		}
 	}
 	if len(phones) == 0 {
@@ -109,21 +118,26 @@ func (r *registrationTrack) series(start time.Time) []RegisteredSample {
 
 // recoveryWatch is the phones one fault hit, until each registered again.
 type recoveryWatch struct {
-	at, since time.Time
-	affected  int
-	track     *registrationTrack
+	at       time.Time
+	affected int
+	track    *registrationTrack
 
 	// Under track.mu:
-	pending map[*Phone]bool
-	last    time.Time     // the latest registration that took a phone off pending
-	done    chan struct{} // closed when pending is empty
+	pending map[*Phone]time.Time // the phones not registered again, each with its since
+	last    time.Time            // the latest registration that took a phone off pending
+	done    chan struct{}        // closed when pending is empty
 }
 
-// registered takes ph off pending, registered again at t; track.mu is held.
-func (w *recoveryWatch) registered(ph *Phone, t time.Time) {
+// consider takes ph off pending if reg is on a connection opened at or
+// after its since; track.mu is held.
+func (w *recoveryWatch) consider(ph *Phone, reg registration) {
+	since, ok := w.pending[ph]
+	if !ok || reg.dialed.Before(since) {
+		return
+	}
 	delete(w.pending, ph)
-	if t.After(w.last) {
-		w.last = t
+	if reg.at.After(w.last) {
+		w.last = reg.at
 	}
 	if len(w.pending) == 0 {
 		close(w.done)

@@ -69,13 +69,13 @@ func (p registerPhase) Run(ctx context.Context, ph *Phone) error {
 			switch ev.Kind {
 			case cmsim.EventRegistered:
 				p.stats.registered.Add(1)
-				p.stats.track.set(ph, true, ev.At)
+				p.stats.track.setRegistered(ph, ev.At, ev.Dialed)
 				if once.CompareAndSwap(false, true) {
 					close(registered)
 				}
 			case cmsim.EventLost:
 				p.stats.lost.Add(1)
-				p.stats.track.set(ph, false, ev.At)
+				p.stats.track.setLost(ph, ev.At)
 			case cmsim.EventRejected:
 				p.stats.rejected.Add(1)
 				last.Store(fmt.Sprintf("%s rejected it: %v", ev.Server, ev.Err))
