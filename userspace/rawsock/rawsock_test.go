@@ -201,6 +201,47 @@ func TestReadReportsArrival(t *testing.T) {
 	}
 }
 
+// TestSendReportsItsTurn: Send returns when its frame went to the kernel,
+// after the writer ahead of it on the same socket, not when it was
+// called.
+func TestSendReportsItsTurn(t *testing.T) {
+	a, b := privtest.VethPair(t, "pba", "pbb")
+	if err := b.SetUp("pbb"); err != nil {
+		t.Fatal(err)
+	}
+	rx := listenIn(t, a, "pba")
+	tx := listenIn(t, b, "pbb")
+	rc, err := tx.f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another writer holds the socket's turn for hold.
+	const hold = 200 * time.Millisecond
+	holding, released := make(chan struct{}), make(chan time.Time, 1)
+	go rc.Write(func(uintptr) bool {
+		close(holding)
+		time.Sleep(hold)
+		released <- time.Now()
+		return true
+	})
+	<-holding
+	called := time.Now()
+	sent, err := tx.Send(frame(nil, 67, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned := time.Now()
+	if rel := <-released; sent.Before(rel) || sent.After(returned) || sent.Sub(called) < hold/2 {
+		t.Errorf("sent at %v after the call, the other writer released at %v: want between that and the return (%v)",
+			sent.Sub(called), rel.Sub(called), returned.Sub(called))
+	}
+	rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+	fr, err := rx.Read(make([]byte, 2048))
+	if err != nil || !bytes.Equal(fr.Data[len(fr.Data)-4:], []byte{2, 2, 2, 2}) {
+		t.Errorf("read %x, %v: want the frame sent", fr.Data, err)
+	}
+}
+
 // TestQueued counts what waits in the receive queue: frames the kernel
 // queued, less those Read took and those it dropped for a full buffer;
 // Stats keeps returning what changed since its last call meanwhile.
