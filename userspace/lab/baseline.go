@@ -28,6 +28,7 @@ import (
 	"github.com/phoneboot/phoneboot/userspace/lease"
 	"github.com/phoneboot/phoneboot/userspace/provision"
 	"github.com/phoneboot/phoneboot/userspace/tftp"
+	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
 // The baseline: the same storm against the stack a user would otherwise
@@ -57,7 +58,7 @@ type baselineStack struct {
 	server          netip.Addr // the bridge's address, where they serve
 	keaArgv, keaEnv []string
 	tftpdArgv       []string
-	thread          *nsThread // started them; lives until they have exited
+	thread          *vnet.Thread // started them; lives until they have exited
 	kea, tftpd      *exec.Cmd
 	keaExited       chan struct{}
 	tftpdExited     chan struct{}
@@ -209,7 +210,7 @@ func (l *lab) startAppliance(ctx context.Context) error {
 		return l.startAgent(ctx)
 	}
 	var err error
-	if b.thread, err = startNSThread(l.appNS); err != nil {
+	if b.thread, err = l.appNS.StartThread(); err != nil {
 		return err
 	}
 	if b.kea, b.keaExited, err = b.start(b.keaEnv, b.keaLog+".out", b.keaArgv...); err != nil {
@@ -281,7 +282,7 @@ func (b *baselineStack) start(env []string, logPath string, argv ...string) (*ex
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := b.thread.do(cmd.Start); err != nil {
+	if err := b.thread.Do(cmd.Start); err != nil {
 		return nil, nil, err
 	}
 	exited := make(chan struct{})
@@ -308,7 +309,7 @@ func (b *baselineStack) waitKea(ctx context.Context) error {
 // waitTFTPD asks tftpd-hpa for a file it does not have until it says so.
 func (b *baselineStack) waitTFTPD(ctx context.Context) error {
 	listen := func(network string, laddr *net.UDPAddr) (c *net.UDPConn, err error) {
-		err = b.thread.do(func() error { c, err = net.ListenUDP(network, laddr); return err })
+		err = b.thread.Do(func() error { c, err = net.ListenUDP(network, laddr); return err })
 		return c, err
 	}
 	for {
@@ -369,7 +370,7 @@ func (l *lab) stopBaseline() error {
 		}
 	}
 	if b.thread != nil {
-		b.thread.stop()
+		b.thread.Stop()
 	}
 	return errors.Join(errs...)
 }

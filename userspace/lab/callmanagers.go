@@ -89,10 +89,10 @@ func (l *lab) startCallManagers() error {
 	// that started them ends, and a pooled thread may end whenever a
 	// goroutine that locked it returns without unlocking (as the lab's
 	// namespace threads do).
-	if l.cmThread, err = startNSThread(l.cmNS); err != nil {
+	if l.cmThread, err = l.cmNS.StartThread(); err != nil {
 		return err
 	}
-	l.cmProc, l.cms, err = startCMProcess(l.o.AgentCommand[0], l.cmThread.do, l.runDir, listen, keepAlive, logf, l.o.Log)
+	l.cmProc, l.cms, err = startCMProcess(l.o.AgentCommand[0], l.cmThread.Do, l.runDir, listen, keepAlive, logf, l.o.Log)
 	return err
 }
 

@@ -645,7 +645,7 @@ func (l *lab) killAgent() error {
 	}
 	<-l.exited
 	l.agent = nil
-	l.agentThread.stop()
+	l.agentThread.Stop()
 	l.agentThread = nil
 	return nil
 }

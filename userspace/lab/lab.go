@@ -196,10 +196,10 @@ type Port struct {
 	Link  string   // the phones' interface inside NS
 	Class int      // the PoE class presented on the port
 
-	power  *portPower // the phone side's link: up is power
-	io     *portIO    // the phones' raw socket on the port
-	rt     *rtnl      // the phones' interfaces and addresses
-	thread *nsThread  // opens the phones' sockets in NS
+	power  *portPower   // the phone side's link: up is power
+	io     *portIO      // the phones' raw socket on the port
+	rt     *rtnl        // the phones' interfaces and addresses
+	thread *vnet.Thread // opens the phones' sockets in NS
 }
 
 const phoneLink = "eth0"
@@ -416,7 +416,7 @@ type lab struct {
 	agent  *exec.Cmd
 	exited chan struct{}
 	// agentThread started the agent and lives until it has exited.
-	agentThread *nsThread
+	agentThread *vnet.Thread
 	logf        *os.File
 	tagger      *phonetag.Tagger
 	notify      *net.UnixConn
@@ -425,7 +425,7 @@ type lab struct {
 	cmNS          *vnet.NS        // the CallManagers'
 	cms           []*remoteCM     // the CallManagers, by priority
 	cmProc        *cmProcess      // ... and their process
-	cmThread      *nsThread       // the thread that started it
+	cmThread      *vnet.Thread    // the thread that started it
 	phonesCtx     context.Context // registered phones keep alive under it
 	registrations registrations   // their events
 	tftpRoot      string          // what the agent serves: the synthetic loads
@@ -583,10 +583,10 @@ func (l *lab) buildPort(p *Port) error {
 	if err := h.LinkSetUp(link); err != nil {
 		return fmt.Errorf("port %s: %w", p.Name, err)
 	}
-	if p.thread, err = startNSThread(p.NS); err != nil {
+	if p.thread, err = p.NS.StartThread(); err != nil {
 		return fmt.Errorf("port %s: %w", p.Name, err)
 	}
-	if err := p.thread.do(func() error { return writeNetSysctls(portSysctls) }); err != nil {
+	if err := p.thread.Do(func() error { return writeNetSysctls(portSysctls) }); err != nil {
 		return fmt.Errorf("port %s: %w", p.Name, err)
 	}
 	p.rt, err = openRTNL(p.NS)
@@ -711,10 +711,10 @@ func (l *lab) spawnAgent(ctx context.Context) error {
 	// whenever a goroutine that locked it returns without unlocking).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var err error
-	if l.agentThread, err = startNSThread(l.appNS); err != nil {
+	if l.agentThread, err = l.appNS.StartThread(); err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
-	if err := l.agentThread.do(cmd.Start); err != nil {
+	if err := l.agentThread.Do(cmd.Start); err != nil {
 		return fmt.Errorf("start agent: %w", err)
 	}
 	l.agent = cmd
@@ -872,7 +872,7 @@ func (l *lab) cleanup() error {
 		<-l.exited
 	}
 	if l.agentThread != nil {
-		l.agentThread.stop()
+		l.agentThread.Stop()
 	}
 	if l.logf != nil {
 		l.logf.Close()
@@ -888,7 +888,7 @@ func (l *lab) cleanup() error {
 			p.rt.close()
 		}
 		if p.thread != nil {
-			p.thread.stop()
+			p.thread.Stop()
 		}
 		errs = append(errs, p.NS.Close())
 	}
@@ -899,7 +899,7 @@ func (l *lab) cleanup() error {
 		l.cmProc.close()
 	}
 	if l.cmThread != nil {
-		l.cmThread.stop()
+		l.cmThread.Stop()
 	}
 	if l.cmNS != nil {
 		errs = append(errs, l.cmNS.Close())

@@ -9,13 +9,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"syscall"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
-	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
 // A phone's IP identity. After DHCP each simulated phone has an interface
@@ -45,54 +41,6 @@ import (
 // a port's namespace (the lab picks them so that one batch can create a
 // macvlan and address it without a lookup in between).
 const phoneIndexBase = 1000
-
-// nsThread runs functions on one OS thread that stays inside a namespace,
-// so that sockets are opened there without switching namespaces per
-// socket. Its thread is discarded when it stops.
-type nsThread struct {
-	calls chan func()
-	done  chan struct{}
-}
-
-func startNSThread(ns *vnet.NS) (*nsThread, error) {
-	t := &nsThread{calls: make(chan func()), done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		// Never unlocked: when the goroutine returns, its thread (still
-		// in the namespace) ends with it.
-		runtime.LockOSThread()
-		if err := netns.Set(ns.Handle()); err != nil {
-			started <- fmt.Errorf("enter netns %s: %w", ns.Name, err)
-			return
-		}
-		started <- nil
-		for {
-			select {
-			case f := <-t.calls:
-				f()
-			case <-t.done:
-				return
-			}
-		}
-	}()
-	if err := <-started; err != nil {
-		return nil, err
-	}
-	return t, nil
-}
-
-// do runs f in the namespace.
-func (t *nsThread) do(f func() error) error {
-	errc := make(chan error, 1)
-	select {
-	case t.calls <- func() { errc <- f() }:
-		return <-errc
-	case <-t.done:
-		return fmt.Errorf("namespace thread stopped")
-	}
-}
-
-func (t *nsThread) stop() { close(t.done) }
 
 // writeNetSysctls writes net sysctls (paths under /proc/sys/net) in the
 // calling thread's namespace.
@@ -196,7 +144,7 @@ func (ph *Phone) bringUpNIC(app *applianceSide) error {
 // net.ListenUDP, for tftp.FetchOptions.Listen.
 func (ph *Phone) listenUDP(network string, laddr *net.UDPAddr) (*net.UDPConn, error) {
 	var c *net.UDPConn
-	err := ph.Port.thread.do(func() error {
+	err := ph.Port.thread.Do(func() error {
 		lc := net.ListenConfig{Control: ph.bindToNIC}
 		pc, err := lc.ListenPacket(context.Background(), network, laddr.String())
 		if err != nil {

@@ -62,11 +62,11 @@ func newPhoneNICFixture(t *testing.T, phones int) *phoneNICFixture {
 		t.Fatal(err)
 	}
 	var err error
-	if fx.port.thread, err = startNSThread(pns); err != nil {
+	if fx.port.thread, err = pns.StartThread(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(fx.port.thread.stop)
-	if err := fx.port.thread.do(func() error { return writeNetSysctls(portSysctls) }); err != nil {
+	t.Cleanup(fx.port.thread.Stop)
+	if err := fx.port.thread.Do(func() error { return writeNetSysctls(portSysctls) }); err != nil {
 		t.Fatal(err)
 	}
 	if fx.port.rt, err = openRTNL(pns); err != nil {
@@ -153,7 +153,7 @@ func TestPhoneNIC(t *testing.T) {
 	}
 	// The sysctls are the port namespace's, not the machine's.
 	var arpIgnore []byte
-	if err := fx.port.thread.do(func() (err error) {
+	if err := fx.port.thread.Do(func() (err error) {
 		arpIgnore, err = os.ReadFile("/proc/sys/net/ipv4/conf/all/arp_ignore")
 		return err
 	}); err != nil || strings.TrimSpace(string(arpIgnore)) != "1" {

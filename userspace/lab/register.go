@@ -127,7 +127,7 @@ func dialTCP(ph *Phone) func(ctx context.Context, addr string) (net.Conn, error)
 			return nil, fmt.Errorf("dial %q: an IPv4 address and port", addr)
 		}
 		var fd int
-		if err := ph.Port.thread.do(func() error {
+		if err := ph.Port.thread.Do(func() error {
 			var err error
 			fd, err = ph.tcpSocket()
 			return err

@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"sort"
 	"strconv"
 	"sync"
@@ -21,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/phoneboot/phoneboot/userspace/vnet"
 )
 
 // Workers runs the proxy in worker processes, each with a descriptor
@@ -41,7 +42,7 @@ type Workers struct {
 	log   *slog.Logger
 	addrs []net.Addr
 	ws    []*worker
-	spawn *spawner
+	spawn *vnet.Thread // starts the workers (see vnet.Thread on Pdeathsig)
 
 	stopTimeout time.Duration
 	stopping    atomic.Bool
@@ -141,7 +142,7 @@ func NewWorkers(cfg Config, wc WorkersConfig, log *slog.Logger) (_ *Workers, err
 	for _, ln := range sets[0] {
 		w.addrs = append(w.addrs, ln.Addr())
 	}
-	if w.spawn, err = newSpawner(); err != nil {
+	if w.spawn, err = vnet.StartThreadHere(); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	defer func() {
@@ -257,13 +258,13 @@ func (w *Workers) start(i int, wc WorkersConfig, lns []*net.TCPListener) (*worke
 	cmd.ExtraFiles = files
 	cmd.Stderr = logW
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		// A worker does not outlive the daemon (see spawner).
+		// A worker does not outlive the daemon (see vnet.Thread).
 		Pdeathsig: syscall.SIGKILL,
 		// Nor is it stopped by a terminal's Ctrl-C before the daemon
 		// asks: the daemon stops it in order.
 		Setpgid: true,
 	}
-	if err := w.spawn.do(cmd.Start); err != nil {
+	if err := w.spawn.Do(cmd.Start); err != nil {
 		ctl.Close()
 		logR.Close()
 		return nil, err
@@ -410,7 +411,7 @@ func (w *Workers) Close() error {
 		wk.ctl.Close()
 	}
 	if w.spawn != nil {
-		w.spawn.close()
+		w.spawn.Stop()
 		w.spawn = nil
 	}
 	return nil
@@ -636,78 +637,3 @@ func workerProxy(h workerHello, log *slog.Logger) (*Proxy, error) {
 	}
 	return newProxy(cfg, log, lns), nil
 }
-
-// spawner starts processes from a locked thread of its own, in the
-// network namespace of the thread that made it, which lives until close.
-// Pdeathsig fires when the thread that started a child ends, not the
-// process, and a Go thread ends whenever a goroutine that locked it
-// returns without unlocking: a worker started from an arbitrary thread
-// could be killed while the daemon runs on.
-type spawner struct {
-	jobs chan func()
-	done chan struct{}
-}
-
-func newSpawner() (*spawner, error) {
-	// The caller's network namespace: its thread may have switched.
-	runtime.LockOSThread()
-	ns, err := os.Open("/proc/thread-self/ns/net")
-	runtime.UnlockOSThread()
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	s := &spawner{jobs: make(chan func()), done: make(chan struct{})}
-	ready := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread ends with this goroutine, and with
-		// it any worker left (their Pdeathsig).
-		runtime.LockOSThread()
-		if err := enterNetNS(ns); err != nil {
-			ready <- err
-			return
-		}
-		ready <- nil
-		for {
-			select {
-			case f := <-s.jobs:
-				f()
-			case <-s.done:
-				return
-			}
-		}
-	}()
-	if err := <-ready; err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// enterNetNS moves the calling thread into the namespace ns when it is
-// elsewhere (which needs CAP_SYS_ADMIN; the daemon's unit does not grant
-// it, and there every thread shares the one namespace).
-func enterNetNS(ns *os.File) error {
-	var want, have unix.Stat_t
-	if err := unix.Fstat(int(ns.Fd()), &want); err != nil {
-		return err
-	}
-	if err := unix.Stat("/proc/thread-self/ns/net", &have); err != nil {
-		return err
-	}
-	if want.Dev == have.Dev && want.Ino == have.Ino {
-		return nil
-	}
-	if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("enter the network namespace of the caller: %w", err)
-	}
-	return nil
-}
-
-// do runs f on the spawner's thread.
-func (s *spawner) do(f func() error) error {
-	errc := make(chan error, 1)
-	s.jobs <- func() { errc <- f() }
-	return <-errc
-}
-
-func (s *spawner) close() { close(s.done) }
