@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -65,6 +66,10 @@ func checkTable(t *testing.T, r *rig, cm string) {
 	}
 	if len(seen) != storm {
 		t.Fatalf("%d devices in the table, want %d", len(seen), storm)
+	}
+	// The counts by state, kept as sessions move and close, agree.
+	if got, want := r.p.Stats().Table, []TableCount{{State: StateRegistered, CallManager: cm, Rows: storm}}; !slices.Equal(got, want) {
+		t.Errorf("table counts %+v, want %+v", got, want)
 	}
 }
 

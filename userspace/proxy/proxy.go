@@ -74,6 +74,7 @@ type Proxy struct {
 	sessions map[uint64]*session
 	nextID   uint64
 	closed   bool
+	table    tableCounts // the sessions by state and CallManager
 
 	dialer       *net.Dialer
 	failbackKick chan struct{}

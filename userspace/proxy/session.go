@@ -46,6 +46,7 @@ func (p *Proxy) newSession(l *listener, c *net.TCPConn) *session {
 	p.nextID++
 	s := &session{p: p, id: p.nextID, proto: l.cfg.Protocol, port: l.port, phone: c, state: StateReading, since: time.Now()}
 	p.sessions[s.id] = s
+	p.table.move(tableKey{}, tableKey{StateReading, nil})
 	p.st.accepted[protoIndex(s.proto)].Add(1)
 	p.st.active.Add(1)
 	return s
@@ -65,8 +66,17 @@ func (s *session) row() Registration {
 
 func (s *session) setState(st State) {
 	s.mu.Lock()
-	s.state, s.since = st, time.Now()
+	s.moveLocked(st, s.cm)
 	s.mu.Unlock()
+}
+
+// moveLocked puts the session in state st toward cm, and its row's count
+// with it; s.mu is held.
+func (s *session) moveLocked(st State, cm *upstream) {
+	if !s.done {
+		s.p.table.move(tableKey{s.state, s.cm}, tableKey{st, cm})
+	}
+	s.state, s.since, s.cm = st, time.Now(), cm
 }
 
 // close ends the session once: both sockets closed, the row removed, the
@@ -82,6 +92,7 @@ func (s *session) close(r closeReason) {
 	}
 	s.done, s.reason = true, r
 	up, cm := s.up, s.cm
+	s.p.table.move(tableKey{s.state, s.cm}, tableKey{})
 	s.mu.Unlock()
 	// The books first: whoever sees the connection closed finds it out
 	// of the table and counted.
@@ -398,7 +409,7 @@ func (p *Proxy) connect(ctx context.Context, s *session) bool {
 		}
 		tried |= 1 << u.idx
 		s.mu.Lock()
-		s.state, s.since, s.cm = StateQueued, time.Now(), u
+		s.moveLocked(StateQueued, u)
 		s.mu.Unlock()
 		queued, err := u.bucket.wait(ctx)
 		if queued {

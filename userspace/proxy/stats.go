@@ -3,6 +3,7 @@ package proxy
 import (
 	"cmp"
 	"slices"
+	"sync"
 	"sync/atomic"
 )
 
@@ -146,28 +147,54 @@ func (p *Proxy) Stats() Stats {
 }
 
 func (p *Proxy) tableCounts() []TableCount {
-	type key struct {
-		state State
-		cm    string
-	}
-	n := map[key]int{}
-	p.mu.Lock()
-	for _, s := range p.sessions {
-		s.mu.Lock()
-		k := key{state: s.state}
-		if s.cm != nil {
-			k.cm = s.cm.cfg.Name
+	p.table.mu.Lock()
+	out := make([]TableCount, 0, len(p.table.n))
+	for k, rows := range p.table.n {
+		tc := TableCount{State: k.state, Rows: rows}
+		if k.cm != nil {
+			tc.CallManager = k.cm.cfg.Name
 		}
-		s.mu.Unlock()
-		n[k]++
+		out = append(out, tc)
 	}
-	p.mu.Unlock()
-	out := make([]TableCount, 0, len(n))
-	for k, rows := range n {
-		out = append(out, TableCount{State: k.state, CallManager: k.cm, Rows: rows})
-	}
+	p.table.mu.Unlock()
 	sortTable(out)
 	return out
+}
+
+// tableCounts counts the sessions by state and CallManager as they move,
+// so that Stats does not walk the table: read every 50 ms by the lab,
+// walking 5,000 sessions a worker took 3 % of the machine's CPU at the
+// end of a 10,000-phone storm.
+type tableCounts struct {
+	mu sync.Mutex
+	n  map[tableKey]int // no zero counts
+}
+
+// tableKey is a row's place in the counts; the zero key is no row.
+type tableKey struct {
+	state State
+	cm    *upstream
+}
+
+// move takes a row from one place to another (from the zero key: a new
+// row; to it: a row gone).
+func (t *tableCounts) move(from, to tableKey) {
+	if from == to {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == nil {
+		t.n = map[tableKey]int{}
+	}
+	if from != (tableKey{}) {
+		if t.n[from]--; t.n[from] <= 0 {
+			delete(t.n, from)
+		}
+	}
+	if to != (tableKey{}) {
+		t.n[to]++
+	}
 }
 
 func sortTable(t []TableCount) {
