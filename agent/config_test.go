@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"math"
 	"os"
 	"reflect"
 	"strings"
@@ -300,5 +301,25 @@ func TestConfigMarshalsBack(t *testing.T) {
 	}
 	if len(back.Ports) != 2 || back.Ports[0].PoEEnabled() || !back.Ports[1].PoEEnabled() {
 		t.Errorf("ports read back: %+v", back.Ports)
+	}
+}
+
+// TestFilesNeeded: the file servers' descriptors at their limits, and a
+// limit under them refused with the settings to change.
+func TestFilesNeeded(t *testing.T) {
+	cfg := DefaultConfig()
+	if got, want := filesNeeded(cfg), uint64(2*4096+2*4096+64); got != want {
+		t.Errorf("defaults need %d descriptors, want %d", got, want)
+	}
+	cfg.HTTP.Listen = ""
+	if got, want := filesNeeded(cfg), uint64(2*4096+64); got != want {
+		t.Errorf("without HTTP: %d, want %d", got, want)
+	}
+	if err := checkFileLimit(1); err != nil {
+		t.Errorf("one descriptor: %v", err)
+	}
+	err := checkFileLimit(math.MaxUint64)
+	if err == nil || !strings.Contains(err.Error(), "RLIMIT_NOFILE") || !strings.Contains(err.Error(), "http.max_conns") {
+		t.Errorf("over the limit: %v, want an error naming the limit and the settings", err)
 	}
 }

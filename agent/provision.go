@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/phoneboot/phoneboot/userspace/httpboot"
 	"github.com/phoneboot/phoneboot/userspace/neighbor"
@@ -53,7 +54,13 @@ func defaultTFTPConfig() TFTPConfig {
 		ReceiveBuffer: 4 << 20}
 }
 
-func defaultHTTPConfig() HTTPConfig { return HTTPConfig{Listen: "0.0.0.0:6970", MaxConns: 1024} }
+// A 10,000-phone site has some 5,000 phones that provision over HTTP, each
+// holding its connection from its first file to its last (a firmware
+// download among them). At 1,024 the later ones were refused and fetched
+// everything over TFTP instead, which costs the appliance more per byte:
+// in the lab's 10,000-phone storm 4,096 took the config phase's p50 from
+// 7.8-8.4 s to 5.7-7.4 s and the storm from 107-117 s to 105-106 s.
+func defaultHTTPConfig() HTTPConfig { return HTTPConfig{Listen: "0.0.0.0:6970", MaxConns: 4096} }
 
 // The largest TFTP blocks keep a block and its headers (IP, UDP 8, TFTP 4)
 // in one 1500-byte Ethernet frame: larger blocks would be fragmented (a
@@ -126,6 +133,9 @@ func (a *Agent) newProvision(cfg Config, log *slog.Logger) error {
 	a.provision = src
 	a.add("provision", idleService{close: src.Close})
 
+	if err := checkFileLimit(filesNeeded(cfg)); err != nil {
+		return err
+	}
 	tc := tftp.Config{
 		Source:         src,
 		MaxTransfers:   cfg.TFTP.MaxTransfers,
@@ -155,6 +165,30 @@ func (a *Agent) newProvision(cfg Config, log *slog.Logger) error {
 			return err
 		}
 		a.add("http", a.http)
+	}
+	return nil
+}
+
+// filesNeeded is how many descriptors the file servers need at their
+// limits: a TFTP transfer holds its socket and its file, and so does an
+// HTTP connection sending one; 64 more for everything else.
+func filesNeeded(cfg Config) uint64 {
+	n := 2*cfg.TFTP.MaxTransfers + 64
+	if cfg.HTTP.Listen != "" {
+		n += 2 * cfg.HTTP.MaxConns
+	}
+	return uint64(n)
+}
+
+// checkFileLimit refuses to start with an open file limit under need:
+// past it, transfers and connections would fail in the middle of a storm.
+func checkFileLimit(need uint64) error {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return fmt.Errorf("open file limit: %w", err)
+	}
+	if rl.Cur < need {
+		return fmt.Errorf("tftp.max_transfers and http.max_conns need %d file descriptors, RLIMIT_NOFILE is %d (raise LimitNOFILE, or lower them)", need, rl.Cur)
 	}
 	return nil
 }

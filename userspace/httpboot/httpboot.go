@@ -32,7 +32,7 @@ type Config struct {
 	Addr   netip.AddrPort // default [::]:6970 (IPv4 too)
 	Source bootfiles.Source
 
-	// MaxConns open at once; default 1024. Past it a connection gets a
+	// MaxConns open at once; default 4096. Past it a connection gets a
 	// 503 to its request and is closed (CUCM's TFTP service answers 503
 	// when full; the phone falls back to TFTP or retries); past 64 such
 	// answers in progress, it is closed without one.
@@ -98,7 +98,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		cfg.Addr = netip.MustParseAddrPort("[::]:6970")
 	}
 	if cfg.MaxConns == 0 {
-		cfg.MaxConns = 1024
+		cfg.MaxConns = 4096
 	}
 	if cfg.MaxConns < 1 {
 		return nil, fmt.Errorf("httpboot: max conns %d", cfg.MaxConns)
