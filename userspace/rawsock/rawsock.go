@@ -195,39 +195,45 @@ func (c *Conn) Read(buf []byte) (Frame, error) {
 var ErrTruncated = errors.New("frame truncated")
 
 // Write sends a complete Ethernet frame (tags inline) out of the interface.
-func (c *Conn) Write(frame []byte) error {
-	_, err := c.Send(frame)
-	return err
-}
+func (c *Conn) Write(frame []byte) error { return c.send(frame, nil) }
 
 // Send is Write that also returns when the frame went to the kernel: the
 // start of the system call that sent it. Writers of one Conn take turns
 // (the descriptor's write lock), so on a busy socket that can be long
 // after the call to Send.
 func (c *Conn) Send(frame []byte) (time.Time, error) {
+	var sent time.Time
+	err := c.send(frame, &sent)
+	return sent, err
+}
+
+// send writes frame, and the time its system call began into sent unless
+// sent is nil (Write, the servers' path, reads no clock).
+func (c *Conn) send(frame []byte, sent *time.Time) error {
 	if len(frame) < 14 {
-		return time.Time{}, fmt.Errorf("write %s: frame of %d bytes", c.name, len(frame))
+		return fmt.Errorf("write %s: frame of %d bytes", c.name, len(frame))
 	}
 	rc, err := c.f.SyscallConn()
 	if err != nil {
-		return time.Time{}, err
+		return err
 	}
 	sa := &unix.SockaddrLinklayer{Ifindex: c.ifindex, Halen: 6}
 	copy(sa.Addr[:], frame[:6])
 	var werr error
-	var sent time.Time
 	err = rc.Write(func(fd uintptr) bool {
-		sent = time.Now()
+		if sent != nil {
+			*sent = time.Now()
+		}
 		werr = unix.Sendto(int(fd), frame, 0, sa)
 		return werr != unix.EAGAIN
 	})
 	if err != nil {
-		return time.Time{}, err
+		return err
 	}
 	if werr != nil {
-		return time.Time{}, fmt.Errorf("write %s: %w", c.name, werr)
+		return fmt.Errorf("write %s: %w", c.name, werr)
 	}
-	return sent, nil
+	return nil
 }
 
 // SetReadDeadline bounds the next reads.
