@@ -418,8 +418,7 @@ func TestFloods(t *testing.T) {
 	st := s.Stats()
 	st.Requests -= base.Requests
 	st.Started -= base.Started
-	handled := st.Malformed + st.NotRequests + st.WriteRefused + st.BadMode + st.OptionRefused + st.RateLimited +
-		st.RateLimitedAll + st.Busy + st.BusyClient + st.NotFound + st.Forbidden + st.SourceErrors + st.NetasciiTooLong + st.Started
+	handled := requestOutcomes(st)
 	// The kernel drops what overflows the socket's buffer; what was
 	// read is all accounted for.
 	if st.Requests > 2000+200*40 || handled != st.Requests {

@@ -84,16 +84,28 @@ func startServer(t testing.TB, files map[string][]byte, tweak func(*Config)) *te
 func (s *testServer) idle(t testing.TB) Stats {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	var last Stats
 	for {
+		// Settled: every request read has its outcome, every transfer
+		// begun has ended, and nothing moved since the last look (the
+		// listening socket may still hold requests that start more).
 		st := s.Stats()
-		if st.Active == 0 && st.Started == st.Completed+st.TimedOut+st.ClientAborted+st.Faulted+st.Failed+st.Cancelled {
+		if st.Active == 0 && st.Started == st.Completed+st.TimedOut+st.ClientAborted+st.Faulted+st.Failed+st.Cancelled &&
+			st.Requests == requestOutcomes(st) && st == last {
 			return st
 		}
+		last = st
 		if time.Now().After(deadline) {
 			t.Fatalf("transfers still running: %+v", st)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// requestOutcomes is how many requests read have had an outcome counted.
+func requestOutcomes(st Stats) uint64 {
+	return st.Malformed + st.NotRequests + st.WriteRefused + st.BadMode + st.OptionRefused + st.RateLimited +
+		st.RateLimitedAll + st.Busy + st.BusyClient + st.NotFound + st.Forbidden + st.SourceErrors + st.NetasciiTooLong + st.Started
 }
 
 func randomBytes(t testing.TB, n int) []byte {
