@@ -150,6 +150,17 @@ func New(cfg Config, log *slog.Logger) (_ *Service, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("discovery: subscribe to link changes: %w", err)
 	}
+	// The kernel sets a link running a moment after its carrier comes on
+	// (linkwatch batches it), so a port can go up between openPort's look
+	// and the subscription, and that change would be heard by nobody: look
+	// again now that every later change is queued for Run.
+	for _, p := range s.ports {
+		ifi, err := net.InterfaceByIndex(p.ifindex)
+		if err != nil {
+			return nil, fmt.Errorf("discovery: port %s: %w", p.name, err)
+		}
+		p.up = ifi.Flags&net.FlagRunning != 0
+	}
 	return s, nil
 }
 
