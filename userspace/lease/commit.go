@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -188,10 +189,20 @@ func safeCall(fn opFunc, tx *bolt.Tx) (outcome, err error) {
 type committer struct {
 	db     *bolt.DB
 	maxOps int
+	// delay is how long a leader waits for more operations before it
+	// commits, when writes arrive faster than one per delay/2 (see
+	// lingers); 0: never.
+	delay time.Duration
+	now   func() time.Time
+	sleep func(time.Duration)
 
 	mu     sync.Mutex
 	queue  []*pendingOp
 	leader bool
+	// lastArrival and gap (a moving mean of the time between two
+	// operations' arrivals) tell a busy store from a lone writer.
+	lastArrival time.Time
+	gap         time.Duration
 
 	commits atomic.Uint64 // transactions committed
 	ops     atomic.Uint64 // operations they carried
@@ -216,6 +227,7 @@ func (c *committer) do(fn opFunc, n int) error {
 	p := &pendingOp{fn: fn, n: n, done: make(chan bool, 1)}
 	c.mu.Lock()
 	c.queue = append(c.queue, p)
+	c.arrived()
 	if c.leader {
 		c.mu.Unlock()
 		if <-p.done {
@@ -227,6 +239,9 @@ func (c *committer) do(fn opFunc, n int) error {
 		c.mu.Unlock()
 	}
 
+	if c.lingers() {
+		c.sleep(c.delay)
+	}
 	c.mu.Lock()
 	n, steps := 0, 0
 	for n < len(c.queue) && (n == 0 || steps+c.queue[n].n <= c.maxOps) {
@@ -252,6 +267,42 @@ func (c *committer) do(fn opFunc, n int) error {
 		next.done <- false
 	}
 	return outcomeError(p.outcome)
+}
+
+// arrived updates the arrival gap's moving mean (weight 1/8) for an
+// operation just queued; c.mu is held.
+func (c *committer) arrived() {
+	if c.delay <= 0 {
+		return
+	}
+	now := c.now()
+	if !c.lastArrival.IsZero() {
+		c.gap += (now.Sub(c.lastArrival) - c.gap) / 8
+	}
+	c.lastArrival = now
+}
+
+// lingers reports whether the leader should wait c.delay before it takes
+// its group: when operations have lately arrived at least two per delay
+// and fewer than maxOps are queued. Without the wait a busy store commits
+// almost every operation alone: the Go DHCP server at 9,000 DORA/s
+// averaged 1.4 operations a commit, and a commit's fixed cost (the pages
+// it rewrites, its writes and its sync) then dominates; with a handful
+// per commit the store's CPU per operation is about half (measured in
+// bench/dhcp: with the wait, 7 operations a commit at 9,000 DORA/s and
+// the server's CPU from 80 to 60 %). A lone writer, whose own arrival
+// stretches the mean gap, commits at once as before.
+func (c *committer) lingers() bool {
+	if c.delay <= 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	steps := 0
+	for _, p := range c.queue {
+		steps += p.n
+	}
+	return 2*c.gap <= c.delay && steps < c.maxOps
 }
 
 func outcomeError(err error) error {
