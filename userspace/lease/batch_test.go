@@ -21,9 +21,6 @@ var batchStores = []struct {
 	{"bolt group", func(t *testing.T) Store { return openTest(t, "", BoltOptions{}) }},
 	{"bolt group, 3 per commit", func(t *testing.T) Store { return openTest(t, "", BoltOptions{MaxBatch: 3}) }},
 	{"bolt serial", func(t *testing.T) Store { return openTest(t, "", BoltOptions{Commit: CommitSerial}) }},
-	{"bolt batch", func(t *testing.T) Store {
-		return openTest(t, "", BoltOptions{Commit: CommitBatch, BatchDelay: time.Millisecond})
-	}},
 }
 
 // contents lists a store's leases, without the Updated stamps.
@@ -203,9 +200,9 @@ func TestAllocateBatchSharesCommits(t *testing.T) {
 // fails (here it panics) gets the error; the rest of the batch, before
 // and after it in the same transaction, is committed without it.
 func TestWriteAllStepFailsAlone(t *testing.T) {
-	for _, mode := range []CommitMode{CommitGroup, CommitSerial, CommitBatch} {
+	for _, mode := range []CommitMode{CommitGroup, CommitSerial} {
 		t.Run(mode.String(), func(t *testing.T) {
-			s := openTest(t, "", BoltOptions{Commit: mode, BatchDelay: time.Millisecond})
+			s := openTest(t, "", BoltOptions{Commit: mode})
 			ctx := context.Background()
 			var fns []func(*buckets) (error, error)
 			for i := range 6 {

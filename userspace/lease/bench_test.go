@@ -23,8 +23,6 @@ func BenchmarkAllocate(b *testing.B) {
 		opts BoltOptions
 	}{
 		{"serial", BoltOptions{Commit: CommitSerial}},
-		{"batch-10ms", BoltOptions{Commit: CommitBatch}},
-		{"batch-1ms", BoltOptions{Commit: CommitBatch, BatchDelay: time.Millisecond}},
 		{"group", BoltOptions{Commit: CommitGroup}},
 	}
 	for _, m := range modes {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -24,17 +25,18 @@ import (
 //
 // Buckets (keys and values are described in codec.go):
 //
-//	meta    "schema" -> uint32 BE schema version (1)
+//	meta    "schema" -> uint32 BE schema version (2)
 //	leases  address -> lease; one record per address, in any state
-//	bymac   (pool, MAC) -> address of the MAC's current lease in the pool
 //	resv    (pool, MAC) -> reserved address
 //	resvip  reserved address -> (pool, MAC)
 //
-// ByIP and ByMAC are one and two Gets. Invariants, verified at open:
-// every offered or bound lease is what bymac gives for its (pool, MAC),
-// so no (pool, MAC) holds two addresses; every bymac entry points at a
-// lease of that pool and MAC that is not declined; resv and resvip mirror
-// each other.
+// The index from (pool, MAC) to the MAC's current address in the pool is
+// kept in memory (macIndex) and built from the leases at open; schema 1
+// files had it as a bucket, which opening drops (schema 2: a build that
+// reads only schema 1 refuses the file with ErrSchema instead of taking it
+// for damaged). ByIP is one Get, ByMAC a map lookup and one Get.
+// Invariants, verified at open: no (pool, MAC) holds two offered or bound
+// leases; resv and resvip mirror each other.
 //
 // Semantics beyond the Store documentation:
 //
@@ -50,16 +52,22 @@ import (
 //   - Allocate stores l as given (its State and Expires), with Updated set
 //     to now. The MAC's previous lease in the pool becomes released (kept
 //     for address affinity); the previous holder of the address loses its
-//     bymac entry.
+//     index entry.
 //   - Renew fails with ErrNotOwner unless the lease is offered or bound by
 //     mac (a released, expired or declined lease must be allocated again),
 //     and with ErrReserved if the address has since been reserved for
 //     another MAC.
 //   - Release of a lease the MAC already released (or that expired) is a
 //     no-op returning nil. The record stays, released, for affinity.
-//   - Decline removes the MAC's bymac entry, so ByMAC then fails with
+//   - Decline removes the MAC's index entry, so ByMAC then fails with
 //     ErrNotFound and the server does not steer the client back to the
 //     address it just declined.
+//   - ByMAC gives the lease the index points at: the MAC's offered or
+//     bound lease in the pool, or the one it last had (released, expired,
+//     or taken from it by nobody else since). After a reopen the index is
+//     rebuilt from the leases, and a MAC without an offered or bound lease
+//     is then indexed to its most recently updated released or expired
+//     lease in the pool (on a tie, the lowest address).
 //   - Reserve fails with ErrReserved if the address is reserved for another
 //     (pool, MAC), and with ErrAddressInUse if another MAC holds it or it is
 //     declined and on probation (judged at the Now clock); a (pool, MAC)
@@ -88,9 +96,14 @@ type Bolt struct {
 	now   func() time.Time
 	mode  CommitMode
 	group committer
+	// wmu runs the write transactions one at a time through update, so
+	// that each applies its index changes before the next begins.
+	wmu   sync.Mutex
+	index *macIndex
 
 	closeOnce sync.Once
 	closeErr  error
+	closed    atomic.Bool // for ByMAC, whose index outlives the file
 }
 
 var _ Store = (*Bolt)(nil)
@@ -106,14 +119,11 @@ type BoltOptions struct {
 	// Commit selects how concurrent writes share commits; the zero value is
 	// CommitGroup.
 	Commit CommitMode
-	// MaxBatch caps the operations in one shared transaction (CommitGroup
-	// and CommitBatch); 0 means 1000.
+	// MaxBatch caps the operations in one shared transaction
+	// (CommitGroup); 0 means 1000.
 	MaxBatch int
-	// BatchDelay is bbolt's batch window for CommitBatch; 0 means bbolt's
-	// default (10 ms).
-	BatchDelay time.Duration
 	// CommitDelay is how long CommitGroup's next transaction waits for
-	// more operations to share it while writes arrive at least two per
+	// more operations to share it while writes arrive at least one per
 	// CommitDelay (PostgreSQL's commit_delay, with the arrival rate in
 	// place of commit_siblings); 0 means DefaultCommitDelay, a negative
 	// value never waits.
@@ -128,7 +138,7 @@ const DefaultLockTimeout = time.Second
 
 // DefaultCommitDelay is CommitGroup's wait for company under load: it
 // adds at most this much to a write's latency, and only when at least
-// ten writes a millisecond are arriving.
+// five writes a millisecond are arriving.
 const DefaultCommitDelay = 200 * time.Microsecond
 
 // preciseSleep sleeps d in a nanosleep system call: the Go runtime's
@@ -140,12 +150,14 @@ func preciseSleep(d time.Duration) {
 	}
 }
 
-const schemaVersion = 1
+// schemaVersion is the file format this build writes. Version 1 had the
+// MAC index as a bucket; opening such a file drops it (see migrate).
+const schemaVersion = 2
 
 var (
 	bucketMeta   = []byte("meta")
 	bucketLeases = []byte("leases")
-	bucketByMAC  = []byte("bymac")
+	bucketByMAC  = []byte("bymac") // schema 1 only
 	bucketResv   = []byte("resv")
 	bucketResvIP = []byte("resvip")
 	keySchema    = []byte("schema")
@@ -271,7 +283,20 @@ func openBolt(path string, opts BoltOptions, moveAside bool) (*Bolt, string, err
 			o.log.Warn("lease store file was empty; initialised a new store", "path", path)
 		}
 	}
+	if st.version == 1 {
+		if err := migrate(db); err != nil {
+			_ = db.Close()
+			return nil, "", fmt.Errorf("lease store %s: moving to schema %d: %w", path, schemaVersion, err)
+		}
+		o.log.Info("lease store moved to a new schema", "path", path, "from", 1, "to", schemaVersion)
+	}
 	s := &Bolt{db: db, path: path, log: o.log, now: opts.Now, mode: opts.Commit}
+	// The index is of the file as checked; initialising or migrating it
+	// changed no lease, only the transaction the file is at.
+	if err := db.View(func(tx *bolt.Tx) error { s.index = newMACIndex(st.index, tx.ID()); return nil }); err != nil {
+		_ = db.Close()
+		return nil, "", fmt.Errorf("lease store %s: %w", path, err)
+	}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -279,15 +304,11 @@ func openBolt(path string, opts BoltOptions, moveAside bool) (*Bolt, string, err
 	if maxBatch <= 0 {
 		maxBatch = 1000
 	}
-	db.MaxBatchSize = maxBatch
-	if opts.BatchDelay > 0 {
-		db.MaxBatchDelay = opts.BatchDelay
-	}
 	delay := opts.CommitDelay
 	if delay == 0 {
 		delay = DefaultCommitDelay
 	}
-	s.group = committer{db: db, maxOps: maxBatch, delay: max(delay, 0), now: time.Now, sleep: preciseSleep,
+	s.group = committer{update: s.update, maxOps: maxBatch, delay: max(delay, 0), now: time.Now, sleep: preciseSleep,
 		gap: time.Second} // as if idle: the first writes commit at once
 	o.log.Info("lease store open", "path", path, "leases", st.leases, "reservations", st.reservations,
 		"commit", s.mode.String(), "took", time.Since(start))
@@ -391,8 +412,10 @@ func syncDir(dir string) error {
 
 type storeStats struct {
 	fresh        bool
+	version      uint32
 	leases       int
 	reservations int
+	index        map[string][4]byte
 }
 
 // verify runs bbolt's own consistency check and then decodes every record
@@ -430,6 +453,7 @@ func inconsistent(format string, args ...any) error {
 
 // checkTx decodes every record and checks the invariants listed on Bolt.
 func checkTx(tx *bolt.Tx, st *storeStats) error {
+	st.index = map[string][4]byte{}
 	meta := tx.Bucket(bucketMeta)
 	if meta == nil {
 		empty := true
@@ -444,20 +468,28 @@ func checkTx(tx *bolt.Tx, st *storeStats) error {
 	if len(v) != 4 {
 		return inconsistent("schema version is %d bytes", len(v))
 	}
-	if ver := binary.BigEndian.Uint32(v); ver != schemaVersion {
-		if ver > schemaVersion {
-			return fmt.Errorf("%w: the file has schema version %d, this build reads version %d", ErrSchema, ver, schemaVersion)
-		}
-		return inconsistent("schema version %d", ver)
+	st.version = binary.BigEndian.Uint32(v)
+	switch {
+	case st.version > schemaVersion:
+		return fmt.Errorf("%w: the file has schema version %d, this build reads versions 1 to %d", ErrSchema, st.version, schemaVersion)
+	case st.version < 1:
+		return inconsistent("schema version %d", st.version)
 	}
 	b, err := openBuckets(tx)
 	if err != nil {
 		return err
 	}
-	// The cross-checks look keys up with one cursor per bucket: a Get
-	// makes a cursor of its own each time, 36 MB of garbage over 100,000
-	// leases.
-	byMAC, byIP := b.bymac.Cursor(), b.leases.Cursor()
+	// Sized at once: grown from empty, the map for 100,000 leases left as
+	// much garbage again at start.
+	st.index = make(map[string][4]byte, b.leases.Stats().KeyN)
+	byIP := b.leases.Cursor()
+	idx := indexBuilder{m: st.index, lease: func(ip [4]byte) (Lease, error) {
+		k, v := byIP.Seek(ip[:])
+		if !bytes.Equal(k, ip[:]) {
+			return Lease{}, inconsistent("lease %s vanished while checking", netip.AddrFrom4(ip))
+		}
+		return decodeLease(k, v)
+	}}
 	var mk []byte
 	c := b.leases.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -469,32 +501,9 @@ func checkTx(tx *bolt.Tx, st *storeStats) error {
 			return err
 		}
 		st.leases++
-		if held(&l) {
-			mk = appendMACKey(mk[:0], l.Pool, l.MAC)
-			if ip := seekGet(byMAC, mk); !bytes.Equal(ip, k) {
-				return inconsistent("lease %s (%s in pool %q) is %s but the MAC index points to %x", l.IP, l.MAC, l.Pool, l.State, ip)
-			}
-		}
-	}
-	c = b.bymac.Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		pool, mac, err := parseMACKey(k)
-		if err != nil {
+		mk = appendMACKey(mk[:0], l.Pool, l.MAC)
+		if err := idx.add([4]byte(k), &l, mk); err != nil {
 			return err
-		}
-		if _, err := ipFromKey(v); err != nil {
-			return fmt.Errorf("MAC index entry %s in pool %q: %w", mac, pool, err)
-		}
-		lv := seekGet(byIP, v)
-		if lv == nil {
-			return inconsistent("MAC index entry %s in pool %q points to %x, which has no lease", mac, pool, v)
-		}
-		l, err := decodeLease(v, lv)
-		if err != nil {
-			return err
-		}
-		if l.Pool != pool || !bytes.Equal(l.MAC, mac) || l.State == StateDeclined {
-			return inconsistent("MAC index entry %s in pool %q points to %s, a %s lease of %s in pool %q", mac, pool, l.IP, l.State, l.MAC, l.Pool)
 		}
 	}
 	c = b.resv.Cursor()
@@ -527,17 +536,20 @@ func checkTx(tx *bolt.Tx, st *storeStats) error {
 	return nil
 }
 
-// seekGet is Bucket.Get on a cursor the caller keeps.
-func seekGet(c *bolt.Cursor, key []byte) []byte {
-	if k, v := c.Seek(key); bytes.Equal(k, key) {
-		return v
-	}
-	return nil
+// migrate moves a schema 1 file to the current schema: it drops the MAC
+// index bucket (the index is now built in memory) in one transaction.
+func migrate(db *bolt.DB) error {
+	return db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketByMAC); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, binary.BigEndian.AppendUint32(nil, schemaVersion))
+	})
 }
 
 func initBuckets(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketLeases, bucketByMAC, bucketResv, bucketResvIP} {
+		for _, name := range [][]byte{bucketLeases, bucketResv, bucketResvIP} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -553,11 +565,14 @@ func initBuckets(db *bolt.DB) error {
 const addressFillPercent = 0.9
 
 type buckets struct {
-	leases, bymac, resv, resvip *bolt.Bucket
+	leases, resv, resvip *bolt.Bucket
 	// Cursors for lookups, made on first use and kept for the
 	// transaction: Bucket.Get makes a cursor every time, and their
 	// stacks were most of what a write allocated.
-	leasesC, bymacC, resvipC *bolt.Cursor
+	leasesC, resvipC *bolt.Cursor
+	// idx is the MAC index, in write transactions.
+	idx *macIndex
+	tx  *bolt.Tx
 }
 
 // get is bk.Get(key) through the cursor *c, made on first use.
@@ -575,11 +590,11 @@ func get(bk *bolt.Bucket, c **bolt.Cursor, key []byte) []byte {
 func openBuckets(tx *bolt.Tx) (*buckets, error) {
 	b := &buckets{
 		leases: tx.Bucket(bucketLeases),
-		bymac:  tx.Bucket(bucketByMAC),
 		resv:   tx.Bucket(bucketResv),
 		resvip: tx.Bucket(bucketResvIP),
+		tx:     tx,
 	}
-	if b.leases == nil || b.bymac == nil || b.resv == nil || b.resvip == nil {
+	if b.leases == nil || b.resv == nil || b.resvip == nil {
 		return nil, inconsistent("a bucket is missing")
 	}
 	// Allocators hand out addresses mostly in ascending order, so the
@@ -604,7 +619,7 @@ func (s *Bolt) Path() string { return s.path }
 // Close closes the store; later calls do nothing and return the same
 // result.
 func (s *Bolt) Close() error {
-	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	s.closeOnce.Do(func() { s.closed.Store(true); s.closeErr = s.db.Close() })
 	return s.closeErr
 }
 
@@ -628,8 +643,22 @@ func (s *Bolt) write(ctx context.Context, fn func(b *buckets) (outcome, err erro
 		if err != nil {
 			return nil, err
 		}
+		b.idx = s.index
 		return fn(b)
 	}))
+}
+
+// update runs fn in a write transaction, after every earlier one has
+// committed (or rolled back) and applied its index changes. Every write
+// transaction of an open store goes through here: ByMAC relies on the
+// index being at the store's last committed transaction.
+func (s *Bolt) update(fn func(tx *bolt.Tx) error) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.db.Update(func(tx *bolt.Tx) error {
+		s.index.begin(tx)
+		return fn(tx)
+	})
 }
 
 // view runs fn in a read transaction.
@@ -806,37 +835,30 @@ func (s *Bolt) allocateOp(l Lease, now time.Time) (func(b *buckets) (error, erro
 		}
 		// The MAC's previous address in the pool is released and kept, so
 		// that the MAC can get it back later.
-		old := get(b.bymac, &b.bymacC, mk)
-		indexed := bytes.Equal(old, k)
-		if old != nil && !indexed {
-			oldKey := bytes.Clone(old)
-			ol, ok, err := getLease(b, oldKey)
+		old, indexed := b.idx.get(mk)
+		if indexed && old != key {
+			ol, ok, err := getLease(b, old[:])
 			if err != nil {
 				return nil, err
 			}
 			if ok && held(&ol) && ol.Pool == rec.Pool && bytes.Equal(ol.MAC, rec.MAC) {
 				ol.State = StateReleased
 				ol.Updated = rec.Updated
-				if err := putLease(b, oldKey, &ol); err != nil {
+				if err := putLease(b, old[:], &ol); err != nil {
 					return nil, err
 				}
 			}
 		}
-		if prevHolder != nil && bytes.Equal(get(b.bymac, &b.bymacC, prevHolder), k) {
-			if err := b.bymac.Delete(prevHolder); err != nil {
-				return nil, err
+		if prevHolder != nil {
+			if ip, ok := b.idx.get(prevHolder); ok && ip == key {
+				b.idx.del(prevHolder)
 			}
 		}
 		if err := b.leases.Put(k, val); err != nil {
 			return nil, err
 		}
-		if indexed {
-			// Already indexed (a bind after the offer): a Put would
-			// rewrite the index's page for nothing, which costs as much
-			// as the lease's own write.
-			return nil, nil
-		}
-		return nil, b.bymac.Put(mk, k)
+		b.idx.put(mk, key)
+		return nil, nil
 	}, nil
 }
 
@@ -936,10 +958,8 @@ func (s *Bolt) endLease(ctx context.Context, ip netip.Addr, mac net.HardwareAddr
 		if to == StateDeclined {
 			l.Expires = until
 			mk := macKey(l.Pool, l.MAC)
-			if bytes.Equal(b.bymac.Get(mk), k) {
-				if err := b.bymac.Delete(mk); err != nil {
-					return nil, err
-				}
+			if ip, ok := b.idx.get(mk); ok && ip == key {
+				b.idx.del(mk)
 			}
 		}
 		return nil, putLease(b, k, &l)
@@ -967,7 +987,7 @@ func (s *Bolt) Reclaim(ctx context.Context, now time.Time, fn func(Lease)) (int,
 	total := 0
 	for {
 		more := false
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.update(func(tx *bolt.Tx) error {
 			chunk, more = chunk[:0], false
 			b, err := openBuckets(tx)
 			if err != nil {
@@ -1053,25 +1073,60 @@ func (s *Bolt) ByMAC(ctx context.Context, pool string, mac net.HardwareAddr) (Le
 	if err := validMAC(mac); err != nil {
 		return Lease{}, err
 	}
+	if err := ctx.Err(); err != nil {
+		return Lease{}, err
+	}
+	if s.closed.Load() {
+		return Lease{}, ErrClosed
+	}
 	mk := macKey(pool, mac)
-	var l Lease
-	err := s.view(ctx, func(b *buckets) error {
-		k := b.bymac.Get(mk)
-		if k == nil {
-			return fmt.Errorf("%w: %s in pool %q", ErrNotFound, mac, pool)
-		}
-		var ok bool
-		var err error
-		if l, ok, err = getLease(b, k); err != nil {
-			return err
-		}
+	var timeout <-chan time.Time
+	for {
+		k, ok, at, applied := s.index.lookup(mk)
 		if !ok {
-			return inconsistent("MAC index entry %s in pool %q points to %x, which has no lease", mac, pool, k)
+			return Lease{}, fmt.Errorf("%w: %s in pool %q", ErrNotFound, mac, pool)
 		}
-		return nil
-	})
-	return l, err
+		var l Lease
+		err := s.view(ctx, func(b *buckets) error {
+			if b.tx.ID() != at {
+				return errIndexBehind
+			}
+			var ok bool
+			var err error
+			if l, ok, err = getLease(b, k[:]); err != nil {
+				return err
+			}
+			if !ok {
+				return inconsistent("MAC index entry %s in pool %q points to %s, which has no lease", mac, pool, netip.AddrFrom4(k))
+			}
+			return nil
+		})
+		if !errors.Is(err, errIndexBehind) {
+			return l, err
+		}
+		// A write is committing: readers see it, its sync has not
+		// returned, its index changes are not applied yet.
+		if timeout == nil {
+			timeout = time.After(maxIndexWait)
+		}
+		select {
+		case <-applied:
+		case <-ctx.Done():
+			return Lease{}, ctx.Err()
+		case <-timeout:
+			return Lease{}, fmt.Errorf("lease store %s: the MAC index stayed behind the store for %s", s.path, maxIndexWait)
+		}
+	}
 }
+
+// errIndexBehind: a reader's transaction is of a later commit than the
+// index entry it looked up.
+var errIndexBehind = errors.New("MAC index behind the store")
+
+// maxIndexWait bounds ByMAC's wait for a commit's index changes: the
+// commit's sync, at most, unless the sync failed after bbolt had shown
+// the commit to readers.
+const maxIndexWait = 5 * time.Second
 
 // ByIP implements Store.
 func (s *Bolt) ByIP(ctx context.Context, ip netip.Addr) (Lease, error) {

@@ -21,14 +21,11 @@ const (
 	// CommitGroup (the default) is group commit: a writer that finds no
 	// transaction in progress commits at once; writers that arrive while
 	// one is committing queue up and all go into the next transaction.
-	// A lone writer pays one commit, a boot storm shares each commit among
-	// everyone who arrived during the previous one, and nobody waits on a
-	// timer.
+	// A lone writer pays one commit at once, a boot storm shares each
+	// commit among everyone who arrived during the previous one and, while
+	// writes come fast, during the leader's short wait for company
+	// (BoltOptions.CommitDelay).
 	CommitGroup CommitMode = iota
-	// CommitBatch uses bbolt's DB.Batch: calls arriving within BatchDelay
-	// of each other share a transaction. Every call waits at least
-	// BatchDelay, so a lone writer is slow.
-	CommitBatch
 	// CommitSerial gives every write its own transaction (DB.Update).
 	CommitSerial
 )
@@ -37,8 +34,6 @@ func (m CommitMode) String() string {
 	switch m {
 	case CommitGroup:
 		return "group"
-	case CommitBatch:
-		return "batch"
 	case CommitSerial:
 		return "serial"
 	}
@@ -75,7 +70,7 @@ func (s *Bolt) callN(fn opFunc, n int) error {
 	switch s.mode {
 	case CommitSerial:
 		var outcome error
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.update(func(tx *bolt.Tx) error {
 			o, err := safeCall(fn, tx)
 			if err != nil {
 				return err
@@ -87,17 +82,6 @@ func (s *Bolt) callN(fn opFunc, n int) error {
 			return nil
 		})
 		if err != nil && !errors.Is(err, errNothingToCommit) {
-			return err
-		}
-		return outcomeError(outcome)
-	case CommitBatch:
-		var outcome error
-		err := s.db.Batch(func(tx *bolt.Tx) error {
-			o, err := safeCall(fn, tx)
-			outcome = o
-			return err
-		})
-		if err != nil {
 			return err
 		}
 		return outcomeError(outcome)
@@ -128,6 +112,7 @@ func (s *Bolt) writeAll(ctx context.Context, fns []func(b *buckets) (outcome, er
 			if err != nil {
 				return nil, err
 			}
+			b.idx = s.index
 			wrote := false
 			for j, i := range chunk {
 				o := ctx.Err()
@@ -187,7 +172,7 @@ func safeCall(fn opFunc, tx *bolt.Tx) (outcome, err error) {
 
 // committer is the group-commit queue.
 type committer struct {
-	db     *bolt.DB
+	update func(func(*bolt.Tx) error) error // Bolt.update
 	maxOps int
 	// delay is how long a leader waits for more operations before it
 	// commits, when writes arrive faster than one per delay/2 (see
@@ -283,8 +268,9 @@ func (c *committer) arrived() {
 }
 
 // lingers reports whether the leader should wait c.delay before it takes
-// its group: when operations have lately arrived at least two per delay
-// and fewer than maxOps are queued. Without the wait a busy store commits
+// its group: when operations have lately arrived at least one per delay
+// (so that at least one more is due during the wait) and fewer than
+// maxOps are queued. Without the wait a busy store commits
 // almost every operation alone: the Go DHCP server at 9,000 DORA/s
 // averaged 1.4 operations a commit, and a commit's fixed cost (the pages
 // it rewrites, its writes and its sync) then dominates; with a handful
@@ -302,7 +288,7 @@ func (c *committer) lingers() bool {
 	for _, p := range c.queue {
 		steps += p.n
 	}
-	return 2*c.gap <= c.delay && steps < c.maxOps
+	return c.gap <= c.delay && steps < c.maxOps
 }
 
 func outcomeError(err error) error {
@@ -318,7 +304,7 @@ func outcomeError(err error) error {
 func (c *committer) run(group []*pendingOp) {
 	for len(group) > 0 {
 		failed := -1
-		err := c.db.Update(func(tx *bolt.Tx) error {
+		err := c.update(func(tx *bolt.Tx) error {
 			wrote := false
 			for i, p := range group {
 				o, err := safeCall(p.fn, tx)

@@ -50,15 +50,15 @@ func bulkLeases(n int) []Lease {
 	return ls
 }
 
-// bulkLoad writes leases straight into the buckets in transactions of
-// 10,000 (test setup for large stores; Allocate's own path is tested
-// elsewhere).
+// bulkLoad writes leases straight into the buckets and the index in
+// transactions of 10,000 (test setup for large stores; Allocate's own
+// path is tested elsewhere).
 func bulkLoad(t testing.TB, s *Bolt, ls []Lease) {
 	t.Helper()
 	for len(ls) > 0 {
 		chunk := ls[:min(len(ls), 10000)]
 		ls = ls[len(chunk):]
-		err := s.db.Update(func(tx *bolt.Tx) error {
+		err := s.update(func(tx *bolt.Tx) error {
 			b, err := openBuckets(tx)
 			if err != nil {
 				return err
@@ -70,9 +70,7 @@ func bulkLoad(t testing.TB, s *Bolt, ls []Lease) {
 				if err := putLease(b, k[:], &l); err != nil {
 					return err
 				}
-				if err := b.bymac.Put(macKey(l.Pool, l.MAC), k[:]); err != nil {
-					return err
-				}
+				s.index.put(macKey(l.Pool, l.MAC), k)
 			}
 			return nil
 		})
@@ -412,7 +410,7 @@ func TestSchemaAndOtherErrors(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "leases.db")
 		s := openTest(t, path, BoltOptions{})
 		if err := s.db.Update(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMeta).Put(keySchema, []byte{0, 0, 0, 2})
+			return tx.Bucket(bucketMeta).Put(keySchema, []byte{0, 0, 0, 3})
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -421,7 +419,7 @@ func TestSchemaAndOtherErrors(t *testing.T) {
 		}
 		_, err := OpenBolt(path, BoltOptions{})
 		var ce *CorruptError
-		if !errors.Is(err, ErrSchema) || errors.As(err, &ce) || !strings.Contains(err.Error(), "version 2") {
+		if !errors.Is(err, ErrSchema) || errors.As(err, &ce) || !strings.Contains(err.Error(), "version 3") {
 			t.Fatalf("OpenBolt = %v", err)
 		}
 		if _, rec, err := OpenOrRecover(path, BoltOptions{}); !errors.Is(err, ErrSchema) || rec != "" {
@@ -431,14 +429,21 @@ func TestSchemaAndOtherErrors(t *testing.T) {
 			t.Fatalf("the file was moved: %v", err)
 		}
 	})
-	t.Run("inconsistent index is corruption", func(t *testing.T) {
+	t.Run("a MAC holding two addresses is corruption", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "leases.db")
 		s := openTest(t, path, BoltOptions{})
 		if err := s.Allocate(context.Background(), bound(ipOne, macA), t0); err != nil {
 			t.Fatal(err)
 		}
+		// Written past Allocate, which would have released the first.
 		if err := s.db.Update(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketByMAC).Delete(macKey("voice", macA))
+			b, err := openBuckets(tx)
+			if err != nil {
+				return err
+			}
+			l := bound(ipTwo, macA)
+			k := ipKey(ipTwo)
+			return putLease(b, k[:], &l)
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -446,7 +451,8 @@ func TestSchemaAndOtherErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		var ce *CorruptError
-		if _, err := OpenBolt(path, BoltOptions{}); !errors.As(err, &ce) || !strings.Contains(err.Error(), "10.1.0.1") {
+		if _, err := OpenBolt(path, BoltOptions{}); !errors.As(err, &ce) || !strings.Contains(err.Error(), ipOne.String()) ||
+			!strings.Contains(err.Error(), ipTwo.String()) {
 			t.Fatalf("OpenBolt = %v", err)
 		}
 	})

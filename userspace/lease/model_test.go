@@ -191,6 +191,34 @@ func (m *model) snapshot() snapshot {
 	return snapshot{leases: maps.Clone(m.leases), bymac: maps.Clone(m.bymac), resv: maps.Clone(m.resv)}
 }
 
+// leasesOnly is sn without its MAC index.
+func (sn snapshot) leasesOnly() snapshot {
+	return snapshot{leases: sn.leases, bymac: map[string]netip.Addr{}, resv: sn.resv}
+}
+
+// rebuiltIndex is the MAC index a store opened on leases must have (the
+// Bolt doc comment): each (pool, MAC)'s offered or bound lease, or else
+// its most recently updated released or expired one, the lowest address
+// on a tie.
+func rebuiltIndex(leases map[netip.Addr]Lease) map[string]netip.Addr {
+	idx := map[string]netip.Addr{}
+	for _, ip := range slices.SortedFunc(maps.Keys(leases), netip.Addr.Compare) {
+		l := leases[ip]
+		if l.State == StateDeclined {
+			continue
+		}
+		k := mk(l.Pool, l.MAC)
+		cur, seen := idx[k]
+		switch {
+		case !seen, holds(l, l.MAC):
+			idx[k] = ip
+		case !holds(leases[cur], l.MAC) && l.Updated.After(leases[cur].Updated):
+			idx[k] = ip
+		}
+	}
+	return idx
+}
+
 // readSnapshot reads a store's whole content through its public methods
 // plus the MAC index (read directly, as ByMAC needs to know which MACs to
 // ask for).
@@ -209,15 +237,11 @@ func readSnapshot(t testing.TB, s *Bolt) snapshot {
 	}); err != nil {
 		t.Fatalf("Iterate: %v", err)
 	}
-	if err := s.view(ctx, func(b *buckets) error {
-		return b.bymac.ForEach(func(k, v []byte) error {
-			ip, err := ipFromKey(v)
-			sn.bymac[string(k)] = ip
-			return err
-		})
-	}); err != nil {
-		t.Fatalf("reading the MAC index: %v", err)
+	s.index.mu.RLock()
+	for k, ip := range s.index.m {
+		sn.bymac[k] = netip.AddrFrom4(ip)
 	}
+	s.index.mu.RUnlock()
 	i := 0
 	for k, ip := range sn.bymac {
 		// ByMAC must agree with the index; for large stores, check a sample.
