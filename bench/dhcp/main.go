@@ -242,7 +242,10 @@ type step struct {
 	ServerCPU  float64 // % of one core
 	GenCPU     float64
 	GenLimited bool // the generator sent under 95 % of the requested rate
-	Note       string
+	// GenDrops counts replies that reached the generator's namespace and
+	// overflowed its socket (perfdhcp: UDP RcvbufErrors there).
+	GenDrops int
+	Note     string
 }
 
 func (s step) pass() bool { return s.FailRatio < 0.001 && s.RARecv > 0 }
@@ -438,6 +441,10 @@ func (b *bench) benchServer(ctx context.Context, k serverKind) ([]result, error)
 			var s step
 			err := b.serverRun(ctx, k, t, g, func(p *proc, dir string) error {
 				cpu0, t0 := cpuTime(p.pid()), time.Now()
+				drops0, err := udpRcvbufErrors(t.client)
+				if err != nil {
+					return err
+				}
 				r, pdCPU, err := b.runPerfdhcp(ctx, t.client, 0,
 					"-r", fmt.Sprint(rate), "-R", fmt.Sprint(clientCap),
 					"-p", fmt.Sprint(b.period.Seconds()), "-W", "1000000")
@@ -445,7 +452,14 @@ func (b *bench) benchServer(ctx context.Context, k serverKind) ([]result, error)
 					return err
 				}
 				el := time.Since(t0)
+				drops, err := udpRcvbufErrors(t.client)
+				if err != nil {
+					return err
+				}
 				s = perfdhcpStep(rate, b.period, r)
+				if s.GenDrops = drops - drops0; s.GenDrops > 0 {
+					s.Note += fmt.Sprintf("  (perfdhcp's socket overflowed: %d replies dropped before perfdhcp read them)", s.GenDrops)
+				}
 				s.ServerCPU = 100 * float64(cpuTime(p.pid())-cpu0) / float64(el)
 				s.GenCPU = 100 * float64(pdCPU) / float64(el)
 				if k.xdp {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -171,4 +172,38 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// udpRcvbufErrors reads the UDP RcvbufErrors counter of namespace ns:
+// datagrams dropped because their socket's receive buffer was full.
+// perfdhcp receives on a UDP socket, so in the client namespace these
+// are replies that arrived and that perfdhcp did not read in time.
+func udpRcvbufErrors(ns *vnet.NS) (int, error) {
+	var snmp []byte
+	err := ns.Do(func() (err error) {
+		// thread-self: /proc/self/net is the namespace of the process's
+		// main thread, not of this one.
+		snmp, err = os.ReadFile("/proc/thread-self/net/snmp")
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for line := range strings.SplitSeq(string(snmp), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f[1:]
+			continue
+		}
+		for i, name := range names {
+			if name == "RcvbufErrors" && i+1 < len(f) {
+				return strconv.Atoi(f[i+1])
+			}
+		}
+	}
+	return 0, fmt.Errorf("no Udp RcvbufErrors in /proc/net/snmp")
 }
