@@ -175,8 +175,8 @@ type committer struct {
 	update func(func(*bolt.Tx) error) error // Bolt.update
 	maxOps int
 	// delay is how long a leader waits for more operations before it
-	// commits, when writes arrive faster than one per delay/2 (see
-	// lingers); 0: never.
+	// commits, when writes arrive at least one per delay (see lingers);
+	// 0: never.
 	delay time.Duration
 	now   func() time.Time
 	sleep func(time.Duration)
