@@ -38,6 +38,8 @@ type bench struct {
 
 	phoneboot, kea, dnsmasq, perfdhcp string
 	gens                              map[string]bool // generators to run
+	// pin runs the servers on CPU 0 and perfdhcp on CPU 1 (--pin).
+	pin bool
 
 	run   *runDir
 	cl    *cleanups
@@ -53,9 +55,10 @@ func main() {
 	parts := flag.String("parts", "rates,fastpath,rss", "comma-separated subset of the measurements: rates (rates and avalanche), fastpath (BPF_PROG_RUN), rss")
 	rates := flag.String("rates", "", "comma-separated DORA rates to climb instead of the default ladder")
 	gens := flag.String("gens", "perfdhcp,pbgen", "comma-separated subset of the generators for the rates part")
+	pin := flag.Bool("pin", false, "run the servers on CPU 0 and perfdhcp on CPU 1 (taskset), so that neither takes the other's CPU (pbgen runs in the bench, unpinned)")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	if err := run(*quick, *jsonPath, *pbBin, *only, *parts, *rates, *gens, *rssLeases); err != nil {
+	if err := run(*quick, *jsonPath, *pbBin, *only, *parts, *rates, *gens, *rssLeases, *pin); err != nil {
 		if errors.Is(err, context.Canceled) {
 			err = errors.New("interrupted; namespaces, mounts and servers removed")
 		}
@@ -64,7 +67,7 @@ func main() {
 	}
 }
 
-func run(quick bool, jsonPath, pbBin, only, parts, rates, gens string, rssLeases int) (err error) {
+func run(quick bool, jsonPath, pbBin, only, parts, rates, gens string, rssLeases int, pin bool) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, XDP, BPF_PROG_RUN, mounts)")
 	}
@@ -77,7 +80,13 @@ func run(quick bool, jsonPath, pbBin, only, parts, rates, gens string, rssLeases
 			return fmt.Errorf("--parts: unknown part %q", p)
 		}
 	}
-	b := &bench{quick: quick, cl: &cleanups{}, gens: map[string]bool{}}
+	b := &bench{quick: quick, cl: &cleanups{}, gens: map[string]bool{}, pin: pin}
+	if pin && runtime.NumCPU() < 2 {
+		return errors.New("--pin needs two CPUs")
+	}
+	if pin {
+		progress("--pin: the servers run on CPU %s, perfdhcp on CPU %s", serverCPU, generatorCPU)
+	}
 	for _, g := range strings.Split(gens, ",") {
 		switch g {
 		case "perfdhcp", "pbgen":

@@ -109,7 +109,7 @@ func parsePerfdhcp(out string) pdResult {
 // makes it print its report.
 func (b *bench) runPerfdhcp(ctx context.Context, ns *vnet.NS, limit time.Duration, args ...string) (pdResult, time.Duration, error) {
 	argv := append([]string{"-4", "-l", "eth0"}, args...)
-	cmd := exec.Command(b.perfdhcp, argv...)
+	cmd := b.pinned(generatorCPU, append([]string{b.perfdhcp}, argv...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -57,13 +57,13 @@ type proc struct {
 	notify *net.UnixConn // phoneboot's NOTIFY_SOCKET, open while it runs
 }
 
-func startProc(ns *vnet.NS, name, logPath string, env []string, argv ...string) (*proc, error) {
+func (b *bench) startProc(ns *vnet.NS, name, logPath string, env []string, argv ...string) (*proc, error) {
 	out, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	defer out.Close() // the child has its own descriptor
-	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd := b.pinned(serverCPU, argv...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	// If the bench dies, its servers go with it.
@@ -77,6 +77,19 @@ func startProc(ns *vnet.NS, name, logPath string, env []string, argv ...string) 
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// The CPUs --pin gives the servers and perfdhcp.
+const serverCPU, generatorCPU = "0", "1"
+
+// pinned is exec.Command(argv...), on cpu with --pin: taskset execs the
+// program in its own process, so the pid is the program's and every
+// thread it starts inherits the CPU.
+func (b *bench) pinned(cpu string, argv ...string) *exec.Cmd {
+	if b.pin {
+		argv = append([]string{"taskset", "-c", cpu}, argv...)
+	}
+	return exec.Command(argv[0], argv[1:]...)
+}
 
 func (p *proc) alive() bool {
 	select {
@@ -178,7 +191,7 @@ func (b *bench) startPhoneboot(ctx context.Context, ns *vnet.NS, dir string, xdp
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProc(ns, "phoneboot", filepath.Join(dir, "phoneboot.log"),
+	p, err := b.startProc(ns, "phoneboot", filepath.Join(dir, "phoneboot.log"),
 		[]string{"NOTIFY_SOCKET=" + notifyPath}, b.phoneboot, "serve", "--config", cfgPath)
 	if err != nil {
 		notify.Close()
@@ -239,13 +252,13 @@ func (b *bench) startKea(ns *vnet.NS, dir string) (*proc, error) {
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	return startProc(ns, "kea-dhcp4", filepath.Join(dir, "kea.log"),
+	return b.startProc(ns, "kea-dhcp4", filepath.Join(dir, "kea.log"),
 		[]string{"KEA_PIDFILE_DIR=" + dir, "KEA_LOCKFILE_DIR=" + dir}, b.kea, "-c", path)
 }
 
 // startDnsmasq runs dnsmasq as a DHCP server only (no DNS, no ping check).
 func (b *bench) startDnsmasq(ns *vnet.NS, dir string) (*proc, error) {
-	return startProc(ns, "dnsmasq", filepath.Join(dir, "dnsmasq.log"), nil, b.dnsmasq,
+	return b.startProc(ns, "dnsmasq", filepath.Join(dir, "dnsmasq.log"), nil, b.dnsmasq,
 		"--no-daemon", "--conf-file=/dev/null", "--no-hosts", "--no-resolv",
 		"--no-ping", "--port=0",
 		"--dhcp-range="+rangeStart+","+rangeEnd+",255.255.0.0,1h",
