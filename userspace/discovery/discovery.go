@@ -150,10 +150,10 @@ func New(cfg Config, log *slog.Logger) (_ *Service, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("discovery: subscribe to link changes: %w", err)
 	}
-	// The kernel sets a link running a moment after its carrier comes on
-	// (linkwatch batches it), so a port can go up between openPort's look
-	// and the subscription, and that change would be heard by nobody: look
-	// again now that every later change is queued for Run.
+	// The links' state is read only now that every later change is queued
+	// for Run: the kernel sets a link running a moment after its carrier
+	// comes on (linkwatch batches it), so a state read before subscribing
+	// could miss a port going up in between, and nobody would hear it.
 	for _, p := range s.ports {
 		ifi, err := net.InterfaceByIndex(p.ifindex)
 		if err != nil {
@@ -169,7 +169,7 @@ func (s *Service) openPort(pc PortConfig) (_ *port, err error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &port{name: pc.Name, ifindex: ifi.Index, up: ifi.Flags&net.FlagRunning != 0}
+	p := &port{name: pc.Name, ifindex: ifi.Index} // up: read by New once subscribed
 	defer func() {
 		if err != nil {
 			p.close()
