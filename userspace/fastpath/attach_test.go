@@ -1,8 +1,10 @@
 package fastpath
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -720,6 +722,74 @@ func TestLoadObjectsReplacesIncompatiblePins(t *testing.T) {
 	}
 	r := runXDP(t, o, dhcpFrame(67).bytes())
 	checkDelta(t, r.delta, counts("dhcp"), len(dhcpFrame(67).bytes()))
+}
+
+// TestIncompatiblePinKeepsEvents: a daemon's fast path hands out an
+// address, and before the event is read the daemon is replaced by a build
+// whose counters map has another layout. LoadObjects replaces that map
+// and only it: the event (a lease the kernel gave while no daemon read
+// the ring) and the binding are still there for the new daemon.
+func TestIncompatiblePinKeepsEvents(t *testing.T) {
+	pinDir := filepath.Join(privtest.TempBPFFS(t), "phoneboot")
+	if err := os.Mkdir(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	first, err := LoadObjects(pinDir, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &dhcpFixture{o: first, t: first.DHCP()}
+	blk, off := testBlock(testServer, netip.MustParseAddr("10.0.0.2"))
+	addr := netip.MustParseAddr("10.0.0.50")
+	if err := errors.Join(
+		f.t.SetPort(1, testPortMAC, true),
+		f.t.SetBlock(1, blk, off),
+		f.t.SetPool(DHCPPool{ID: 1, ServerIP: testServer, DefaultBlock: 1, LeaseTime: time.Hour, OfferTime: time.Minute, Allocate: true}),
+	); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.t.PushFree(1, []netip.Addr{addr}); err != nil || n != 1 {
+		t.Fatalf("PushFree: %d, %v", n, err)
+	}
+	if ret, _ := f.run(t, request(t, 0, netip.MustParseAddr("255.255.255.255"), discover(t))); ret != 3 {
+		t.Fatalf("DISCOVER: verdict %d, want XDP_TX", ret)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	counters := filepath.Join(pinDir, "pb_counters")
+	if err := os.Remove(counters); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "pb_counters", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 4})
+	if err != nil {
+		t.Fatalf("create old map: %v", err)
+	}
+	defer old.Close()
+	if err := old.Pin(counters); err != nil {
+		t.Fatalf("pin old map: %v", err)
+	}
+
+	o, err := LoadObjects(pinDir, testLogger(t))
+	if err != nil {
+		t.Fatalf("LoadObjects over an incompatible counters pin: %v", err)
+	}
+	defer o.Close()
+	if o.objs.PbCounters.MaxEntries() != uint32(len(counterNames)) {
+		t.Errorf("pb_counters has %d entries, want %d: the old pin was kept", o.objs.PbCounters.MaxEntries(), len(counterNames))
+	}
+	events, err := o.DHCP().Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+	if e := readEvent(t, events); !e.Allocated || e.IP != addr || !bytes.Equal(e.MAC, testPhoneMAC) {
+		t.Errorf("event after the reload: %+v, want the allocation of %v to %v", e, addr, testPhoneMAC)
+	}
+	if b, ok, err := o.DHCP().Binding(0, testPhoneMAC); err != nil || !ok || b.IP != addr {
+		t.Errorf("binding after the reload: %+v, %v, %v; want %v", b, ok, err, addr)
+	}
 }
 
 // The event ring is DHCPEventRingSize, except that one an earlier run

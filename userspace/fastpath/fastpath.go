@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -129,15 +130,15 @@ func LoadObjects(pinDir string, log *slog.Logger) (*Objects, error) {
 	err = spec.LoadAndAssign(&o.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) && pinDir != "" {
 		// A pinned map from an older build with another layout: its
-		// contents cannot be read by this program, so start it afresh.
-		log.Warn("pinned BPF maps have an old layout; replacing them", "pinDir", pinDir, "error", err)
-		for name, m := range spec.Maps {
-			if m.Pinning == ebpf.PinByName {
-				if rerr := os.Remove(filepath.Join(pinDir, name)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-					return nil, fmt.Errorf("remove stale pinned map %s: %w", name, rerr)
-				}
-			}
+		// contents cannot be read by this program, so it starts afresh.
+		// Only it: the others keep what they hold, the event ring above
+		// all, whose unread events are leases the kernel handed out while
+		// no daemon ran.
+		replaced, rerr := removeIncompatiblePins(spec, pinDir)
+		if rerr != nil {
+			return nil, rerr
 		}
+		log.Warn("pinned BPF maps have an old layout; replacing them", "pinDir", pinDir, "maps", replaced, "error", err)
 		err = spec.LoadAndAssign(&o.objs, opts)
 	}
 	if err != nil {
@@ -157,6 +158,37 @@ func LoadObjects(pinDir string, log *slog.Logger) (*Objects, error) {
 		return nil, fmt.Errorf("write BPF config map: %w", err)
 	}
 	return o, nil
+}
+
+// removeIncompatiblePins removes the pinned maps in pinDir that the
+// spec's maps cannot use (another type, key, value size, size or flags)
+// and returns their names.
+func removeIncompatiblePins(spec *ebpf.CollectionSpec, pinDir string) ([]string, error) {
+	var removed []string
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		path := filepath.Join(pinDir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return removed, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		err = ms.Compatible(m)
+		m.Close()
+		if err == nil {
+			continue
+		}
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			return removed, fmt.Errorf("remove stale pinned map %s: %w", name, rerr)
+		}
+		removed = append(removed, name)
+	}
+	slices.Sort(removed)
+	return removed, nil
 }
 
 // keepPinnedRingSize gives the event ring a pinned earlier run left the
