@@ -30,6 +30,7 @@ enum pb_counter {
 	PB_CNT_VLAN_EGRESS_TAGGED, /* egress: tag pushed for the station or subnet */
 	PB_CNT_VLAN_EGRESS_PRIORITY, /* egress: priority-tagged (VID 0) for an auto-voice phone */
 	PB_CNT_VLAN_EGRESS_DROP,   /* egress: to a VLAN the port does not carry */
+	PB_CNT_DHCP_FAST_RING_FULL, /* answerable, but no room for its event: passed to Go */
 	PB_CNT__MAX,
 };
 

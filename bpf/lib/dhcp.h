@@ -426,8 +426,12 @@ static __always_inline int dhcp_event(__u32 type, const struct pb_dhcp_binding_k
 {
 	struct pb_dhcp_event *ev = bpf_ringbuf_reserve(&pb_dhcp_events, sizeof(*ev), 0);
 
-	if (!ev)
+	if (!ev) {
+		/* Nobody reads the ring (no daemon), or not fast enough: the
+		 * request goes to Go, and the counter says why. */
+		count(PB_CNT_DHCP_FAST_RING_FULL, 0);
 		return -1;
+	}
 	ev->type = type;
 	ev->ifindex = ifindex;
 	ev->pool_id = pool_id;

@@ -403,6 +403,52 @@ func TestDHCPFastPathEmptyQueue(t *testing.T) {
 	}
 }
 
+// TestDHCPFastPathRingFull: with the event ring full (no daemon reading
+// it) the kernel answers nothing it could not report: the request passes
+// to Go and dhcp_fast_ring_full counts it. Once an event is read, the
+// next request is answered again.
+func TestDHCPFastPathRingFull(t *testing.T) {
+	f := newDHCPFixture(t)
+	addr := netip.MustParseAddr("10.0.0.50")
+	if err := f.t.PutBinding(DHCPBinding{MAC: testPhoneMAC, IP: addr, Expires: time.Now().Add(time.Hour), Ifindex: 1}); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := dhcpv4.New(dhcpv4.WithHwAddr(testPhoneMAC), dhcpv4.WithBroadcast(true),
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IP(addr.AsSlice()))),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IP(testServer.AsSlice()))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := request(t, 0, netip.MustParseAddr("255.255.255.255"), sel)
+	events, err := f.t.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+
+	// 40 bytes an event: the ring holds DHCPEventRingSize/40 of them.
+	acked := 0
+	for ; acked <= DHCPEventRingSize/40; acked++ {
+		if ret, _ := f.run(t, frame); ret != 3 {
+			break
+		}
+	}
+	if acked != DHCPEventRingSize/40 {
+		t.Fatalf("%d ACKs before the ring was full, want %d", acked, DHCPEventRingSize/40)
+	}
+	if got := f.counter(t, "dhcp_fast_ring_full"); got != 1 {
+		t.Errorf("dhcp_fast_ring_full = %d, want 1", got)
+	}
+	if got := f.counter(t, "dhcp_fast_ack"); got != uint64(acked) {
+		t.Errorf("dhcp_fast_ack = %d, want %d: an ACK without its event", got, acked)
+	}
+	readEvent(t, events)
+	if ret, _ := f.run(t, frame); ret != 3 {
+		t.Errorf("REQUEST after an event was read: verdict %d, want XDP_TX", ret)
+	}
+}
+
 func TestDHCPTablesValidate(t *testing.T) {
 	f := newDHCPFixture(t)
 	blk, off := testBlock(testServer, testServer)

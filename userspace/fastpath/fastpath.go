@@ -95,6 +95,7 @@ var counterNames = [phonePortPbCounterPB_CNT__MAX]string{
 	phonePortPbCounterPB_CNT_VLAN_EGRESS_TAGGED:   "vlan_egress_tagged",
 	phonePortPbCounterPB_CNT_VLAN_EGRESS_PRIORITY: "vlan_egress_priority",
 	phonePortPbCounterPB_CNT_VLAN_EGRESS_DROP:     "vlan_egress_drop",
+	phonePortPbCounterPB_CNT_DHCP_FAST_RING_FULL:  "dhcp_fast_ring_full",
 }
 
 // CounterNames lists the counters in enum order.

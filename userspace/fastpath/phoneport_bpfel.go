@@ -61,7 +61,8 @@ const (
 	phonePortPbCounterPB_CNT_VLAN_EGRESS_TAGGED   phonePortPbCounter = 16
 	phonePortPbCounterPB_CNT_VLAN_EGRESS_PRIORITY phonePortPbCounter = 17
 	phonePortPbCounterPB_CNT_VLAN_EGRESS_DROP     phonePortPbCounter = 18
-	phonePortPbCounterPB_CNT__MAX                 phonePortPbCounter = 19
+	phonePortPbCounterPB_CNT_DHCP_FAST_RING_FULL  phonePortPbCounter = 19
+	phonePortPbCounterPB_CNT__MAX                 phonePortPbCounter = 20
 )
 
 type phonePortPbCounterValue struct {
