@@ -22,6 +22,9 @@
 #define PB_DHCP_SERVER_PORT 67
 #define PB_DHCP_CLIENT_PORT 68
 
+/* errno values helpers return (negated); vmlinux.h has no uapi defines. */
+#define PB_E2BIG 7
+
 /* The parsers look through at most this many 802.1Q/802.1ad tags:
  * a phone tags once, a trunk from a QinQ access switch twice. */
 #ifndef PB_MAX_VLAN_TAGS

@@ -31,6 +31,7 @@ enum pb_counter {
 	PB_CNT_VLAN_EGRESS_PRIORITY, /* egress: priority-tagged (VID 0) for an auto-voice phone */
 	PB_CNT_VLAN_EGRESS_DROP,   /* egress: to a VLAN the port does not carry */
 	PB_CNT_DHCP_FAST_RING_FULL, /* answerable, but no room for its event: passed to Go */
+	PB_CNT_DHCP_FAST_BINDINGS_FULL, /* new client, but the bindings map is full: passed to Go */
 	PB_CNT__MAX,
 };
 

@@ -642,7 +642,7 @@ static __always_inline int dhcp_fast(struct xdp_md *ctx, __u32 l4, __u16 vlan, _
 	struct dhcp_req *r;
 	__u32 zero = 0;
 	__u64 now, expires;
-	int live;
+	int live, err;
 	void *queue;
 	__be32 ip;
 	__u8 reply_type;
@@ -714,8 +714,18 @@ static __always_inline int dhcp_fast(struct xdp_md *ctx, __u32 l4, __u16 vlan, _
 			nb.state = PB_DHCP_OFFERED;
 			nb.expires_ns = now + (__u64)pool->offer_secs * 1000000000ULL;
 			nb.ifindex = ifindex;
-			if (dhcp_event(PB_DHCP_EV_ALLOCATED, &key, ip, nb.expires_ns, ifindex, pid) ||
-			    bpf_map_update_elem(&pb_dhcp_bindings, &key, &nb, BPF_ANY)) {
+			/* The binding before the event: an event is a lease
+			 * userspace records, so it goes out only for an address
+			 * the kernel really gave. */
+			err = bpf_map_update_elem(&pb_dhcp_bindings, &key, &nb, BPF_ANY);
+			if (err) {
+				if (err == -PB_E2BIG) /* a hash map at max_entries */
+					count(PB_CNT_DHCP_FAST_BINDINGS_FULL, 0);
+				bpf_map_push_elem(queue, &ip, 0);
+				return XDP_PASS;
+			}
+			if (dhcp_event(PB_DHCP_EV_ALLOCATED, &key, ip, nb.expires_ns, ifindex, pid)) {
+				bpf_map_delete_elem(&pb_dhcp_bindings, &key);
 				bpf_map_push_elem(queue, &ip, 0);
 				return XDP_PASS;
 			}

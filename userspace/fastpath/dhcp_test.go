@@ -449,6 +449,47 @@ func TestDHCPFastPathRingFull(t *testing.T) {
 	}
 }
 
+// TestDHCPFastPathBindingsFull: with the bindings map at its size a new
+// client's DISCOVER passes to Go, counted in dhcp_fast_bindings_full; the
+// queued address stays queued and no event says it was given.
+func TestDHCPFastPathBindingsFull(t *testing.T) {
+	f := newDHCPFixture(t)
+	addr := netip.MustParseAddr("10.0.0.50")
+	if n, err := f.t.PushFree(1, []netip.Addr{addr}); err != nil || n != 1 {
+		t.Fatalf("PushFree: %d, %v", n, err)
+	}
+	m := f.o.objs.PbDhcpBindings
+	keys := make([]phonePortPbDhcpBindingKey, m.MaxEntries())
+	vals := make([]phonePortPbDhcpBinding, len(keys))
+	for i := range keys {
+		// Locally administered MACs, none of them testPhoneMAC.
+		keys[i] = phonePortPbDhcpBindingKey{Vlan: 7, Mac: [6]uint8{0x02, 0, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)}}
+		vals[i] = phonePortPbDhcpBinding{Ip: uint32(i), State: 1}
+	}
+	if n, err := m.BatchUpdate(keys, vals, nil); err != nil || n != len(keys) {
+		t.Fatalf("fill the bindings map: %d of %d, %v", n, len(keys), err)
+	}
+	events, err := f.t.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer events.Close()
+
+	if ret, _ := f.run(t, request(t, 0, netip.MustParseAddr("255.255.255.255"), discover(t))); ret != 2 {
+		t.Fatalf("DISCOVER with the bindings map full: verdict %d, want XDP_PASS", ret)
+	}
+	if got := f.counter(t, "dhcp_fast_bindings_full"); got != 1 {
+		t.Errorf("dhcp_fast_bindings_full = %d, want 1", got)
+	}
+	events.SetDeadline(time.Now().Add(100 * time.Millisecond))
+	if e, err := events.Read(); err == nil {
+		t.Errorf("event %+v for a request the kernel did not answer", e)
+	}
+	if ips, err := f.t.DrainFree(1); err != nil || len(ips) != 1 || ips[0] != addr {
+		t.Errorf("free queue after the request: %v, %v; want [%v]", ips, err, addr)
+	}
+}
+
 func TestDHCPTablesValidate(t *testing.T) {
 	f := newDHCPFixture(t)
 	blk, off := testBlock(testServer, testServer)

@@ -42,27 +42,28 @@ const (
 type phonePortPbCounter uint32
 
 const (
-	phonePortPbCounterPB_CNT_CDP                  phonePortPbCounter = 0
-	phonePortPbCounterPB_CNT_LLDP                 phonePortPbCounter = 1
-	phonePortPbCounterPB_CNT_DHCP                 phonePortPbCounter = 2
-	phonePortPbCounterPB_CNT_OTHER                phonePortPbCounter = 3
-	phonePortPbCounterPB_CNT_TRUNCATED            phonePortPbCounter = 4
-	phonePortPbCounterPB_CNT_MALFORMED            phonePortPbCounter = 5
-	phonePortPbCounterPB_CNT_UNCONFIGURED         phonePortPbCounter = 6
-	phonePortPbCounterPB_CNT_VLAN_TAGGED          phonePortPbCounter = 7
-	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED   phonePortPbCounter = 8
-	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP        phonePortPbCounter = 9
-	phonePortPbCounterPB_CNT_DHCP_FAST_OFFER      phonePortPbCounter = 10
-	phonePortPbCounterPB_CNT_DHCP_FAST_ACK        phonePortPbCounter = 11
-	phonePortPbCounterPB_CNT_DHCP_FAST_NO_FREE    phonePortPbCounter = 12
-	phonePortPbCounterPB_CNT_VLAN_HOP_DROP        phonePortPbCounter = 13
-	phonePortPbCounterPB_CNT_VLAN_UNTAGGED        phonePortPbCounter = 14
-	phonePortPbCounterPB_CNT_VLAN_AUTO_VOICE      phonePortPbCounter = 15
-	phonePortPbCounterPB_CNT_VLAN_EGRESS_TAGGED   phonePortPbCounter = 16
-	phonePortPbCounterPB_CNT_VLAN_EGRESS_PRIORITY phonePortPbCounter = 17
-	phonePortPbCounterPB_CNT_VLAN_EGRESS_DROP     phonePortPbCounter = 18
-	phonePortPbCounterPB_CNT_DHCP_FAST_RING_FULL  phonePortPbCounter = 19
-	phonePortPbCounterPB_CNT__MAX                 phonePortPbCounter = 20
+	phonePortPbCounterPB_CNT_CDP                     phonePortPbCounter = 0
+	phonePortPbCounterPB_CNT_LLDP                    phonePortPbCounter = 1
+	phonePortPbCounterPB_CNT_DHCP                    phonePortPbCounter = 2
+	phonePortPbCounterPB_CNT_OTHER                   phonePortPbCounter = 3
+	phonePortPbCounterPB_CNT_TRUNCATED               phonePortPbCounter = 4
+	phonePortPbCounterPB_CNT_MALFORMED               phonePortPbCounter = 5
+	phonePortPbCounterPB_CNT_UNCONFIGURED            phonePortPbCounter = 6
+	phonePortPbCounterPB_CNT_VLAN_TAGGED             phonePortPbCounter = 7
+	phonePortPbCounterPB_CNT_VLAN_DOUBLE_TAGGED      phonePortPbCounter = 8
+	phonePortPbCounterPB_CNT_VLAN_TOO_DEEP           phonePortPbCounter = 9
+	phonePortPbCounterPB_CNT_DHCP_FAST_OFFER         phonePortPbCounter = 10
+	phonePortPbCounterPB_CNT_DHCP_FAST_ACK           phonePortPbCounter = 11
+	phonePortPbCounterPB_CNT_DHCP_FAST_NO_FREE       phonePortPbCounter = 12
+	phonePortPbCounterPB_CNT_VLAN_HOP_DROP           phonePortPbCounter = 13
+	phonePortPbCounterPB_CNT_VLAN_UNTAGGED           phonePortPbCounter = 14
+	phonePortPbCounterPB_CNT_VLAN_AUTO_VOICE         phonePortPbCounter = 15
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_TAGGED      phonePortPbCounter = 16
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_PRIORITY    phonePortPbCounter = 17
+	phonePortPbCounterPB_CNT_VLAN_EGRESS_DROP        phonePortPbCounter = 18
+	phonePortPbCounterPB_CNT_DHCP_FAST_RING_FULL     phonePortPbCounter = 19
+	phonePortPbCounterPB_CNT_DHCP_FAST_BINDINGS_FULL phonePortPbCounter = 20
+	phonePortPbCounterPB_CNT__MAX                    phonePortPbCounter = 21
 )
 
 type phonePortPbCounterValue struct {
