@@ -293,11 +293,15 @@ func (s *Server) setMode(m Mode) (resets []Reset, err error) {
 			s.ln = nil
 		}
 		for c := range s.conns {
+			// The time before the reset: a phone that sees it can
+			// connect again within microseconds, and its new
+			// connection must be later than the reset's time.
+			at := time.Now()
 			c.c.SetLinger(0) // RST, as a stopped CUCM service sends
 			c.c.Close()
 			s.resetOnStop.Add(1)
 			if c.device != "" && s.stations[c.device] == c {
-				resets = append(resets, Reset{Device: c.device, At: time.Now()})
+				resets = append(resets, Reset{Device: c.device, At: at})
 			}
 		}
 	case Hung, BlackHoled:
