@@ -371,6 +371,13 @@ func captureOutgoing(t *testing.T, n *testNet, dev string) *wireCapture {
 			unix.Close(fd)
 			return err
 		}
+		// Room for everything the test sends and receives (a few MB,
+		// TCP in 64 KB segments), so that a reader slowed by a loaded
+		// machine drops nothing.
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 32<<20); err != nil {
+			unix.Close(fd)
+			return err
+		}
 		tv := unix.Timeval{Usec: 100000}
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 			unix.Close(fd)
@@ -382,14 +389,22 @@ func captureOutgoing(t *testing.T, n *testNet, dev string) *wireCapture {
 	go func() {
 		defer close(w.done)
 		buf := make([]byte, 65536)
+		flags := 0
 		for {
-			select {
-			case <-w.stopCh:
-				return
-			default:
+			if flags == 0 {
+				select {
+				case <-w.stopCh:
+					// Frames sent before stop are queued on the
+					// socket already: read them all, then return.
+					flags = unix.MSG_DONTWAIT
+				default:
+				}
 			}
-			k, from, err := unix.Recvfrom(w.fd, buf, 0)
+			k, from, err := unix.Recvfrom(w.fd, buf, flags)
 			if err != nil {
+				if flags != 0 && (err == unix.EAGAIN || err == unix.EWOULDBLOCK) {
+					return
+				}
 				continue // the receive timeout, to look at stop
 			}
 			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
