@@ -276,7 +276,7 @@ func (c *committer) arrived() {
 // it rewrites, its writes and its sync) then dominates; with a handful
 // per commit the store's CPU per operation is about half (measured in
 // bench/dhcp: with the wait, 7 operations a commit at 9,000 DORA/s and
-// the server's CPU from 80 to 60 %). A lone writer, whose own arrival
+// the server's CPU from 83 to 62 % of a core). A lone writer, whose own arrival
 // stretches the mean gap, commits at once as before.
 func (c *committer) lingers() bool {
 	if c.delay <= 0 {
