@@ -174,7 +174,13 @@ func (r *report) targets() []string {
 		u, k := r.find("phoneboot-userspace", gen), r.find("kea", gen)
 		if u != nil && k != nil && k.rate() > 0 {
 			q := u.rate() / k.rate()
-			out = append(out, fmt.Sprintf("userspace ≥ Kea's rate (%s): %s (%.0f vs %.0f DORA/s, %.2f×)", gen, verdict(q >= targetUserVsKea), u.rate(), k.rate(), q))
+			v := verdict(q >= targetUserVsKea)
+			if u.best.Requested == k.best.Requested {
+				// The highest step both passed: what each measured there
+				// differs by the step's noise, not by what they can do.
+				v = fmt.Sprintf("TIE at the ladder's resolution (both passed -r %d and no higher step; --rates can look closer)", u.best.Requested)
+			}
+			out = append(out, fmt.Sprintf("userspace ≥ Kea's rate (%s): %s (%.0f vs %.0f DORA/s, %.2f×)", gen, v, u.rate(), k.rate(), q))
 		}
 	}
 	if c := r.fastpath; c != nil {
