@@ -175,7 +175,7 @@ func (r *report) targets() []string {
 		if u != nil && k != nil && k.rate() > 0 {
 			q := u.rate() / k.rate()
 			v := verdict(q >= targetUserVsKea)
-			if u.best.Requested == k.best.Requested {
+			if u.best != nil && u.best.Requested == k.best.Requested {
 				// The highest step both passed: what each measured there
 				// differs by the step's noise, not by what they can do.
 				v = fmt.Sprintf("TIE at the ladder's resolution (both passed -r %d and no higher step; --rates can look closer)", u.best.Requested)
